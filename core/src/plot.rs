@@ -1,0 +1,120 @@
+//! PNG pictures of predictive distributions: bands, function samples and data.
+//!
+//! Drawing uses plotters' bitmap backend with the system's TrueType fonts; failures (no font, an
+//! unwritable path) are returned as [`Error::Plot`], never panics.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::{Error, Result};
+
+/// A 1-D predictive picture: a central band, a mean line, optional function samples and data.
+///
+/// ```no_run
+/// use weightspace::plot::{band_plot, BandPlot};
+/// let x = [0.0, 1.0, 2.0];
+/// band_plot("band.png", &BandPlot {
+///     title: "posterior predictive",
+///     x: &x, mean: &[0.0, 1.0, 0.5], lower: &[-1.0, 0.0, -0.5], upper: &[1.0, 2.0, 1.5],
+///     samples: &[], points: Some((&[0.5], &[0.7])),
+/// })?;
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct BandPlot<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// Inputs, increasing.
+    pub x: &'a [f64],
+    /// Mean at each input.
+    pub mean: &'a [f64],
+    /// Lower edge of the band.
+    pub lower: &'a [f64],
+    /// Upper edge of the band.
+    pub upper: &'a [f64],
+    /// Function samples to draw thinly (each as long as `x`).
+    pub samples: &'a [Vec<f64>],
+    /// Observed `(x, y)` points.
+    pub points: Option<(&'a [f64], &'a [f64])>,
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Plot { path: path.display().to_string(), reason: e.to_string() }
+}
+
+fn finite_range<'a>(vals: impl Iterator<Item = &'a f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = vals.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    (lo <= hi).then(|| if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
+}
+
+/// Writes a band plot to `path` (PNG, 900×600).
+pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
+    let path = path.as_ref();
+    let n = p.x.len();
+    if n < 2 || p.mean.len() != n || p.lower.len() != n || p.upper.len() != n || p.samples.iter().any(|s| s.len() != n) {
+        return Err(plot_err(path, format!("x, mean, lower, upper and samples must all have the same length >= 2 (x has {n})")));
+    }
+    let (x0, x1) = finite_range(p.x.iter().chain(p.points.map_or(&[][..], |q| q.0))).ok_or_else(|| plot_err(path, "no finite x"))?;
+    let ys = p.lower.iter().chain(p.upper).chain(p.mean).chain(p.points.map_or(&[][..], |q| q.1)).chain(p.samples.iter().flatten());
+    let (y0, y1) = finite_range(ys).ok_or_else(|| plot_err(path, "no finite y"))?;
+    let pad = 0.05 * (y1 - y0);
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(p.title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().x_desc("x").y_desc("y").draw().map_err(|e| plot_err(path, e))?;
+    let band: Vec<(f64, f64)> = p.x.iter().zip(p.upper).map(|(&a, &b)| (a, b)).chain(p.x.iter().zip(p.lower).rev().map(|(&a, &b)| (a, b))).collect();
+    chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.18)))).map_err(|e| plot_err(path, e))?.label("central band").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.18).filled()));
+    for s in p.samples {
+        chart.draw_series(LineSeries::new(p.x.iter().zip(s).map(|(&a, &b)| (a, b)), BLUE.mix(0.25))).map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .draw_series(LineSeries::new(p.x.iter().zip(p.mean).map(|(&a, &b)| (a, b)), BLUE.stroke_width(2)))
+        .map_err(|e| plot_err(path, e))?
+        .label("predictive mean")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+    if let Some((px, py)) = p.points {
+        chart.draw_series(px.iter().zip(py).map(|(&a, &b)| Circle::new((a, b), 3, BLACK.filled()))).map_err(|e| plot_err(path, e))?.label("data").legend(|(x, y)| Circle::new((x + 8, y), 3, BLACK.filled()));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// Writes a scatter plot of labelled 2-D points with a background of predicted class-1
+/// probabilities on a grid (`grid_x`, `grid_y`, row-major `probs` of size `gy·gx`).
+#[allow(clippy::too_many_arguments)]
+pub fn probability_map(path: impl AsRef<Path>, title: &str, grid_x: &[f64], grid_y: &[f64], probs: &[f64], points: &[[f64; 2]], labels: &[usize]) -> Result<()> {
+    let path = path.as_ref();
+    if grid_x.len() < 2 || grid_y.len() < 2 || probs.len() != grid_x.len() * grid_y.len() || points.len() != labels.len() {
+        return Err(plot_err(path, "grid, probabilities and points have inconsistent lengths"));
+    }
+    let (x0, x1) = (grid_x[0], grid_x[grid_x.len() - 1]);
+    let (y0, y1) = (grid_y[0], grid_y[grid_y.len() - 1]);
+    let root = BitMapBackend::new(path, (700, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(32).y_label_area_size(40).build_cartesian_2d(x0..x1, y0..y1).map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().disable_mesh().draw().map_err(|e| plot_err(path, e))?;
+    let dx = (x1 - x0) / (grid_x.len() - 1) as f64;
+    let dy = (y1 - y0) / (grid_y.len() - 1) as f64;
+    chart
+        .draw_series(grid_y.iter().enumerate().flat_map(|(r, &gy)| {
+            grid_x.iter().enumerate().map(move |(c, &gx)| {
+                let p = probs[r * grid_x.len() + c].clamp(0.0, 1.0);
+                let col = RGBColor((255.0 * p) as u8, 90, (255.0 * (1.0 - p)) as u8).mix(0.35);
+                Rectangle::new([(gx - dx / 2.0, gy - dy / 2.0), (gx + dx / 2.0, gy + dy / 2.0)], col.filled())
+            })
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(points.iter().zip(labels).map(|(p, &l)| Circle::new((p[0], p[1]), 3, if l == 1 { RED.filled() } else { BLUE.filled() })))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}

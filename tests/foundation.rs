@@ -1,0 +1,453 @@
+//! Foundation tests: the conjugate oracle, ELBO estimator properties, gradients, checkpoints,
+//! dtypes, predictive uncertainty and bad input.
+//!
+//! Statistical tolerances are derived from Monte-Carlo standard errors (4 SE, a false-alarm rate of
+//! about 6e-5 per check under normality) with fixed seeds.
+
+use rand::{Rng, SeedableRng};
+use weightspace::prelude::*;
+use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+
+/// y = w·x + b + ε: one identity layer, fixed noise, N(0, 1) prior: the exact posterior is known.
+#[bnn]
+struct Conj {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<2, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.5>>,
+}
+
+const SIGMA: f64 = 0.5;
+
+fn conj_data(n: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for _ in 0..n {
+        let (a, b) = (rng.gen_range(-1.0..1.0), rng.gen_range(-1.0..1.0));
+        x.extend([a, b]);
+        y.push(0.7 * a - 1.2 * b + 0.3 + SIGMA * rng.sample::<f64, _>(rand_distr::StandardNormal));
+    }
+    (x, y)
+}
+
+fn blr(x: &[f64], y: &[f64]) -> BlrPosterior {
+    let design = x.chunks(2).map(|r| vec![r[0], r[1], 1.0]).collect();
+    BlrPosterior::compute(&BlrProblem { design, targets: y.to_vec(), prior_mean: vec![0.0; 3], prior_covariance: PriorCovariance::Isotropic(1.0), noise_std: SIGMA }).unwrap()
+}
+
+/// The ELBO of a mean-field Gaussian q = N(μ, diag s²) for the conjugate model, in closed form.
+fn analytic_elbo(x: &[f64], y: &[f64], mu: &[f64], s: &[f64]) -> f64 {
+    let mut ell = 0.0;
+    for (r, &yn) in x.chunks(2).zip(y) {
+        let phi = [r[0], r[1], 1.0];
+        let m: f64 = phi.iter().zip(mu).map(|(p, m)| p * m).sum();
+        let v: f64 = phi.iter().zip(s).map(|(p, s)| p * p * s * s).sum();
+        ell += -0.5 * (2.0 * std::f64::consts::PI * SIGMA * SIGMA).ln() - ((yn - m).powi(2) + v) / (2.0 * SIGMA * SIGMA);
+    }
+    let kl: f64 = mu.iter().zip(s).map(|(m, s)| -s.ln() + 0.5 * (s * s + m * m) - 0.5).sum();
+    ell - kl
+}
+
+fn guide_values(g: &ConjGuide<f64, Cpu>) -> (Vec<f64>, Vec<f64>) {
+    (g.out.loc.array().to_vec(), g.out.log_scale.array().iter().map(|v| v.exp()).collect())
+}
+
+#[test]
+fn conjugate_oracle_mean_field_optimum() {
+    let dev = Cpu::default();
+    let (x, y) = conj_data(20, 1);
+    let post = blr(&x, &y);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    // the mean-field optimum: exact posterior means, variances 1 / diag(precision)
+    let prec = post.precision().diagonal();
+    let s_star: Vec<f64> = prec.iter().map(|p| 1.0 / p.sqrt()).collect();
+    let elbo_star = analytic_elbo(&x, &y, post.mean(), &s_star);
+    // the optimum's ELBO never exceeds the evidence; the gap is KL(q* ‖ posterior) > 0
+    assert!(elbo_star < post.log_evidence());
+    // R independent stochastic fits: their average must sit on the optimum within 4 standard errors
+    // of that average (the optimiser's own Monte-Carlo error), and each fit must be precise.
+    const R: usize = 8;
+    let mut fits = Vec::new();
+    for seed in 0..R as u64 {
+        let mut model = Conj::<f64, Cpu>::new(&dev);
+        let mut guide = model.mean_field();
+        let cfg = FitConfig { steps: 3000, lr: 0.03, lr_end: Some(1e-4), seed, progress: false, elbo: ElboConfig { samples: 16, ..Default::default() }, ..Default::default() };
+        fit(&mut model, &mut guide, &data, &cfg).unwrap();
+        let (mu, s) = guide_values(&guide);
+        let gap = elbo_star - analytic_elbo(&x, &y, &mu, &s);
+        assert!(gap >= -1e-9, "a fitted guide beat the analytic optimum by {}", -gap);
+        fits.push((mu, s, gap));
+    }
+    for j in 0..3 {
+        let mus: Vec<f64> = fits.iter().map(|f| f.0[j]).collect();
+        let ss: Vec<f64> = fits.iter().map(|f| f.1[j]).collect();
+        let (m, se) = mc_stats(&mus);
+        assert!((m - post.mean()[j]).abs() < 4.0 * se + 1e-6, "mean {j}: fits average {m} ± {se}, exact {}", post.mean()[j]);
+        let (sm, sse) = mc_stats(&ss);
+        assert!((sm - s_star[j]).abs() < 4.0 * sse + 1e-6, "scale {j}: fits average {sm} ± {sse}, optimum {}", s_star[j]);
+        // precision of a single fit: its jitter is a small fraction of the posterior sd
+        assert!(se * (R as f64).sqrt() < 0.05 * s_star[j], "mean {j}: fit-to-fit sd {} vs posterior sd {}", se * (R as f64).sqrt(), s_star[j]);
+    }
+    let worst_gap = fits.iter().map(|f| f.2).fold(0.0, f64::max);
+    assert!(worst_gap < 5e-3, "ELBO gap to the optimum {worst_gap}");
+}
+
+fn mc_stats(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+/// A guide away from the optimum, so estimator checks are not trivially at a stationary point.
+fn perturbed_guide(model: &Conj<f64, Cpu>, dev: &Cpu) -> ConjGuide<f64, Cpu> {
+    let mut g = model.mean_field();
+    g.out.loc = dev.tensor([0.4, -0.9, 0.1]);
+    g.out.log_scale = dev.tensor([0.3f64.ln(), 0.2f64.ln(), 0.5f64.ln()]);
+    g
+}
+
+#[test]
+fn elbo_estimator_is_unbiased_full_batch_and_minibatch() {
+    let dev = Cpu::default();
+    let (x, y) = conj_data(20, 2);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let guide = perturbed_guide(&model, &dev);
+    let (mu, s) = guide_values(&guide);
+    let exact = analytic_elbo(&x, &y, &mu, &s);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for cfg in [ElboConfig { samples: 4, ..Default::default() }, ElboConfig { samples: 4, local_reparam: true, ..Default::default() }, ElboConfig { samples: 4, kl: KlEstimator::MonteCarlo, ..Default::default() }] {
+        let full: Vec<f64> = (0..600).map(|_| elbo(&model, &guide, &data, 20, &cfg, &mut rng).unwrap().elbo).collect();
+        let (m, se) = mc_stats(&full);
+        assert!(se > 0.0);
+        assert!((m - exact).abs() < 4.0 * se, "{cfg:?}: mean {m} exact {exact} se {se}");
+        // minibatches of 5 without replacement, scaled by N/|B|
+        let mini: Vec<f64> = (0..1500)
+            .map(|_| {
+                let mut idx: Vec<usize> = (0..20).collect();
+                rand::seq::SliceRandom::shuffle(&mut idx[..], &mut rng);
+                let batch = data.rows(&idx[..5]).unwrap();
+                elbo(&model, &guide, &batch, 20, &cfg, &mut rng).unwrap().elbo
+            })
+            .collect();
+        let (m, se) = mc_stats(&mini);
+        assert!((m - exact).abs() < 4.0 * se, "{cfg:?} minibatch: mean {m} exact {exact} se {se}");
+    }
+}
+
+#[test]
+fn no_elbo_expectation_exceeds_the_log_evidence() {
+    let dev = Cpu::default();
+    let (x, y) = conj_data(20, 4);
+    let post = blr(&x, &y);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..20 {
+        let mut g = model.mean_field();
+        let mu: [f64; 3] = [rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0)];
+        let s: [f64; 3] = [rng.gen_range(0.05..1.0), rng.gen_range(0.05..1.0), rng.gen_range(0.05..1.0)];
+        g.out.loc = dev.tensor(mu);
+        g.out.log_scale = dev.tensor(s.map(f64::ln));
+        assert!(analytic_elbo(&x, &y, &mu, &s) <= post.log_evidence());
+        let est: Vec<f64> = (0..100).map(|_| elbo(&model, &g, &data, 20, &ElboConfig::default(), &mut rng).unwrap().elbo).collect();
+        let (m, se) = mc_stats(&est);
+        assert!(m <= post.log_evidence() + 4.0 * se, "mean {m} > log Z {} + 4 se {se}", post.log_evidence());
+    }
+}
+
+/// Every activation, a learned noise and learned prior scales: gradients of the ELBO (same noise,
+/// fixed seed) match central finite differences in f64.
+#[bnn]
+struct AllActs {
+    #[layer(prior = Normal(0.0, Learned(1.0)), per = unit)]
+    a: Dense<2, 3, Tanh>,
+    #[layer(prior = Normal(Learned(0.1), 1.0), per = weight)]
+    b: Dense<3, 3, Sigmoid>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled, bias_prior = Normal(0.0, Learned(2.0)))]
+    c: Dense<3, 3, Softplus>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    d: Dense<3, 3, Silu>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    e: Dense<3, 3, Gelu>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    f: Dense<3, 2, Relu>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    g: Dense<2, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.7>>,
+}
+
+#[test]
+fn elbo_gradients_match_finite_differences() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let x: Vec<f64> = (0..16).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    let y: Vec<f64> = (0..8).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = AllActs::<f64, Cpu>::new(&dev);
+    let guide = model.mean_field_with(MeanFieldInit { jitter: 0.5, scale: 0.3, seed: 1 }).unwrap();
+    for cfg in [ElboConfig { samples: 3, ..Default::default() }, ElboConfig { samples: 3, local_reparam: true, ..Default::default() }, ElboConfig { samples: 3, kl: KlEstimator::MonteCarlo, ..Default::default() }] {
+        let loss = |m: &AllActs<f64, Cpu>, g: &AllActsGuide<f64, Cpu>| {
+            let mut r = rand::rngs::StdRng::seed_from_u64(11);
+            -elbo(m, g, &data, 8, &cfg, &mut r).unwrap().elbo
+        };
+        let mut r = rand::rngs::StdRng::seed_from_u64(11);
+        let grads = elbo(&model, &guide, &data, 8, &cfg, &mut r).unwrap().loss.backward();
+        let h = 1e-6;
+        let mut checked = 0;
+        let mut check = |name: &str, analytic: Vec<f64>, perturb: &dyn Fn(usize, f64) -> f64| {
+            for (k, a) in analytic.iter().enumerate() {
+                let fd = (perturb(k, h) - perturb(k, -h)) / (2.0 * h);
+                assert!((a - fd).abs() <= 1e-5 * (1.0 + fd.abs()), "{name}[{k}] ({cfg:?}): backward {a} vs finite difference {fd}");
+                checked += 1;
+            }
+        };
+        // guide parameters of two layers (tanh input layer and the relu layer)
+        let bump = |v: &[f64; 9], k: usize, d: f64| {
+            let mut v = *v;
+            v[k] += d;
+            v
+        };
+        let aloc = guide.a.loc.array();
+        check("a.loc", grads.get(&guide.a.loc).array().to_vec(), &|k, d| {
+            let mut g = guide.clone();
+            g.a.loc = dev.tensor(bump(&aloc, k, d));
+            loss(&model, &g)
+        });
+        let als = guide.a.log_scale.array();
+        check("a.log_scale", grads.get(&guide.a.log_scale).array().to_vec(), &|k, d| {
+            let mut g = guide.clone();
+            g.a.log_scale = dev.tensor(bump(&als, k, d));
+            loss(&model, &g)
+        });
+        let floc = guide.f.loc.array();
+        check("f.loc", grads.get(&guide.f.loc).array().to_vec(), &|k, d| {
+            let mut g = guide.clone();
+            let mut v = floc;
+            v[k] += d;
+            g.f.loc = dev.tensor(v);
+            loss(&model, &g)
+        });
+        // learned hyperparameters: per-unit prior scale of `a`, the learned loc of `b`, bias scale of `c`, noise
+        let ps = model.a.weight.log_scale.array();
+        check("prior a.weight.log_scale", grads.get(&model.a.weight.log_scale).array().to_vec(), &|k, d| {
+            let mut m = model.clone();
+            let mut v = ps;
+            v[k] += d;
+            m.a.weight.log_scale = dev.tensor(v);
+            loss(&m, &guide)
+        });
+        let bl = model.b.weight.loc.array();
+        check("prior b.weight.loc", grads.get(&model.b.weight.loc).array().to_vec(), &|k, d| {
+            let mut m = model.clone();
+            let mut v = bl;
+            v[k] += d;
+            m.b.weight.loc = dev.tensor(v);
+            loss(&m, &guide)
+        });
+        let cb = model.c.bias.log_scale.array();
+        check("prior c.bias.log_scale", grads.get(&model.c.bias.log_scale).array().to_vec(), &|k, d| {
+            let mut m = model.clone();
+            let mut v = cb;
+            v[k] += d;
+            m.c.bias.log_scale = dev.tensor(v);
+            loss(&m, &guide)
+        });
+        let raw = model.noise.raw.array();
+        check("noise.raw", grads.get(&model.noise.raw).array().to_vec(), &|_, d| {
+            let mut m = model.clone();
+            m.noise.raw = dev.tensor([raw[0] + d]);
+            loss(&m, &guide)
+        });
+        assert!(checked >= 40, "only {checked} partial derivatives checked");
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_bit_exactly_and_both_dtypes_run() {
+    fn run<E: Real>() -> (Vec<u64>, Vec<u64>)
+    where
+        Cpu: Device<E>,
+    {
+        let dev = Cpu::default();
+        let (x, y) = conj_data(30, 9);
+        let data = Dataset::<E, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+        let mut model = AllActs::<E, Cpu>::new(&dev);
+        let mut guide = model.mean_field();
+        fit(&mut model, &mut guide, &data, &FitConfig { steps: 30, progress: false, ..Default::default() }).unwrap();
+        let dir = std::env::temp_dir().join(format!("ws_ckpt_{}_{}", std::any::type_name::<E>(), std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        save(&model, dir.join("model.safetensors")).unwrap();
+        save(&guide, dir.join("guide.safetensors")).unwrap();
+        let mut m2 = AllActs::<E, Cpu>::new(&dev);
+        let mut g2 = m2.mean_field();
+        load(&mut m2, dir.join("model.safetensors")).unwrap();
+        load(&mut g2, dir.join("guide.safetensors")).unwrap();
+        let bits = |v: Vec<E>| v.iter().map(|x| x.to_f64().unwrap().to_bits()).collect::<Vec<u64>>();
+        let flat = |m: &AllActs<E, Cpu>, g: &AllActsGuide<E, Cpu>| {
+            let mut v = Vec::new();
+            for p in m.prior_params() {
+                v.extend(p.weight.loc.as_vec());
+                v.extend(p.weight.log_scale.as_vec());
+                if let Some(b) = p.bias {
+                    v.extend(b.loc.as_vec());
+                    v.extend(b.log_scale.as_vec());
+                }
+            }
+            v.extend(m.noise.raw.as_vec());
+            for p in g.layer_params() {
+                v.extend(p.loc.as_vec());
+                v.extend(p.log_scale.as_vec());
+            }
+            v
+        };
+        // a missing file is an Err and leaves the target untouched
+        let before = bits(flat(&m2, &g2));
+        assert!(matches!(load(&mut m2, dir.join("missing.safetensors")), Err(Error::Checkpoint { .. })));
+        assert_eq!(before, bits(flat(&m2, &g2)));
+        (bits(flat(&model, &guide)), bits(flat(&m2, &g2)))
+    }
+    let (a, b) = run::<f32>();
+    assert_eq!(a, b);
+    let (a, b) = run::<f64>();
+    assert_eq!(a, b);
+}
+
+#[bnn]
+struct GapNet {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<1, 32, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    out: Dense<32, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+#[test]
+fn predictive_uncertainty_is_larger_in_the_gap() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let x: Vec<f64> = (0..60).map(|i| if i % 2 == 0 { rng.gen_range(-3.0..-1.0) } else { rng.gen_range(1.0..3.0) }).collect();
+    let y: Vec<f64> = x.iter().map(|x| x.sin() + 0.1 * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
+    let data = Dataset::<f32, _>::regression(&dev, &x, 1, &y, 1).unwrap();
+    let mut model = GapNet::<f32, Cpu>::new(&dev);
+    let mut guide = model.mean_field();
+    fit(&mut model, &mut guide, &data, &FitConfig { steps: 2500, lr: 0.01, progress: false, ..Default::default() }).unwrap();
+    let xs = [-2.0f32, 0.0, 2.0];
+    let xt = dev.tensor_from_vec(xs.to_vec(), (3usize, 1usize));
+    let pred = Predictive::new(2000).run(&model, &guide, &xt).unwrap();
+    // epistemic sd at the gap's centre against the data regions
+    let (on_data, in_gap) = (0.5 * (pred.f_std[0] + pred.f_std[2]), pred.f_std[1]);
+    assert!(in_gap > 2.0 * on_data, "sd in gap {in_gap} vs on data {on_data}");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let dev = Cpu::default();
+    let model = Conj::<f32, Cpu>::new(&dev);
+    let guide = model.mean_field();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    // wrong number of input features
+    let d3 = Dataset::<f32, _>::regression(&dev, &[1.0, 2.0, 3.0], 3, &[1.0], 1).unwrap();
+    let e = elbo(&model, &guide, &d3, 1, &ElboConfig::default(), &mut rng).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("(n, 2)"), "{e}");
+    let xt = dev.tensor_from_vec(vec![1.0f32; 3], (1usize, 3usize));
+    assert!(matches!(Predictive::new(10).run(&model, &guide, &xt), Err(Error::Shape { .. })));
+    // NaN and Inf
+    assert!(matches!(Dataset::<f32, _>::regression(&dev, &[1.0, f64::NAN], 2, &[1.0], 1), Err(Error::NonFinite { index: 1, .. })));
+    assert!(matches!(Dataset::<f32, _>::regression(&dev, &[1.0, 2.0], 2, &[f64::INFINITY], 1), Err(Error::NonFinite { index: 0, .. })));
+    let xnan = dev.tensor_from_vec(vec![1.0f32, f32::NAN], (1usize, 2usize));
+    assert!(matches!(Predictive::new(10).run(&model, &guide, &xnan), Err(Error::NonFinite { .. })));
+    // empty
+    assert!(matches!(Dataset::<f32, _>::regression(&dev, &[], 2, &[], 1), Err(Error::Empty { .. })));
+    // zero samples
+    let data = Dataset::<f32, _>::regression(&dev, &[1.0, 2.0], 2, &[1.0], 1).unwrap();
+    assert!(matches!(elbo(&model, &guide, &data, 1, &ElboConfig { samples: 0, ..Default::default() }, &mut rng), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(Predictive::new(0).run(&model, &guide, &data.x), Err(Error::InvalidConfig { .. })));
+    let mut m = model.clone();
+    let mut g = guide.clone();
+    assert!(matches!(fit(&mut m, &mut g, &data, &FitConfig { elbo: ElboConfig { samples: 0, ..Default::default() }, ..Default::default() }), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(fit(&mut m, &mut g, &data, &FitConfig { lr: -1.0, ..Default::default() }), Err(Error::InvalidConfig { .. })));
+    // label out of range
+    let e = Dataset::<f32, _>::classification(&dev, &[0.0, 1.0, 2.0], 1, &[0, 1, 3], 3).unwrap_err();
+    assert_eq!(e, Error::LabelOutOfRange { row: 2, label: 3, classes: 3 });
+    // labels for a regression model, and weights of the wrong shape
+    let lab = Dataset::<f32, _>::classification(&dev, &[0.0, 1.0], 2, &[1], 2).unwrap();
+    assert!(matches!(elbo(&model, &guide, &lab, 1, &ElboConfig::default(), &mut rng), Err(Error::Shape { .. })));
+    let bad = Weights::<f32, Cpu> { layers: vec![dev.zeros_like(&(2usize, 1usize, 2usize))] };
+    assert!(matches!(model.forward(bad, &data.x), Err(Error::Shape { .. })));
+}
+
+#[bnn]
+struct Divergent {
+    #[layer(prior = Normal(0.0, Learned(1.0)))]
+    out: Dense<1, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<1.0>>,
+}
+
+#[test]
+fn divergent_training_is_an_error_and_keeps_the_last_finite_parameters() {
+    let dev = Cpu::default();
+    let data = Dataset::<f32, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[1e30, -1e30, 1e30], 1).unwrap();
+    let mut model = Divergent::<f32, Cpu>::new(&dev);
+    let mut guide = model.mean_field();
+    let err = fit(&mut model, &mut guide, &data, &FitConfig { steps: 500, lr: 10.0, progress: false, ..Default::default() }).unwrap_err();
+    assert!(matches!(err, Error::Diverged { .. }), "{err}");
+    assert!(err.to_string().contains("step"));
+    for v in model.noise.raw.as_vec().into_iter().chain(model.out.weight.log_scale.as_vec()).chain(guide.out.loc.as_vec()).chain(guide.out.log_scale.as_vec()) {
+        assert!(v.is_finite());
+    }
+}
+
+#[bnn]
+struct Clf {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<2, 8, Relu>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<8, 3>,
+    #[likelihood]
+    labels: Categorical,
+}
+
+#[bnn]
+struct Bin {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<2, 1>,
+    #[likelihood]
+    labels: Bernoulli,
+}
+
+#[test]
+fn classifiers_learn_separable_classes() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let centres = [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]];
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..150 {
+        let c = i % 3;
+        x.extend([centres[c][0] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal), centres[c][1] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal)]);
+        labels.push(c);
+    }
+    let data = Dataset::<f32, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
+    let mut model = Clf::<f32, Cpu>::new(&dev);
+    let mut guide = model.mean_field_with(MeanFieldInit { jitter: 0.3, ..Default::default() }).unwrap();
+    fit(&mut model, &mut guide, &data, &FitConfig { steps: 800, lr: 0.02, progress: false, ..Default::default() }).unwrap();
+    let m = Predictive::new(200).evaluate(&model, &guide, &data).unwrap();
+    assert!(m.accuracy.unwrap() > 0.95, "accuracy {:?}", m.accuracy);
+    assert!(m.mean_lpd > -0.3 && m.ece.unwrap() < 0.15, "{m:?}");
+    // Bernoulli on two of the classes
+    let idx: Vec<usize> = (0..150).filter(|i| labels[*i] < 2).collect();
+    let xb: Vec<f64> = idx.iter().flat_map(|&i| [x[2 * i], x[2 * i + 1]]).collect();
+    let lb: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+    let data = Dataset::<f32, _>::classification(&dev, &xb, 2, &lb, 2).unwrap();
+    let mut model = Bin::<f32, Cpu>::new(&dev);
+    let mut guide = model.mean_field();
+    fit(&mut model, &mut guide, &data, &FitConfig { steps: 500, lr: 0.05, progress: false, ..Default::default() }).unwrap();
+    let m = Predictive::new(200).evaluate(&model, &guide, &data).unwrap();
+    assert!(m.accuracy.unwrap() > 0.97, "bernoulli accuracy {:?}", m.accuracy);
+}

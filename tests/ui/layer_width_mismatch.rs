@@ -1,0 +1,15 @@
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<1, 50, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden2: Dense<40, 50, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<50, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+fn main() {}

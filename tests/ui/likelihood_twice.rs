@@ -1,0 +1,13 @@
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<1, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+    #[likelihood]
+    other_noise: Gaussian<Learned>,
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use weightspace::prelude::*;
+
+#[bnn]
+#[derive(Clone)]
+struct Net {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<1, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use weightspace::prelude::*;
+
+#[bnn]
+enum Net {
+    Small,
+    Large,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net<T: Copy> {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<1, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net {
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net;
+
+fn main() {}
