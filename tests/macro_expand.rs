@@ -109,12 +109,10 @@ fn arch_matches_the_declaration() {
 #[test]
 fn arch_of_the_other_options() {
     let arch = Bounded::<f32, Cpu>::ARCH;
-    assert_eq!(arch.layers[0].prior, NormalSpec {
-        loc: Param::Learned(-0.5),
-        scale: Param::Fixed(3.0),
-        per: Granularity::Weight,
-        fan_in_scaled: false,
-    });
+    assert_eq!(
+        arch.layers[0].prior,
+        NormalSpec { loc: Param::Learned(-0.5), scale: Param::Fixed(3.0), per: Granularity::Weight, fan_in_scaled: false }
+    );
     assert_eq!(arch.layers[0].activation, Activation::Relu);
     assert_eq!(arch.layers[1].prior, NormalSpec::STANDARD, "a bare #[layer] is Normal(0, 1) per layer");
     assert_eq!(arch.layers[1].activation, Activation::Softplus);

@@ -71,6 +71,31 @@ pub struct ElboEstimate<E: Dtype, D: Storage<E>> {
     pub kl: f64,
 }
 
+/// A training objective for [`crate::fit::fit_objective`]: anything that turns a minibatch into a
+/// taped loss plus its reported parts. The plain ELBO implements it; so can symmetrised or tempered
+/// variants built on top of [`elbo`].
+pub trait Objective<E: Real, D: Device<E>, M: Bnn<E, D>> {
+    /// Estimates the objective on `batch` (a minibatch of a dataset of `n_total` points).
+    fn estimate(&mut self, model: &M, guide: &M::Guide, batch: &Dataset<E, D>, n_total: usize, rng: &mut rand::rngs::StdRng) -> Result<ElboEstimate<E, D>>;
+
+    /// Checks the objective's own settings before training starts.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for ElboConfig {
+    fn estimate(&mut self, model: &M, guide: &M::Guide, batch: &Dataset<E, D>, n_total: usize, rng: &mut rand::rngs::StdRng) -> Result<ElboEstimate<E, D>> {
+        elbo(model, guide, batch, n_total, self, rng)
+    }
+    fn validate(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::config("ElboConfig::samples", 0, "at least one weight sample is needed"));
+        }
+        Ok(())
+    }
+}
+
 /// Estimates the ELBO of `guide` for `model` on a minibatch `batch` of a dataset with `n_total`
 /// points.
 ///

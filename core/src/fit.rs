@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::data::Dataset;
-use crate::elbo::{elbo, ElboConfig};
+use crate::elbo::{ElboConfig, Objective};
 use crate::model::Bnn;
 use crate::{Error, Real, Result};
 
@@ -29,7 +29,8 @@ pub struct FitConfig {
     pub lr: f64,
     /// Decay the learning rate linearly to this value by the last step; `None` keeps it constant.
     pub lr_end: Option<f64>,
-    /// ELBO estimator settings (samples `S`, local reparameterisation, KL estimator).
+    /// ELBO estimator settings (samples `S`, local reparameterisation, KL estimator). Used by
+    /// [`fit`]; [`fit_objective`] takes its objective separately.
     pub elbo: ElboConfig,
     /// Seed for minibatches and Monte-Carlo noise.
     pub seed: u64,
@@ -94,9 +95,6 @@ fn validate(cfg: &FitConfig, n: usize) -> Result<()> {
             return Err(Error::config("FitConfig::batch_size", b, "must be between 1 and the dataset size"));
         }
     }
-    if cfg.elbo.samples == 0 {
-        return Err(Error::config("FitConfig::elbo.samples", 0, "at least one weight sample is needed"));
-    }
     if cfg.record_every == 0 {
         return Err(Error::config("FitConfig::record_every", 0, "must be >= 1"));
     }
@@ -155,6 +153,20 @@ fn update<E: Real, D: Device<E>, M: TensorCollection<E, D>>(opt: &mut Adam<M, E,
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 pub fn fit<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &mut M, guide: &mut M::Guide, data: &Dataset<E, D>, cfg: &FitConfig) -> Result<FitReport> {
+    let mut objective = cfg.elbo;
+    fit_objective(model, guide, data, cfg, &mut objective)
+}
+
+/// [`fit`] with any [`Objective`] in place of the plain ELBO (e.g. a symmetrised ELBO). The
+/// objective's loss is minimised; its reported parts go into the history.
+pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>(
+    model: &mut M,
+    guide: &mut M::Guide,
+    data: &Dataset<E, D>,
+    cfg: &FitConfig,
+    objective: &mut O,
+) -> Result<FitReport> {
+    objective.validate()?;
     data.check_for(M::ARCH)?;
     let n = data.len();
     validate(cfg, n)?;
@@ -188,7 +200,7 @@ pub fn fit<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &mut M, guide: &mut M::Gu
                 Some(data.rows(idx)?)
             }
         };
-        let est = elbo(&*model, &*guide, batch.as_ref().unwrap_or(data), n, &cfg.elbo, &mut rng)?;
+        let est = objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), n, &mut rng)?;
         if !est.elbo.is_finite() {
             bar.abandon();
             return Err(Error::Diverged { step, what: format!("ELBO estimate ({})", est.elbo) });

@@ -92,8 +92,8 @@ pub mod prelude {
     pub use crate::arch::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
     pub use crate::checkpoint::{load, save};
     pub use crate::data::Dataset;
-    pub use crate::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator};
-    pub use crate::fit::{fit, FitConfig, FitRecord, FitReport};
+    pub use crate::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
+    pub use crate::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
     pub use crate::guide::MeanFieldInit;
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
     pub use crate::predictive::{PredictiveConfig, PredictiveSummary, Predictive};

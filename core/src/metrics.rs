@@ -663,7 +663,8 @@ mod tests {
         assert!(rmse(&[f64::NAN], &[0.0]).is_err());
         let nll = gaussian_negative_log_likelihood(&[1.0, 0.0], &[4.0, 1.0], &[3.0, 0.0]).unwrap();
         let ln_2pi = (2.0 * std::f64::consts::PI).ln();
-        let expect = 0.5 * ((0.5 * (ln_2pi + 4f64.ln() + 1.0)) + 0.5 * ln_2pi) * 2.0 / 2.0;
+        // point 0: ½(ln 2π + ln 4 + (3 − 1)²/4); point 1: ½ ln 2π; then the mean of the two
+        let expect = (0.5 * (ln_2pi + 4f64.ln() + 1.0) + 0.5 * ln_2pi) / 2.0;
         close(nll, expect, 1e-12);
         assert!(gaussian_negative_log_likelihood(&[0.0], &[0.0], &[0.0]).is_err());
     }

@@ -82,8 +82,7 @@ pub struct Prior {
 
 impl Prior {
     /// `Normal(0.0, 1.0)`, one pair per layer.
-    pub const STANDARD: Prior =
-        Prior { loc: Param::Fixed(0.0), scale: Param::Fixed(1.0), per: Granularity::Layer, fan_in_scaled: false };
+    pub const STANDARD: Prior = Prior { loc: Param::Fixed(0.0), scale: Param::Fixed(1.0), per: Granularity::Layer, fan_in_scaled: false };
 }
 
 /// The observation model.
@@ -162,8 +161,7 @@ fn check_derive(cx: &Ctxt, attr: &Attribute) -> Option<Attribute> {
     if attr.path() != DERIVE {
         return Some(attr.clone());
     }
-    let Ok(paths) = attr.parse_args_with(syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated)
-    else {
+    let Ok(paths) = attr.parse_args_with(syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated) else {
         return Some(attr.clone());
     };
     let mut kept = Vec::new();
@@ -205,10 +203,7 @@ impl<'a> Field<'a> {
                     Some(t) if t == DENSE.0 => "; this looks like a layer: add `#[layer(prior = Normal(0.0, 1.0))]`",
                     _ => "",
                 };
-                cx.error_spanned_by(
-                    ident,
-                    format!("field `{}` needs `#[layer(...)]` or `#[likelihood]`{hint}", ident.unraw()),
-                );
+                cx.error_spanned_by(ident, format!("field `{}` needs `#[layer(...)]` or `#[likelihood]`{hint}", ident.unraw()));
                 Role::Unmarked
             }
         };
@@ -362,8 +357,7 @@ fn likelihood(cx: &Ctxt, ty: &Type, attr: LikelihoodAttr) -> Option<Likelihood> 
         _ => Vec::new(),
     };
     let kind = if name == GAUSSIAN {
-        const NOISE: &str =
-            "`Gaussian` needs its noise scale: `Gaussian<Fixed<0.1>>`, `Gaussian<Learned<0.1>>` or `Gaussian<Learned>`";
+        const NOISE: &str = "`Gaussian` needs its noise scale: `Gaussian<Fixed<0.1>>`, `Gaussian<Learned<0.1>>` or `Gaussian<Learned>`";
         let [arg] = args.as_slice() else {
             cx.error_spanned_by(ty, NOISE);
             return None;

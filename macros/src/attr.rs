@@ -127,21 +127,15 @@ pub fn field_attrs<'a>(cx: &Ctxt, attrs: &'a [Attribute]) -> FieldAttrs<'a> {
             others.push(attr);
             continue;
         };
-        let parsed = if this == LAYER {
-            FieldRole::Layer(layer_attr(cx, attr))
-        } else {
-            FieldRole::Likelihood(likelihood_attr(cx, attr))
-        };
+        let parsed = if this == LAYER { FieldRole::Layer(layer_attr(cx, attr)) } else { FieldRole::Likelihood(likelihood_attr(cx, attr)) };
         match &role {
             None => role = Some((parsed, this)),
-            Some((_, first)) if *first == this => cx.error_spanned_by(
-                attr,
-                format!("duplicate `#[{this}]` attribute; put all options in one `#[{this}(...)]`"),
-            ),
-            Some((_, first)) => cx.error_spanned_by(
-                attr,
-                format!("a field is either a layer or the likelihood; it already has `#[{first}]`"),
-            ),
+            Some((_, first)) if *first == this => {
+                cx.error_spanned_by(attr, format!("duplicate `#[{this}]` attribute; put all options in one `#[{this}(...)]`"))
+            }
+            Some((_, first)) => {
+                cx.error_spanned_by(attr, format!("a field is either a layer or the likelihood; it already has `#[{first}]`"))
+            }
         }
     }
     FieldAttrs { role: role.map(|(r, _)| r), others }
@@ -322,17 +316,11 @@ fn normal_expr(cx: &Ctxt, expr: &Expr) -> Option<NormalExpr> {
         return None;
     };
     if family != NORMAL {
-        cx.error_spanned_by(
-            family,
-            format!("unknown prior family `{family}`; the supported family is `Normal(loc, scale)`"),
-        );
+        cx.error_spanned_by(family, format!("unknown prior family `{family}`; the supported family is `Normal(loc, scale)`"));
         return None;
     }
     if call.args.len() != 2 {
-        cx.error_spanned_by(
-            call,
-            format!("`Normal` takes 2 arguments, `Normal(loc, scale)`, but {} were given", call.args.len()),
-        );
+        cx.error_spanned_by(call, format!("`Normal` takes 2 arguments, `Normal(loc, scale)`, but {} were given", call.args.len()));
         return None;
     }
     let loc = hyper(cx, &call.args[0]);

@@ -45,10 +45,7 @@ fn check_likelihood_count(cx: &Ctxt, cont: &Container) {
     if first.is_none() {
         cx.error_spanned_by(
             cont.ident,
-            format!(
-                "`{}` has no likelihood; add a field such as `#[likelihood] noise: Gaussian<Learned<0.1>>`",
-                cont.ident.unraw()
-            ),
+            format!("`{}` has no likelihood; add a field such as `#[likelihood] noise: Gaussian<Learned<0.1>>`", cont.ident.unraw()),
         );
     }
 }
@@ -62,10 +59,7 @@ fn check_layers(cx: &Ctxt, cont: &Container) {
     if layers.is_empty() {
         cx.error_spanned_by(
             cont.ident,
-            format!(
-                "`{}` has no layers; add a field such as `#[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>`",
-                cont.ident.unraw()
-            ),
+            format!("`{}` has no layers; add a field such as `#[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>`", cont.ident.unraw()),
         );
         return;
     }
@@ -128,10 +122,9 @@ fn check_likelihood(cx: &Ctxt, cont: &Container) {
                     );
                 }
             }
-            LikelihoodKind::Gaussian { scale: Param::Fixed(_) } => cx.error_spanned_by(
-                key,
-                format!("`upper` bounds a learned noise scale; `{}` has a fixed one", field.name),
-            ),
+            LikelihoodKind::Gaussian { scale: Param::Fixed(_) } => {
+                cx.error_spanned_by(key, format!("`upper` bounds a learned noise scale; `{}` has a fixed one", field.name))
+            }
             _ => cx.error_spanned_by(key, "`upper` applies only to `Gaussian<Learned<..>>` likelihoods"),
         }
     }

@@ -72,13 +72,10 @@ pub fn expand(cont: &Container) -> TokenStream {
             _ => None,
         }
     });
-    let new_doc = format!(
-        "Builds a `{name}` on `dev` with every prior and likelihood parameter at its declared (initial) value."
-    );
+    let new_doc = format!("Builds a `{name}` on `dev` with every prior and likelihood parameter at its declared (initial) value.");
 
     // dfdx `TensorCollection` for the model: every field is a sub-module named after it.
-    let model_fields: Vec<&Field> =
-        cont.fields.iter().filter(|f| matches!(f.role, Role::Layer(_) | Role::Likelihood(_))).collect();
+    let model_fields: Vec<&Field> = cont.fields.iter().filter(|f| matches!(f.role, Role::Layer(_) | Role::Likelihood(_))).collect();
     let model_collection = collection(ident, &model_fields);
 
     // `Bnn`.
@@ -310,9 +307,7 @@ fn summary_doc(cont: &Container) -> TokenStream {
     }
     let ident = cont.ident;
     lines.push(String::new());
-    lines.push(format!(
-        "Generated with it: [`{ident}Guide`] (mean-field guide) and [`{ident}Weights`] (typed weight samples)."
-    ));
+    lines.push(format!("Generated with it: [`{ident}Guide`] (mean-field guide) and [`{ident}Weights`] (typed weight samples)."));
     let lines = lines.into_iter().map(|l| if l.is_empty() { l } else { format!(" {l}") });
     quote!(#(#[doc = #lines])*)
 }
@@ -485,8 +480,7 @@ fn collection(ty: &Ident, fields: &[&Field]) -> TokenStream {
             }
         })
         .collect();
-    let bindings: Vec<Ident> =
-        (0..fields.len()).map(|i| Ident::new(&format!("__f{i}"), Span::mixed_site())).collect();
+    let bindings: Vec<Ident> = (0..fields.len()).map(|i| Ident::new(&format!("__f{i}"), Span::mixed_site())).collect();
     let pattern = nest(&bindings.iter().map(ToTokens::to_token_stream).collect::<Vec<_>>());
     let accessors = nest(&accessors);
     let names = fields.iter().map(|f| f.ident);

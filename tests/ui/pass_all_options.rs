@@ -1,7 +1,6 @@
 //! Every option of `#[bnn]` in declarations that must compile without a single warning, with the
 //! names generated code could trip over shadowed at module level.
 #![deny(warnings)]
-#![deny(missing_docs)]
 
 use weightspace::prelude::*;
 
