@@ -111,5 +111,5 @@ pub use assert::{
     check_two_sample, check_two_sample_1d, check_variance, Draws, InferenceTestError, PermutationSettings, TestOutcome, VectorDraws,
 };
 pub use diagnostics::{ess_bulk, ess_mean, ess_tail, mcse_mean, rhat, split_rhat, summarize};
-pub use reference::{BlrPosterior, BlrProblem, Gaussian, PriorCovariance};
+pub use reference::{BlrPosterior, BlrProblem, Gaussian, PriorCovariance, TanhNet, TanhNetProblem, TanhNetReference};
 pub use sbc::{run_sbc, PosteriorSampler, SbcReport, SbcSettings};
