@@ -67,9 +67,14 @@ pub fn init_mean_field<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, init: Mea
 }
 
 /// Draws `n` standard-normal values on the host and moves them to `dev` in one transfer.
+///
+/// The draws come from a xoshiro256++ generator seeded from `rng` (one `u64` per call): fast,
+/// reproducible from the caller's seed, and drawn directly in the dtype `E`.
 pub fn standard_normal<E: Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl Rng, shape: S) -> Tensor<S, E, D> {
+    use rand::SeedableRng;
     let n = shape.num_elements();
-    let v: Vec<E> = (0..n).map(|_| E::from_f64(rng.sample::<f64, _>(StandardNormal)).unwrap()).collect();
+    let mut fast = rand::rngs::SmallRng::seed_from_u64(rng.next_u64());
+    let v: Vec<E> = (0..n).map(|_| E::sample_standard_normal(&mut fast)).collect();
     dev.tensor_from_vec(v, shape)
 }
 

@@ -58,6 +58,10 @@ pub trait Real:
     #[doc(hidden)]
     fn tanh_kernel(self) -> Self;
 
+    /// One standard-normal draw in this dtype.
+    #[doc(hidden)]
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> Self;
+
     /// In-place `tanh` over a buffer (vectorised for `f32`).
     #[doc(hidden)]
     fn tanh_slice(v: &mut [Self]) {
@@ -73,6 +77,9 @@ impl Real for f32 {
     fn tanh_kernel(self) -> f32 {
         kernels::tanh_f32(self)
     }
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f32 {
+        rng.sample(rand_distr::StandardNormal)
+    }
     fn tanh_slice(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x = kernels::tanh_f32(*x));
     }
@@ -84,6 +91,9 @@ impl Real for f64 {
     }
     fn tanh_kernel(self) -> f64 {
         self.tanh()
+    }
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f64 {
+        rng.sample(rand_distr::StandardNormal)
     }
 }
 
