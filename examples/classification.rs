@@ -47,14 +47,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = FitConfig { steps: 6000, lr: 2e-2, lr_end: Some(1e-3), ..Default::default() };
     let report = fit(&mut model, &mut guide, &train, &cfg)?;
     let last = report.history.last().expect("history");
-    println!("fit: {} steps in {:.1} s; final ELBO {:.2} (E[log lik] {:.2}, KL {:.2})", report.steps, report.seconds, last.elbo, last.expected_log_lik, last.kl);
+    println!(
+        "fit: {} steps in {:.1} s; final ELBO {:.2} (E[log lik] {:.2}, KL {:.2})",
+        report.steps, report.seconds, last.elbo, last.expected_log_lik, last.kl
+    );
 
     let m = Predictive::new(500).evaluate(&model, &guide, &test)?;
     let (acc, ece) = (m.accuracy.unwrap_or(f64::NAN), m.ece.unwrap_or(f64::NAN));
     println!("test ({} points): accuracy {:.3}  NLL {:.3} ± {:.3}  ECE {:.3}", yt.len(), acc, -m.mean_lpd, m.mean_lpd_se, ece);
 
     // predictive probability of class 1 on a grid
-    let (gx, gy): (Vec<f64>, Vec<f64>) = ((0..80).map(|i| -2.0 + 5.0 * i as f64 / 79.0).collect(), (0..64).map(|i| -1.5 + 3.5 * i as f64 / 63.0).collect());
+    let (gx, gy): (Vec<f64>, Vec<f64>) =
+        ((0..80).map(|i| -2.0 + 5.0 * i as f64 / 79.0).collect(), (0..64).map(|i| -1.5 + 3.5 * i as f64 / 63.0).collect());
     let grid: Vec<f32> = gy.iter().flat_map(|&b| gx.iter().flat_map(move |&a| [a as f32, b as f32])).collect();
     let xg = dev.tensor_from_vec(grid, (gx.len() * gy.len(), 2usize));
     let pred = Predictive::new(300).run(&model, &guide, &xg)?;

@@ -161,7 +161,22 @@ fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) 
         }
         // out (n×o) += h_s (n×i) · W_sᵀ (i×o); W_s row-major o×(i+1): element (k, u) of Wᵀ at u*(i+1)+k
         unsafe {
-            E::gemm(n, i, o, E::one(), h[si * h_batch..].as_ptr(), i as isize, 1, ws.as_ptr(), 1, (i + 1) as isize, E::one(), out.as_mut_ptr(), o as isize, 1);
+            E::gemm(
+                n,
+                i,
+                o,
+                E::one(),
+                h[si * h_batch..].as_ptr(),
+                i as isize,
+                1,
+                ws.as_ptr(),
+                1,
+                (i + 1) as isize,
+                E::one(),
+                out.as_mut_ptr(),
+                o as isize,
+                1,
+            );
         }
     }
     let z = matches!(act, Activation::Silu | Activation::Gelu).then(|| a.clone());
@@ -172,7 +187,17 @@ fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) 
 /// Backward of [`dense_forward_host`]: accumulates into `dw` and (if given) `dh`. `g` is the
 /// gradient w.r.t. the activations and is overwritten with the gradient w.r.t. `z`.
 #[allow(clippy::too_many_arguments)]
-fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Option<&[E]>, g: &mut [E], act: Activation, dw: &mut [E], dh: Option<&mut [E]>) {
+fn dense_backward_host<E: Real>(
+    d: DenseDims,
+    h: &[E],
+    w: &[E],
+    a: &[E],
+    z: Option<&[E]>,
+    g: &mut [E],
+    act: Activation,
+    dw: &mut [E],
+    dh: Option<&mut [E]>,
+) {
     let DenseDims { s, n, i, o, h_batch } = d;
     act_backward(act, a, z, g);
     for si in 0..s {
@@ -180,7 +205,22 @@ fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Opti
         let dws = &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)];
         // dW_s[:, :i] (o×i) += g_sᵀ (o×n) · h_s (n×i)
         unsafe {
-            E::gemm(o, n, i, E::one(), gs.as_ptr(), 1, o as isize, h[si * h_batch..].as_ptr(), i as isize, 1, E::one(), dws.as_mut_ptr(), (i + 1) as isize, 1);
+            E::gemm(
+                o,
+                n,
+                i,
+                E::one(),
+                gs.as_ptr(),
+                1,
+                o as isize,
+                h[si * h_batch..].as_ptr(),
+                i as isize,
+                1,
+                E::one(),
+                dws.as_mut_ptr(),
+                (i + 1) as isize,
+                1,
+            );
         }
         for row in gs.chunks(o) {
             for (u, gv) in row.iter().enumerate() {
@@ -194,7 +234,22 @@ fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Opti
             let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
             // dh_s (n×i) += g_s (n×o) · W_s[:, :i] (o×i)
             unsafe {
-                E::gemm(n, o, i, E::one(), gs.as_ptr(), o as isize, 1, ws.as_ptr(), (i + 1) as isize, 1, E::one(), dh[si * n * i..].as_mut_ptr(), i as isize, 1);
+                E::gemm(
+                    n,
+                    o,
+                    i,
+                    E::one(),
+                    gs.as_ptr(),
+                    o as isize,
+                    1,
+                    ws.as_ptr(),
+                    (i + 1) as isize,
+                    1,
+                    E::one(),
+                    dh[si * n * i..].as_mut_ptr(),
+                    i as isize,
+                    1,
+                );
             }
         }
     }
@@ -251,7 +306,10 @@ pub(crate) fn dense<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<None
             }
             let grads: &mut Gradients<E, Cpu> = (grads as &mut dyn std::any::Any).downcast_mut().expect("D is Cpu");
             let cast = |t: &Tensor<(usize, usize, usize), E, D>| -> Tensor<(usize, usize, usize), E, Cpu> {
-                (Box::new(t.clone()) as Box<dyn std::any::Any>).downcast::<Tensor<(usize, usize, usize), E, Cpu>>().map(|b| *b).expect("D is Cpu")
+                (Box::new(t.clone()) as Box<dyn std::any::Any>)
+                    .downcast::<Tensor<(usize, usize, usize), E, Cpu>>()
+                    .map(|b| *b)
+                    .expect("D is Cpu")
             };
             let mut g: Vec<E> = match grads.get_or_alloc_mut(&cast(&out_c)) {
                 Ok(v) => v.to_vec(),

@@ -52,7 +52,22 @@ pub trait Real:
     /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize, beta: Self, c: *mut Self, rsc: isize, csc: isize);
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 
     /// `tanh` as the CPU kernels evaluate it (a fast rational approximation for `f32`).
     #[doc(hidden)]
@@ -70,7 +85,22 @@ pub trait Real:
 }
 
 impl Real for f32 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     #[inline]
@@ -86,7 +116,22 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f64, a: *const f64, rsa: isize, csa: isize, b: *const f64, rsb: isize, csb: isize, beta: f64, c: *mut f64, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     fn tanh_kernel(self) -> f64 {
@@ -106,22 +151,28 @@ pub mod prelude {
     pub use crate::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
     pub use crate::guide::MeanFieldInit;
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
-    pub use crate::predictive::{PredictiveConfig, PredictiveSummary, Predictive};
+    pub use crate::predictive::{Predictive, PredictiveConfig, PredictiveSummary};
     pub use crate::{Error, Real, Result};
-    pub use dfdx::prelude::{AsArray, Backward, Cpu, Device, Dtype, HasShape, Shape, Tensor, TensorFrom, TensorFromVec, Trace, ZerosTensor};
     #[cfg(feature = "cuda")]
     pub use dfdx::prelude::Cuda;
+    pub use dfdx::prelude::{
+        AsArray, Backward, Cpu, Device, Dtype, HasShape, Shape, Tensor, TensorFrom, TensorFromVec, Trace, ZerosTensor,
+    };
 }
 
 /// Items the `#[bnn]` macro's generated code names. Not part of the stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::arch::{prior_bias_len, prior_weight_len, Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
+    pub use crate::arch::{
+        prior_bias_len, prior_weight_len, Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param,
+    };
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
     pub use crate::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
     pub use crate::{Error, Real};
     pub use core::option::Option;
     pub use core::result::Result;
-    pub use dfdx::prelude::{Const, Cpu, Device, Dtype, ModuleFields, ModuleVisitor, NoneTape, ReshapeTo, HasShape, Storage, Tensor, TensorCollection};
+    pub use dfdx::prelude::{
+        Const, Cpu, Device, Dtype, HasShape, ModuleFields, ModuleVisitor, NoneTape, ReshapeTo, Storage, Tensor, TensorCollection,
+    };
     pub use std::vec::Vec;
 }

@@ -87,7 +87,11 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
 /// Checks that `weights` has one `(S, d_out, d_in + 1)` tensor per layer of `arch`, `S ≥ 1`.
 pub fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &Weights<E, D, T>) -> crate::Result<()> {
     if weights.layers.len() != arch.layers.len() {
-        return Err(crate::Error::Shape { what: "weights (number of layers)".into(), expected: arch.layers.len().to_string(), got: weights.layers.len().to_string() });
+        return Err(crate::Error::Shape {
+            what: "weights (number of layers)".into(),
+            expected: arch.layers.len().to_string(),
+            got: weights.layers.len().to_string(),
+        });
     }
     let s = weights.num_samples();
     if s == 0 {
@@ -96,7 +100,11 @@ pub fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &We
     for (spec, w) in arch.layers.iter().zip(&weights.layers) {
         let want = (s, spec.d_out, spec.d_in + 1);
         if *w.shape() != want {
-            return Err(crate::Error::Shape { what: format!("weights of layer `{}`", spec.name), expected: format!("{want:?}"), got: format!("{:?}", w.shape()) });
+            return Err(crate::Error::Shape {
+                what: format!("weights of layer `{}`", spec.name),
+                expected: format!("{want:?}"),
+                got: format!("{:?}", w.shape()),
+            });
         }
     }
     Ok(())
@@ -150,7 +158,11 @@ impl<E: Real, D: Device<E>> Weights<E, D> {
             return Err(crate::Error::Empty { what: "weight samples".into() });
         }
         if let Some(row) = flat.iter().find(|r| r.len() != p) {
-            return Err(crate::Error::Shape { what: "flat weight sample".into(), expected: format!("({p},)"), got: format!("({},)", row.len()) });
+            return Err(crate::Error::Shape {
+                what: "flat weight sample".into(),
+                expected: format!("({p},)"),
+                got: format!("({},)", row.len()),
+            });
         }
         for (si, row) in flat.iter().enumerate() {
             crate::error::check_finite(&format!("flat weight sample {si}"), row)?;

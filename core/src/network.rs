@@ -30,7 +30,9 @@ pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Te
 }
 
 /// Appends a column of ones: `(…, k) -> (…, k + 1)`.
-pub(crate) fn augment<E: Real, D: Device<E>, T: Tape<E, D>>(a: Tensor<(usize, usize, usize), E, D, T>) -> Tensor<(usize, usize, usize), E, D, T>
+pub(crate) fn augment<E: Real, D: Device<E>, T: Tape<E, D>>(
+    a: Tensor<(usize, usize, usize), E, D, T>,
+) -> Tensor<(usize, usize, usize), E, D, T>
 where
     T: Merge<NoneTape>,
 {
@@ -77,7 +79,11 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     x: &Tensor<(usize, usize), E, D>,
 ) -> Result<Tensor<(usize, usize, usize), E, D, T>> {
     if weights.layers.len() != arch.layers.len() {
-        return Err(Error::Shape { what: "weights (layers)".into(), expected: arch.layers.len().to_string(), got: weights.layers.len().to_string() });
+        return Err(Error::Shape {
+            what: "weights (layers)".into(),
+            expected: arch.layers.len().to_string(),
+            got: weights.layers.len().to_string(),
+        });
     }
     crate::model::check_weights(arch, &weights)?;
     if x.shape().1 != arch.d_in() {
@@ -94,4 +100,3 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     }
     unreachable!("loop returns at the last layer")
 }
-
