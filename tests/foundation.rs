@@ -97,6 +97,7 @@ fn conjugate_oracle_mean_field_optimum() {
         assert!(gap >= -1e-9, "a fitted guide beat the analytic optimum by {}", -gap);
         fits.push((mu, s, gap));
     }
+    #[allow(clippy::needless_range_loop)]
     for j in 0..3 {
         let mus: Vec<f64> = fits.iter().map(|f| f.0[j]).collect();
         let ss: Vec<f64> = fits.iter().map(|f| f.1[j]).collect();

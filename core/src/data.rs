@@ -58,7 +58,7 @@ fn check_rows(what: &str, v: &[f64], cols: usize) -> Result<usize> {
     if v.is_empty() {
         return Err(Error::Empty { what: what.into() });
     }
-    if v.len() % cols != 0 {
+    if !v.len().is_multiple_of(cols) {
         return Err(Error::Shape {
             what: what.into(),
             expected: format!("a multiple of {cols} values (rows of {cols})"),

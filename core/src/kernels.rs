@@ -20,8 +20,8 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     const A3: f32 = 6.372_619_3e-4;
     const A5: f32 = 1.485_722_4e-5;
     const A7: f32 = 5.122_297e-8;
-    const A9: f32 = -8.604_671_5e-11;
-    const A11: f32 = 2.000_187_9e-13;
+    const A9: f32 = -8.604_672e-11;
+    const A11: f32 = 2.000_188e-13;
     const A13: f32 = -2.760_768_5e-16;
     const B0: f32 = 4.893_525e-3;
     const B2: f32 = 2.268_434_6e-3;
@@ -104,14 +104,14 @@ fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E])
     let one = E::one();
     match act {
         Activation::Identity => {}
-        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * (one - *a * *a)),
+        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, a)| *g *= one - *a * *a),
         Activation::Relu => g.iter_mut().zip(a).for_each(|(g, a)| {
             if *a <= E::zero() {
                 *g = E::zero()
             }
         }),
         Activation::Sigmoid => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * *a * (one - *a)),
-        Activation::Softplus => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * (one - (-*a).exp())),
+        Activation::Softplus => g.iter_mut().zip(a).for_each(|(g, a)| *g *= one - (-*a).exp()),
         Activation::Silu => {
             let z = z.expect("silu keeps z");
             g.iter_mut().zip(z).for_each(|(g, z)| {
@@ -129,7 +129,7 @@ fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E])
                 let x = *z;
                 let t = (c * (x + k * x * x * x)).tanh_kernel();
                 let d = half * (one + t) + half * x * (one - t * t) * c * (one + three * k * x * x);
-                *g = *g * d;
+                *g *= d;
             })
         }
     }
@@ -224,7 +224,7 @@ fn dense_backward_host<E: Real>(
         }
         for row in gs.chunks(o) {
             for (u, gv) in row.iter().enumerate() {
-                dws[u * (i + 1) + i] = dws[u * (i + 1) + i] + *gv;
+                dws[u * (i + 1) + i] += *gv;
             }
         }
     }
@@ -319,11 +319,11 @@ pub(crate) fn dense<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<None
             let mut dh = h_tensor.as_ref().map(|_| vec![E::zero(); hv.len()]);
             dense_backward_host(dims, &hv, &wv, &a, z.as_deref(), &mut g, act, &mut dw, dh.as_deref_mut());
             if let Ok(buf) = grads.get_or_alloc_mut(&cast(&w)) {
-                buf.iter_mut().zip(&dw).for_each(|(b, d)| *b = *b + *d);
+                buf.iter_mut().zip(&dw).for_each(|(b, d)| *b += *d);
             }
             if let (Some(h), Some(dh)) = (&h_tensor, dh) {
                 if let Ok(buf) = grads.get_or_alloc_mut(&cast(h)) {
-                    buf.iter_mut().zip(&dh).for_each(|(b, d)| *b = *b + *d);
+                    buf.iter_mut().zip(&dh).for_each(|(b, d)| *b += *d);
                 }
             }
             Ok(())

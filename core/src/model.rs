@@ -63,7 +63,7 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
     }
 
     /// Network outputs `(S, N, d_out)` of `s` weight samples on inputs `x` `(N, d_in)`.
-    fn forward(&self, weights: Weights<E, D>, x: &Tensor<(usize, usize), E, D>) -> crate::Result<Tensor<(usize, usize, usize), E, D>> {
+    fn forward(&self, weights: Weights<E, D>, x: &Tensor<(usize, usize), E, D>) -> crate::Result<Tensor3<E, D>> {
         crate::network::check_input(Self::ARCH, x)?;
         crate::network::forward(Self::ARCH, weights, x)
     }
@@ -118,6 +118,9 @@ pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D>
     fn layer_params(&self) -> Vec<NormalView<E, D>>;
 }
 
+/// A rank-3 runtime-shaped tensor: `(S, rows, cols)`.
+pub type Tensor3<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
+
 /// `S` weight samples of every layer. Layer `l` holds a tensor of shape `(S, d_out, d_in + 1)`:
 /// row `d` of sample `s` is output unit `d`'s incoming weights followed by its bias.
 ///
@@ -125,7 +128,7 @@ pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D>
 #[derive(Debug, Clone)]
 pub struct Weights<E: Dtype, D: Storage<E>, T = NoneTape> {
     /// One `(S, d_out, d_in + 1)` tensor per layer.
-    pub layers: Vec<Tensor<(usize, usize, usize), E, D, T>>,
+    pub layers: Vec<Tensor3<E, D, T>>,
 }
 
 impl<E: Real, D: Device<E>, T> Weights<E, D, T> {

@@ -30,11 +30,11 @@ pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Te
 }
 
 /// Appends a column of ones: `(…, k) -> (…, k + 1)`.
-pub(crate) fn augment<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub(crate) fn augment<E: Real, D: Device<E>, T>(
     a: Tensor<(usize, usize, usize), E, D, T>,
 ) -> Tensor<(usize, usize, usize), E, D, T>
 where
-    T: Merge<NoneTape>,
+    T: Tape<E, D> + Merge<NoneTape>,
 {
     let (s, n, _) = *a.shape();
     let ones = a.device().ones_like(&(s, n, 1usize));
@@ -77,7 +77,7 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     arch: &Architecture,
     weights: Weights<E, D, T>,
     x: &Tensor<(usize, usize), E, D>,
-) -> Result<Tensor<(usize, usize, usize), E, D, T>> {
+) -> Result<crate::model::Tensor3<E, D, T>> {
     if weights.layers.len() != arch.layers.len() {
         return Err(Error::Shape {
             what: "weights (layers)".into(),

@@ -45,7 +45,7 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 fn finite_range<'a>(vals: impl Iterator<Item = &'a f64>) -> Option<(f64, f64)> {
     let (lo, hi) = vals.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-    (lo <= hi).then(|| if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
+    (lo <= hi).then_some(if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
 }
 
 /// Writes a band plot to `path` (PNG, 900×600).
