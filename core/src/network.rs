@@ -30,9 +30,7 @@ pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Te
 }
 
 /// Appends a column of ones: `(…, k) -> (…, k + 1)`.
-pub(crate) fn augment<E: Real, D: Device<E>, T>(
-    a: Tensor<(usize, usize, usize), E, D, T>,
-) -> Tensor<(usize, usize, usize), E, D, T>
+pub(crate) fn augment<E: Real, D: Device<E>, T>(a: Tensor<(usize, usize, usize), E, D, T>) -> Tensor<(usize, usize, usize), E, D, T>
 where
     T: Tape<E, D> + Merge<NoneTape>,
 {
