@@ -56,9 +56,10 @@
 //! | damping | `δ_l = 0.1 · tr(G_l)/d_out` (relative Tikhonov), never at a Gaussian output | [`BaliConfig::damping`] |
 //! | prior precision `Λ_0` | from the model's declared Normal prior: `Λ_0 = κ diag(1/c_j)` with `c_j` the prior variance of input `j` (precisions averaged over units when they differ per unit or per weight) and `κ = d_out / tr(Σ_l⁻¹)`, so that the prior precision `Λ_0 ⊗ Σ_l⁻¹` equals the model's on average; `M_0` = the prior mean. For a Gaussian output `κ = σ²`, which is exactly the model's prior | [`BaliConfig::prior`] |
 //! | forgetting factor `ρ` | full batch: `0`; minibatches: `1 − |B|/N` (an averaging window of about one epoch) | [`BaliConfig::rho`] |
-//! | linearisation point | the posterior mean | [`BaliConfig::linearisation`] |
+//! | linearisation point | 4 posterior samples | [`BaliConfig::linearisation`] |
 //! | noise `σ` of a Gaussian likelihood | learned when declared `Learned`: `σ² ← ` EMA of the mean squared residual of the linearisation weights (the M-step of variational EM), written back into the model | [`BaliConfig::learn_noise`] |
-//! | initial means | earlier layers: the prior mean plus `init_scale` × a prior draw (breaks the symmetry between units); last layer: the prior mean | [`BaliConfig::init_scale`] |
+//! | initial means | the prior mean plus `init_scale` × a prior draw, every layer (breaks the symmetry between units; a last layer at its prior mean would leave the hidden layers without gradient, curvature or information at the first update, and the precision-matched prior would then pin them to the prior mean) | [`BaliConfig::init_scale`] |
+//! | damped steps | `α < 1` moves the prior's pseudo-observation `M − α(M − M_0)` by the same step as the data's, so the fixed points stay those of `α = 1` (the likelihood is not tempered) | [`BaliConfig::alpha`] |
 //! | where the algebra runs | forward/backward and the `Σ φφᵀ`, `Σ tφᵀ`, `Σ ggᵀ` reductions on the device in `E`; the small factorisations on the host in `f64` | — |
 //!
 //! Learned prior hyperparameters are read at their current values and not updated by BALI.
@@ -140,16 +141,23 @@ pub enum PriorPrecision {
 }
 
 /// Which weights the forward/backward pass of an update uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linearisation {
     /// The posterior mean: a deterministic K-FAC/Gauss–Newton step whose covariance is the
-    /// Kronecker-factored Laplace approximation. The default.
-    #[default]
+    /// Kronecker-factored Laplace approximation.
     Mean,
     /// This many weight samples from the current posterior; the statistics are averaged over
     /// them, which turns them into posterior expectations (as in noisy K-FAC). The first update
-    /// always uses the initial means.
+    /// always uses the initial means. `Samples(4)` is the default: on held-out splits of the wine
+    /// and iris data it was more stable than [`Linearisation::Mean`], whose fits kept sharpening
+    /// (the noise estimate shrinking) epoch after epoch.
     Samples(usize),
+}
+
+impl Default for Linearisation {
+    fn default() -> Self {
+        Linearisation::Samples(4)
+    }
 }
 
 /// Settings of BALI. Plain data: override what you need with `..Default::default()`.
@@ -169,9 +177,11 @@ pub struct BaliConfig {
     /// reshuffling once per epoch; the last, smaller batch of an epoch is used too.
     pub batch_size: Option<usize>,
     /// Step `α` in the pseudo-targets `t = z − α Σ_l ∂ℓ/∂z`. Default 1, which makes a Gaussian
-    /// output layer's update exact Bayesian linear regression; smaller values damp the hidden
-    /// layers' Gauss–Newton steps (and, at a fixed point of a non-Gaussian or hidden layer, temper
-    /// the likelihood by `α`).
+    /// output layer's update exact Bayesian linear regression. Smaller values damp every layer's
+    /// Gauss–Newton step without moving its fixed points (the prior term is stepped by `α` too):
+    /// useful for classifiers, whose averaged curvature makes full steps overshoot, and for
+    /// full-batch updates of deep models, where simultaneous full steps on every layer can
+    /// oscillate.
     pub alpha: f64,
     /// Forgetting factor `ρ ∈ [0, 1)` of the moving averages. `None`: `0` for full-batch updates,
     /// `1 − |B|/N` for minibatches.
@@ -184,7 +194,7 @@ pub struct BaliConfig {
     pub damping: f64,
     /// Prior precision. Default [`PriorPrecision::FromModel`].
     pub prior: PriorPrecision,
-    /// Linearisation point. Default [`Linearisation::Mean`].
+    /// Linearisation point. Default [`Linearisation::Samples`]`(4)`.
     pub linearisation: Linearisation,
     /// Learn a Gaussian noise scale (see the [module docs](self#choices)). `None` (the default)
     /// learns it exactly when the model declares it `Learned`.
@@ -207,7 +217,7 @@ impl Default for BaliConfig {
             sigma: SigmaEstimate::GaussNewton,
             damping: 0.1,
             prior: PriorPrecision::FromModel,
-            linearisation: Linearisation::Mean,
+            linearisation: Linearisation::Samples(4),
             learn_noise: None,
             init_scale: 1.0,
             seed: 0,
@@ -398,7 +408,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         for (l, (spec, (m0, var))) in arch.layers.iter().zip(&prior).enumerate() {
             let (o, i) = (spec.d_out, spec.d_in + 1);
             let mut mean = m0.clone();
-            if l < last {
+            {
                 for d in 0..o {
                     for j in 0..i {
                         let e: f64 = rand::Rng::sample(&mut rng, StandardNormal);
@@ -493,7 +503,12 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
             let lambda = lambda0.add(&a_bar).expect("shape").symmetrize().expect("square");
             let chol = lambda.cholesky().map_err(|e| diverged(format!("Λ of layer `{}` ({e})", spec.name)))?;
             // M = (M_0 Λ_0 + T̄) Λ⁻¹, row by row: Λ M[d,:]ᵀ = Λ_0 M_0[d,:]ᵀ + T̄[d,:]ᵀ
-            let rhs = m0.matmul(&lambda0).expect("shape").add(&Matrix::from_row_major(o, i, st.ta.value()).expect("shape")).expect("shape");
+            // the prior enters as a pseudo-observation of the mean too, moved by the same step α:
+            // M_prior = M − α (M − M_0), so that α < 1 damps the whole step and keeps the fixed points
+            let current = self.posterior.layers()[l].mean();
+            let m_prior = current.add(&current.add(&m0.scale(-1.0)).expect("shape").scale(-self.cfg.alpha)).expect("shape");
+            let rhs =
+                m_prior.matmul(&lambda0).expect("shape").add(&Matrix::from_row_major(o, i, st.ta.value()).expect("shape")).expect("shape");
             let mut mean = Vec::with_capacity(o * i);
             for d in 0..o {
                 mean.extend(chol.solve(rhs.row(d)).expect("length"));
