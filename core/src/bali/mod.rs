@@ -32,13 +32,16 @@
 //!    as in Adam, so that the very first update is not shrunk towards zero). Full-batch updates
 //!    use `ρ = 0` unless told otherwise: each update is then a fresh closed-form regression.
 //! 5. **Closed-form posterior** (on the host, `f64`): with the prior `MN(M_0, Σ_l, Λ_0⁻¹)`,
-//!    `Λ = Λ_0 + Ā` and `M = (M_0 Λ_0 + T̄) Λ⁻¹`; the posterior is `MN(M, Σ_l, Λ⁻¹)`, i.e.
-//!    `Cov(vec W) = Λ⁻¹ ⊗ Σ_l`. Only `Λ` (`(d_in+1)²`) and `G_l + δ_l I` (`d_out²`) are factorised.
+//!    `Λ = Λ_0 + Ā` and `M_new = (M_0 Λ_0 + T̄) Λ⁻¹`; the posterior is `MN(M_new, Σ_l, Λ⁻¹)`,
+//!    i.e. `Cov(vec W) = Λ⁻¹ ⊗ Σ_l` (column-stacked; `Σ_l ⊗ Λ⁻¹` row-stacked). Only `Λ`
+//!    (`(d_in+1)²`) and `G_l + δ_l I` (`d_out²`) are factorised. For `α ≠ 1`, `M_0` is replaced
+//!    by the damped prior pseudo-observation `M − α (M − M_0)` (see [Choices](#choices)).
 //!
 //! **Why it converges fast.** With the mean as linearisation point and one full batch,
-//! `M_new = M − (α Σ_l ∇_W L + (M − M_0) Λ_0) Λ⁻¹`: a Kronecker-factored Gauss–Newton (K-FAC)
-//! step on the negative log-posterior with step `α`, and its fixed points are the MAP estimate's
-//! stationary points. The posterior covariance `Λ⁻¹ ⊗ Σ_l = (Λ_0 + N·E[φφᵀ])⁻¹ ⊗ (G_l + δ)⁻¹` is
+//! `M_new = M − α (Σ_l ∇_W L + (M − M_0) Λ_0) Λ⁻¹`: a Kronecker-factored Gauss–Newton (K-FAC)
+//! step on the negative log-posterior with step `α`, whose fixed points are stationary points of
+//! the log-posterior (under the matrix-normal prior, whose precision `Λ_0 ⊗ Σ_l⁻¹` follows the
+//! curvature). The posterior covariance `Λ⁻¹ ⊗ Σ_l = (Λ_0 + N·E[φφᵀ])⁻¹ ⊗ (G_l + δ)⁻¹` is
 //! the Kronecker-factored Laplace approximation at that point. With sampled linearisation weights
 //! the statistics become posterior expectations, and the mean update is a natural-gradient step on
 //! the *expected* loss, as in noisy K-FAC.
@@ -63,6 +66,18 @@
 //! | where the algebra runs | forward/backward and the `Σ φφᵀ`, `Σ tφᵀ`, `Σ ggᵀ` reductions on the device in `E`; the small factorisations on the host in `f64` | — |
 //!
 //! Learned prior hyperparameters are read at their current values and not updated by BALI.
+//!
+//! # Known limitations (measured)
+//!
+//! - **Full-batch updates of deep models** with `α = 1` update every layer by a full
+//!   Gauss–Newton step from the same linearisation point and can oscillate (seen on the wine data
+//!   with 50 ReLU units). Minibatches, whose moving averages act as step damping, or `α < 1`
+//!   avoid it. A Gaussian output layer alone is always solved exactly.
+//! - **Classifiers.** The output curvature `diag p − ppᵀ` vanishes as predictions become
+//!   confident, so `Σ_l` grows and the sampled posterior widens; and the matrix-normal prior can
+//!   only match the model's prior on average over units. On iris, BALI with `α = 0.3`,
+//!   damping 1 stays below mean-field VI (see the `bali_uci` example). A single softmax layer is
+//!   fitted well (damped Newton with averaged curvature).
 //!
 //! # Example
 //!
