@@ -123,7 +123,7 @@ impl<M: Bnn<E, Cpu>> Objective<E, Cpu, M> for Tracked<'_, M> {
         n_total: usize,
         rng: &mut rand::rngs::StdRng,
     ) -> weightspace::Result<ElboEstimate<E, Cpu>> {
-        if self.step > 0 && self.step % self.per_epoch == 0 {
+        if self.step > 0 && self.step.is_multiple_of(self.per_epoch) {
             let m = Predictive::new(K).seed(self.step as u64).evaluate(model, guide, self.test)?;
             self.nll.push(-m.mean_lpd + self.log_sd);
         }
@@ -239,7 +239,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bali_out.push(b);
         mfvi_out.push(v);
     }
-    let summarise = |o: &[Outcome]| -> weightspace::Result<((f64, f64), (f64, f64), f64)> {
+    type MeanSe = (f64, f64);
+    let summarise = |o: &[Outcome]| -> weightspace::Result<(MeanSe, MeanSe, f64)> {
         let r: Vec<f64> = o.iter().map(|x| x.rmse).collect();
         let l: Vec<f64> = o.iter().map(|x| x.ll).collect();
         let secs = o.iter().map(|x| x.seconds).sum::<f64>() / o.len() as f64;
