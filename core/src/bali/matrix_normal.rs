@@ -35,7 +35,7 @@ use crate::{Error, Real, Result};
 /// assert!((cov[(5, 5)] - 0.125).abs() < 1e-12);
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
 /// assert_eq!(mn.sample(&mut rng).shape(), (2, 3));
-/// # Ok::<(), weightspace::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatrixNormal {
