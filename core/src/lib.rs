@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod bali;
 pub mod checkpoint;
 pub mod data;
 pub mod elbo;
