@@ -23,6 +23,7 @@ pub mod params;
 pub mod plot;
 pub mod predictive;
 pub mod prior;
+pub mod symmetry;
 pub mod testing;
 
 pub use error::{Error, Result};
@@ -97,6 +98,7 @@ pub mod prelude {
     pub use crate::guide::MeanFieldInit;
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
     pub use crate::predictive::{PredictiveConfig, PredictiveSummary, Predictive};
+    pub use crate::symmetry::{Canonicalisation, GroupElement, InfoBound, SymmetrisedElbo, SymmetrisedGuide, SymmetryGroup};
     pub use crate::{Error, Real, Result};
     pub use dfdx::prelude::{AsArray, Backward, Cpu, Device, Dtype, HasShape, Shape, Tensor, TensorFrom, TensorFromVec, Trace, ZerosTensor};
     #[cfg(feature = "cuda")]
