@@ -12,7 +12,14 @@ use crate::arch::Architecture;
 use crate::model::Weights;
 use crate::{Error, Real, Result};
 
-/// How samples are canonicalised.
+/// How samples are canonicalised (see [`SymmetryGroup::canonicalise_batch`]).
+///
+/// ```
+/// use weightspace::symmetry::{Canonicalisation, DataDrivenSettings};
+/// assert_eq!(Canonicalisation::default(), Canonicalisation::Exact);
+/// let paper = Canonicalisation::DataDriven(DataDrivenSettings::default()); // k = 1024, I = 256
+/// # let _ = paper;
+/// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Canonicalisation {
     /// The exact rule ([`SymmetryGroup::canonical_element`]): flip odd-activation units to a

@@ -74,6 +74,19 @@ impl HiddenFactor {
 ///
 /// Unit `p` of the transformed network is unit `perm[p]` of the original one, with its incoming
 /// weights, bias and outgoing weights negated when `flips[p]`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::SymmetryGroup;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let g = group.element(vec![vec![2, 0, 1]], vec![vec![true, false, false]])?;
+/// let f = &g.factors()[0];
+/// assert_eq!((f.perm(), f.flips()), (&[2, 0, 1][..], &[true, false, false][..]));
+/// assert_eq!(g.to_string(), "[-2 0 1]");
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FactorElement {
     perm: Vec<usize>,
@@ -326,12 +339,35 @@ impl SymmetryGroup {
     }
 
     /// The identity element.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::SymmetryGroup;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+    /// assert!(group.identity().is_identity());
+    /// let w: Vec<f64> = (0..10).map(f64::from).collect();
+    /// assert_eq!(group.apply_flat(&group.identity(), &w)?, w);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn identity(&self) -> GroupElement {
         GroupElement { factors: self.factors.iter().map(|f| FactorElement::identity(f.width)).collect() }
     }
 
     /// A uniformly random element: an independent uniform permutation per hidden layer, and
     /// independent fair sign flips where the layer has them.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::SymmetryGroup;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Relu>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+    /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    /// let swaps = (0..1000).filter(|_| group.random(&mut rng).factors()[0].perm() == [1, 0]).count();
+    /// assert!((400..600).contains(&swaps)); // |G| = 2! = 2, each element half of the time
+    /// ```
     pub fn random(&self, rng: &mut impl Rng) -> GroupElement {
         let factors = self
             .factors
@@ -458,6 +494,19 @@ impl SymmetryGroup {
     }
 
     /// `g·ω` for one flat weight vector (layout of [`Weights::to_flat`]).
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::SymmetryGroup;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+    /// // hidden rows (w, b) = (1, 2), (3, 4); output row (v1, v2, c) = (5, 6, 7)
+    /// let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+    /// let swap_and_flip = group.element(vec![vec![1, 0]], vec![vec![true, false]])?;
+    /// assert_eq!(group.apply_flat(&swap_and_flip, &w)?, vec![-3.0, -4.0, 1.0, 2.0, -6.0, 5.0, 7.0]);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn apply_flat(&self, g: &GroupElement, sample: &[f64]) -> Result<Vec<f64>> {
         self.check_element(g)?;
         let p = self.arch.num_weights();
@@ -508,6 +557,25 @@ impl SymmetryGroup {
 
     /// `g_s·ω_s`: a different element for every sample (`elements.len()` must equal the number of
     /// samples). On the device and on the weights' tape.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::SymmetryGroup;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let dev = Cpu::default();
+    /// let model = Net::<f64, Cpu>::new(&dev);
+    /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+    /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    /// let w = model.sample_prior(3, &mut rng)?;
+    /// let gs: Vec<_> = (0..3).map(|_| group.random(&mut rng)).collect();
+    /// let moved = group.apply_each(&gs, w.clone())?.to_flat();
+    /// for (s, row) in w.to_flat().iter().enumerate() {
+    ///     assert_eq!(group.apply_flat(&gs[s], row)?, moved[s]);
+    /// }
+    /// assert!(group.apply_each(&gs[..2], w).is_err()); // one element per sample
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn apply_each<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(
         &self,
         elements: &[GroupElement],
@@ -549,6 +617,23 @@ impl SymmetryGroup {
     /// Applies `g` to mean-field parameters (one [`NormalView`] per layer, layout of
     /// [`MeanFieldGuide::layer_params`]): if `ω ~ N(μ, σ²)` then `g·ω ~ N(g·μ, |g|·σ²)`, where `|g|`
     /// permutes without flipping. The result is new, untaped tensors.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::SymmetryGroup;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let dev = Cpu::default();
+    /// let model = Net::<f64, Cpu>::new(&dev);
+    /// let guide = model.guide_from_values(&[(vec![1.0, 2.0, 3.0, 4.0], vec![0.1, 0.2, 0.3, 0.4]), (vec![5.0, 6.0, 7.0], vec![0.5, 0.6, 0.7])])?;
+    /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+    /// let g = group.element(vec![vec![1, 0]], vec![vec![true, false]])?;
+    /// let moved = group.apply_to_params(&g, &guide.layer_params())?;
+    /// assert_eq!(moved[0].loc.as_vec(), vec![-3.0, -4.0, 1.0, 2.0]); // means move and flip
+    /// let sd: Vec<f64> = moved[0].log_scale.as_vec().iter().map(|v| v.exp()).collect();
+    /// assert!((sd[0] - 0.3).abs() < 1e-12 && (sd[2] - 0.1).abs() < 1e-12); // scales only move
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn apply_to_params<E: Real, D: Device<E>>(&self, g: &GroupElement, params: &[NormalView<E, D>]) -> Result<Vec<NormalView<E, D>>> {
         self.check_element(g)?;
         self.check_params(params)?;

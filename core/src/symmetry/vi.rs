@@ -12,9 +12,38 @@ use crate::prior::{param, Taped};
 use crate::{Error, Real, Result};
 
 /// A guide whose log density can be evaluated: what [`SymmetrisedGuide`] and the information bound
-/// need. Every mean-field guide implements it (with a fast path for transformed densities); other
-/// guide types can implement [`draw`](Self::draw) and [`log_density`](Self::log_density) and get
-/// the rest.
+/// need. Every mean-field guide implements it (with fast paths for transformed densities and the
+/// information term); other guide types implement [`draw`](Self::draw) and
+/// [`log_density`](Self::log_density) and get the rest.
+///
+/// ```
+/// use rand::Rng;
+/// use weightspace::prelude::*;
+/// use weightspace::arch::Architecture;
+/// use weightspace::prior::Taped;
+/// use weightspace::symmetry::{information, GuideLogDensity, InfoBound, SymmetryGroup};
+/// use weightspace::dfdx::prelude::OwnedTape;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+///
+/// /// A guide of one's own (here it just wraps a mean-field guide).
+/// struct MyGuide(NetGuide<f64, Cpu>);
+/// impl GuideLogDensity<f64, Cpu> for MyGuide {
+///     fn draw<R: Rng>(&self, arch: &Architecture, s: usize, rng: &mut R, trace: bool) -> weightspace::Result<Weights<f64, Cpu, OwnedTape<f64, Cpu>>> {
+///         self.0.draw(arch, s, rng, trace)
+///     }
+///     fn log_density(&self, arch: &Architecture, w: Weights<f64, Cpu, OwnedTape<f64, Cpu>>, trace: bool) -> weightspace::Result<Taped<(usize,), f64, Cpu>> {
+///         self.0.log_density(arch, w, trace)
+///     }
+/// }
+/// let model = Net::<f64, Cpu>::new(&Cpu::default());
+/// let mine = MyGuide(model.mean_field_with(MeanFieldInit { jitter: 1.0, ..Default::default() })?);
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let exact = information(&group, &mine, InfoBound::Exact, 16, &mut rng)?;
+/// assert!(exact.value > 0.0 && exact.value <= 8f64.ln() + 1e-9);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait GuideLogDensity<E: Real, D: Device<E>> {
     /// `s` weight samples; with `trace`, reparameterised on the tape of the guide's parameters.
     fn draw<R: Rng>(&self, arch: &Architecture, s: usize, rng: &mut R, trace: bool) -> Result<Weights<E, D, OwnedTape<E, D>>>;
@@ -287,6 +316,14 @@ fn mean_field_information<E: Real, D: Device<E>>(
 
 /// How the mutual information `I(g; ω)` between the group element and the weights of `q^G` is
 /// bounded in the symmetrised objective.
+///
+/// `I ≤ ln |G|`, and it is close to `ln |G|` when the guide's symmetric copies barely overlap; the
+/// sampled bound never exceeds `ln K`, so with `K ≪ |G|` it adds at most `ln K` nats.
+///
+/// ```
+/// use weightspace::symmetry::InfoBound;
+/// assert_eq!(InfoBound::default(), InfoBound::Sampled { k: 16 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InfoBound {
     /// The `I_K` bound: the identity plus `k − 1` independent uniform elements,
@@ -307,7 +344,7 @@ impl Default for InfoBound {
     }
 }
 
-/// One estimate of the information term.
+/// One estimate of the information term ([`information`]).
 #[derive(Debug)]
 pub struct InfoEstimate<E: Dtype, D: Storage<E>> {
     /// The Monte-Carlo mean over weight samples, on the tape of the guide's parameters.
