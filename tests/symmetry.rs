@@ -504,8 +504,12 @@ fn information_bound_lies_between_zero_and_log_k_and_is_zero_for_an_invariant_gu
         let est = information(&group, &invariant, bound, 16, &mut r).unwrap();
         assert!(est.per_sample.iter().all(|v| v.abs() < 1e-9), "{bound:?}: {:?}", est.per_sample);
     }
-    // bad settings are errors
+    // bad settings, and a guide of another network, are errors
     assert!(matches!(information(&group, &guide, InfoBound::Sampled { k: 0 }, 4, &mut r), Err(Error::InvalidConfig { .. })));
+    let other = Tiny1::<f64, Cpu>::new(&dev).mean_field();
+    assert!(matches!(information(&group, &other, InfoBound::Sampled { k: 4 }, 4, &mut r), Err(Error::Shape { .. })));
+    let w = model.sample_prior(2, &mut r).unwrap();
+    assert!(matches!(SymmetrisedGuide::new(&group, &other).log_density(&w), Err(Error::Shape { .. })));
     assert!(matches!(information(&group, &guide, InfoBound::Sampled { k: 4 }, 0, &mut r), Err(Error::InvalidConfig { .. })));
 }
 

@@ -657,23 +657,7 @@ impl SymmetryGroup {
     }
 
     pub(crate) fn check_params<E: Real, D: Device<E>>(&self, params: &[NormalView<E, D>]) -> Result<()> {
-        if params.len() != self.arch.layers.len() {
-            return Err(Error::Shape {
-                what: "guide parameters (layers)".into(),
-                expected: self.arch.layers.len().to_string(),
-                got: params.len().to_string(),
-            });
-        }
-        for (spec, v) in self.arch.layers.iter().zip(params) {
-            if v.len() != spec.num_weights() || v.log_scale.shape().0 != spec.num_weights() {
-                return Err(Error::Shape {
-                    what: format!("guide parameters of layer `{}`", spec.name),
-                    expected: format!("({},)", spec.num_weights()),
-                    got: format!("({},)", v.len()),
-                });
-            }
-        }
-        Ok(())
+        check_params_for(&self.arch, params)
     }
 
     /// The guide `g·q`: the distribution of `g·ω` for `ω ~ q`, as a new guide of the model's type.
@@ -776,6 +760,27 @@ impl SymmetryGroup {
         }
         Ok(true)
     }
+}
+
+/// Checks that mean-field parameters have one `d_out · (d_in + 1)` view per layer of `arch`.
+pub(crate) fn check_params_for<E: Real, D: Device<E>>(arch: &Architecture, params: &[NormalView<E, D>]) -> Result<()> {
+    if params.len() != arch.layers.len() {
+        return Err(Error::Shape {
+            what: "guide parameters (layers)".into(),
+            expected: arch.layers.len().to_string(),
+            got: params.len().to_string(),
+        });
+    }
+    for (spec, v) in arch.layers.iter().zip(params) {
+        if v.len() != spec.num_weights() || v.log_scale.shape().0 != spec.num_weights() {
+            return Err(Error::Shape {
+                what: format!("guide parameters of layer `{}`", spec.name),
+                expected: format!("({},)", spec.num_weights()),
+                got: format!("({},)", v.len()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Iterator over every element of a small group ([`SymmetryGroup::elements`]), the identity first.

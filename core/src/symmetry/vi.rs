@@ -111,12 +111,16 @@ pub trait GuideLogDensity<E: Real, D: Device<E>> {
 
 impl<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>> GuideLogDensity<E, D> for G {
     fn draw<R: Rng>(&self, arch: &Architecture, s: usize, rng: &mut R, trace: bool) -> Result<Weights<E, D, OwnedTape<E, D>>> {
-        crate::guide::sample_mean_field(arch, &self.layer_params(), s, rng, trace)
+        let params = self.layer_params();
+        super::group::check_params_for(arch, &params)?;
+        crate::guide::sample_mean_field(arch, &params, s, rng, trace)
     }
 
     fn log_density(&self, arch: &Architecture, weights: Weights<E, D, OwnedTape<E, D>>, trace: bool) -> Result<Taped<(usize,), E, D>> {
         crate::model::check_weights(arch, &weights)?;
-        Ok(crate::guide::log_q(arch, &self.layer_params(), weights, trace))
+        let params = self.layer_params();
+        super::group::check_params_for(arch, &params)?;
+        Ok(crate::guide::log_q(arch, &params, weights, trace))
     }
 
     fn log_density_transformed(
