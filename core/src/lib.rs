@@ -24,6 +24,7 @@ pub mod params;
 pub mod plot;
 pub mod predictive;
 pub mod prior;
+pub mod symmetry;
 pub mod testing;
 
 pub use error::{Error, Result};
@@ -153,6 +154,7 @@ pub mod prelude {
     pub use crate::guide::MeanFieldInit;
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
     pub use crate::predictive::{Predictive, PredictiveConfig, PredictiveSummary};
+    pub use crate::symmetry::{Canonicalisation, GroupElement, InfoBound, SymmetrisedElbo, SymmetrisedGuide, SymmetryGroup};
     pub use crate::{Error, Real, Result};
     #[cfg(feature = "cuda")]
     pub use dfdx::prelude::Cuda;
