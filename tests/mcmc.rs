@@ -288,8 +288,8 @@ fn lppd_matches_a_direct_computation_and_survives_underflow() {
     let ll = [-1.0, -2.0, -0.5, -3.0, -2.0, -1.5];
     let l = lppd(&ll, 3, 2).unwrap();
     let direct: Vec<f64> = (0..2).map(|i| ((0..3).map(|s| f64::exp(ll[s * 2 + i])).sum::<f64>() / 3.0).ln()).collect();
-    for i in 0..2 {
-        assert!((l.pointwise[i] - direct[i]).abs() < 1e-12);
+    for (got, want) in l.pointwise.iter().zip(&direct) {
+        assert!((got - want).abs() < 1e-12);
     }
     assert!((l.mean - (direct[0] + direct[1]) / 2.0).abs() < 1e-12);
     let se = ((direct[0] - direct[1]).powi(2) / 2.0 / 2.0).sqrt();
@@ -347,4 +347,31 @@ fn workflow_runs_end_to_end_with_a_pluggable_canonicalisation() {
     let run = sym_mcmc(&model, &train, &nuts, &NoCanonicalisation).unwrap();
     assert_eq!(run.pooled().len(), 15);
     assert!(run.lppd(&model, &test).unwrap().mean.is_finite());
+}
+
+/// The batched sampler on CUDA: the generic path's chain axis is the weight-sample axis on the GPU.
+/// Compile-checked with `--features cuda,ci-check`; runs only on a machine with a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_log_density_matches_cpu_and_the_many_chain_sampler_runs() {
+    let t = weightspace::mcmc::data::regression2d(40, 3).standardise().0;
+    let cpu = Cpu::default();
+    let gpu = Cuda::default();
+    let (dc, dg) = (t.to_dataset::<f64, _>(&cpu).unwrap(), t.to_dataset::<f64, _>(&gpu).unwrap());
+    let (mc, mg) = (Tanh2::<f64, Cpu>::new(&cpu), Tanh2::<f64, Cuda>::new(&gpu));
+    let mut pc = BnnPosterior::new(&mc, &dc, NoisePrior::default()).unwrap();
+    let mut pg = BnnPosterior::new(&mg, &dg, NoisePrior::default()).unwrap();
+    assert!(!pg.is_fused());
+    let d = BatchLogDensity::dim(&pc);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let pos: Vec<f64> = (0..16 * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let (mut l1, mut g1, mut l2, mut g2) = (vec![0.0; 16], vec![0.0; 16 * d], vec![0.0; 16], vec![0.0; 16 * d]);
+    pc.logp_batch(&pos, &mut l1, &mut g1).unwrap();
+    pg.logp_batch(&pos, &mut l2, &mut g2).unwrap();
+    for (a, b) in l1.iter().zip(&l2).chain(g1.iter().zip(&g2)) {
+        assert!((a - b).abs() < 1e-8 * b.abs().max(1.0), "cpu {a} gpu {b}");
+    }
+    let init: Vec<Vec<f64>> = pos.chunks(d).map(|c| c.to_vec()).collect();
+    let run = sample_many_chains(&mut pg, init, &ManyChainSettings { warmup: 50, draws: 2, ..Default::default() }).unwrap();
+    assert_eq!(run.pooled().len(), 32);
 }

@@ -46,7 +46,7 @@ pub fn expected_chains(probs: &[f64]) -> Result<f64> {
                 continue;
             }
             let mass: f64 = (0..nu).filter(|j| mask & (1 << j) != 0).map(|j| p[j]).sum();
-            let sign = if (nu - 1 - q) % 2 == 0 { 1.0 } else { -1.0 };
+            let sign = if (nu - 1 - q).is_multiple_of(2) { 1.0 } else { -1.0 };
             total += sign / (1.0 - mass).max(f64::MIN_POSITIVE);
         }
         Ok(total)

@@ -123,7 +123,7 @@ impl ManyChainSettings {
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(Error::config("ManyChainSettings::jitter", self.jitter, "must lie in [0, 1]"));
         }
-        if !(self.max_energy_error > 0.0) {
+        if self.max_energy_error.is_nan() || self.max_energy_error <= 0.0 {
             return Err(Error::config("ManyChainSettings::max_energy_error", self.max_energy_error, "must be positive"));
         }
         Ok(())
@@ -583,11 +583,11 @@ fn adapt_chees(st: &mut AdaptState<'_>, pr: &Proposals<'_>, s: &ManyChainSetting
     let wsum: f64 = weight.iter().sum::<f64>() + 1e-20;
     let mut mean1 = vec![0.0; d];
     let mut mean0 = vec![0.0; d];
-    for ci in 0..c {
+    for (ci, w) in weight.iter().enumerate() {
         for j in 0..d {
             let x1 = pr.theta1[ci * d + j];
             if x1.is_finite() {
-                mean1[j] += weight[ci] * x1;
+                mean1[j] += w * x1;
             }
             mean0[j] += pr.theta0[ci * d + j];
         }

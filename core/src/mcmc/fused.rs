@@ -59,12 +59,12 @@ fn dot<E: Real>(a: &[E], b: &[E]) -> E {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] = acc[l] + x[l] * y[l];
+            acc[l] += x[l] * y[l];
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (x, y) in ra.iter().zip(rb) {
-        s = s + *x * *y;
+        s += *x * *y;
     }
     s
 }
@@ -76,12 +76,12 @@ fn sum<E: Real>(a: &[E]) -> E {
     let ra = ca.remainder();
     for x in ca {
         for l in 0..8 {
-            acc[l] = acc[l] + x[l];
+            acc[l] += x[l];
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for x in ra {
-        s = s + *x;
+        s += *x;
     }
     s
 }
@@ -89,7 +89,7 @@ fn sum<E: Real>(a: &[E]) -> E {
 #[inline]
 fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     for (y, x) in y.iter_mut().zip(x) {
-        *y = *y + alpha * *x;
+        *y += alpha * *x;
     }
 }
 
@@ -204,7 +204,7 @@ impl<E: Real> FusedMlp<E> {
         let nk = (n * k) as f64;
         let mut lp = -0.5 * quad * inv_var - nk * (log_sigma + HALF_LN_2PI);
         let iv = E::from_f64(inv_var).unwrap();
-        s.g[..k * n].iter_mut().for_each(|g| *g = *g * iv);
+        s.g[..k * n].iter_mut().for_each(|g| *g *= iv);
         // backward
         for l in (0..nl).rev() {
             let (i, o, act) = self.layers[l];

@@ -193,13 +193,15 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
     if settings.max_tree_depth == 0 {
         return Err(Error::config("NutsSettings::max_tree_depth", 0, "must be >= 1"));
     }
-    let mut s = DiagNutsSettings::default();
-    s.num_tune = settings.warmup as u64;
-    s.num_draws = settings.draws as u64;
-    s.maxdepth = settings.max_tree_depth;
-    s.max_energy_error = settings.max_energy_error;
-    s.seed = settings.seed;
-    s.num_chains = 1;
+    let mut s = DiagNutsSettings {
+        num_tune: settings.warmup as u64,
+        num_draws: settings.draws as u64,
+        maxdepth: settings.max_tree_depth,
+        max_energy_error: settings.max_energy_error,
+        seed: settings.seed,
+        num_chains: 1,
+        ..Default::default()
+    };
     s.adapt_options.step_size_settings.target_accept = settings.target_accept;
     let fatal_slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     let math = CpuMath::new(Adapter { target, dim, fatal: fatal_slot.clone() });
