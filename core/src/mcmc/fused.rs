@@ -51,7 +51,7 @@ struct Scratch<E> {
     g2: Vec<E>,
 }
 
-#[inline]
+#[inline(always)]
 fn dot<E: Real>(a: &[E], b: &[E]) -> E {
     let mut acc = [E::zero(); 8];
     let ca = a.chunks_exact(8);
@@ -69,7 +69,7 @@ fn dot<E: Real>(a: &[E], b: &[E]) -> E {
     s
 }
 
-#[inline]
+#[inline(always)]
 fn sum<E: Real>(a: &[E]) -> E {
     let mut acc = [E::zero(); 8];
     let ca = a.chunks_exact(8);
@@ -86,7 +86,7 @@ fn sum<E: Real>(a: &[E]) -> E {
     s
 }
 
-#[inline]
+#[inline(always)]
 fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += alpha * *x;
@@ -156,6 +156,7 @@ impl<E: Real> FusedMlp<E> {
     }
 
     /// Log density and gradient of one position.
+    #[inline(always)]
     fn eval(&self, theta: &[f64], grad: &mut [f64], s: &mut Scratch<E>) -> f64 {
         let n = self.n;
         let nl = self.layers.len();
@@ -183,7 +184,7 @@ impl<E: Real> FusedMlp<E> {
             if let Some(z) = s.z[l].as_mut() {
                 z.copy_from_slice(a);
             }
-            crate::kernels::act_forward(act, a);
+            act_forward_inline(act, a);
         }
         // likelihood and its gradient with respect to the outputs
         let k = self.k;
@@ -249,33 +250,76 @@ impl<E: Real> FusedMlp<E> {
         lp
     }
 
+    /// Evaluates a contiguous range of chains.
+    #[inline(always)]
+    fn eval_range_impl(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+        let d = self.dim();
+        let mut s = self.scratch();
+        for (ci, l) in lp.iter_mut().enumerate() {
+            *l = self.eval(&pos[ci * d..(ci + 1) * d], &mut gr[ci * d..(ci + 1) * d], &mut s);
+        }
+    }
+
+    /// [`Self::eval_range_impl`] compiled for AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn eval_range_avx2(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+        self.eval_range_impl(pos, lp, gr)
+    }
+
+    /// The widest instruction set this CPU runs (detected once per call, cheaply).
+    fn eval_range(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            unsafe { self.eval_range_avx2(pos, lp, gr) };
+            return;
+        }
+        self.eval_range_impl(pos, lp, gr)
+    }
+
     /// Every chain's log density and gradient; `positions` is row-major `(C, dim)`.
     pub(crate) fn eval_batch(&self, positions: &[f64], logp: &mut [f64], grad: &mut [f64], threads: usize) {
         let d = self.dim();
         let c = logp.len();
         let threads = threads.max(1).min(c.div_ceil(16)).max(1);
         if threads == 1 {
-            let mut s = self.scratch();
-            for ci in 0..c {
-                logp[ci] = self.eval(&positions[ci * d..(ci + 1) * d], &mut grad[ci * d..(ci + 1) * d], &mut s);
-            }
+            self.eval_range(positions, logp, grad);
             return;
         }
         let per = c.div_ceil(threads);
         std::thread::scope(|scope| {
             for ((pos, lp), gr) in positions.chunks(per * d).zip(logp.chunks_mut(per)).zip(grad.chunks_mut(per * d)) {
-                scope.spawn(move || {
-                    let mut s = self.scratch();
-                    for (ci, l) in lp.iter_mut().enumerate() {
-                        *l = self.eval(&pos[ci * d..(ci + 1) * d], &mut gr[ci * d..(ci + 1) * d], &mut s);
-                    }
-                });
+                scope.spawn(move || self.eval_range(pos, lp, gr));
             }
         });
     }
 }
 
+/// Activation values in place, inlined so that the instruction set of the caller applies
+/// (the same functions as `kernels::act_forward`).
+#[inline(always)]
+fn act_forward_inline<E: Real>(act: Activation, z: &mut [E]) {
+    match act {
+        Activation::Identity => {}
+        Activation::Tanh => z.iter_mut().for_each(|v| *v = v.tanh_kernel()),
+        Activation::Relu => z.iter_mut().for_each(|v| *v = v.max(E::zero())),
+        Activation::Sigmoid => z.iter_mut().for_each(|v| *v = E::one() / (E::one() + (-*v).exp())),
+        _ => crate::kernels::act_forward(act, z),
+    }
+}
+
 /// `g ← g ⊙ act'(z)` from the activations `a` (and `z` where the derivative needs it).
+#[inline(always)]
 fn act_backward_into<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E]) {
-    crate::kernels::act_backward(act, a, z, g)
+    let one = E::one();
+    match act {
+        Activation::Identity => {}
+        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, a)| *g *= one - *a * *a),
+        Activation::Sigmoid => g.iter_mut().zip(a).for_each(|(g, a)| *g *= *a * (one - *a)),
+        _ => crate::kernels::act_backward(act, a, z, g),
+    }
 }
