@@ -375,3 +375,42 @@ fn cuda_log_density_matches_cpu_and_the_many_chain_sampler_runs() {
     let run = sample_many_chains(&mut pg, init, &ManyChainSettings { warmup: 50, draws: 2, ..Default::default() }).unwrap();
     assert_eq!(run.pooled().len(), 32);
 }
+
+#[bnn]
+struct Clf {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<2, 3, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<3, 3>,
+    #[likelihood]
+    labels: Categorical,
+}
+
+#[test]
+fn classifiers_sample_on_the_generic_path() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let x: Vec<f64> = (0..60).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    let labels: Vec<usize> = x.chunks(2).map(|p| if p[0] + p[1] > 0.5 { 2 } else if p[0] > -0.5 { 1 } else { 0 }).collect();
+    let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
+    let model = Clf::<f64, Cpu>::new(&dev);
+    // the noise setting is ignored for classifiers: the position is the weights alone
+    let mut post = BnnPosterior::new(&model, &data, NoisePrior::default()).unwrap();
+    assert!(!post.is_fused() && !post.samples_noise());
+    let d = LogDensity::dim(&post);
+    assert_eq!(d, 3 * 3 + 3 * 4);
+    let pos: Vec<f64> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut g = vec![0.0; d];
+    LogDensity::logp(&mut post, &pos, &mut g).unwrap();
+    for j in [0, 7, d - 1] {
+        let (mut p1, mut p2) = (pos.clone(), pos.clone());
+        p1[j] += 1e-6;
+        p2[j] -= 1e-6;
+        let mut tmp = vec![0.0; d];
+        let fd = (LogDensity::logp(&mut post, &p1, &mut tmp).unwrap() - LogDensity::logp(&mut post, &p2, &mut tmp).unwrap()) / 2e-6;
+        assert!((fd - g[j]).abs() < 1e-5 * fd.abs().max(1.0), "coordinate {j}: {fd} vs {}", g[j]);
+    }
+    let run = sample_nuts(&mut post, &pos, &NutsSettings { warmup: 100, draws: 20, ..Default::default() }).unwrap();
+    assert_eq!(run.draws.len(), 20);
+    assert!(run.stats.iter().all(|s| s.step_size > 0.0 && s.tree_depth <= 10));
+}
