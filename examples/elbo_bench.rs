@@ -39,7 +39,14 @@ fn arg(args: &[String], key: &str, default: usize) -> Result<usize, String> {
 
 fn time_steps<M: Bnn<f32, Cpu>>(model: &mut M, data: &Dataset<f32, Cpu>, samples: usize, steps: usize) -> Result<f64, Error> {
     let mut guide = weightspace::guide::init_mean_field(model, MeanFieldInit::default())?;
-    let cfg = |steps| FitConfig { steps, lr: 1e-3, progress: false, record_every: steps, elbo: ElboConfig { samples, ..Default::default() }, ..Default::default() };
+    let cfg = |steps| FitConfig {
+        steps,
+        lr: 1e-3,
+        progress: false,
+        record_every: steps,
+        elbo: ElboConfig { samples, ..Default::default() },
+        ..Default::default()
+    };
     fit(model, &mut guide, data, &cfg(20.min(steps)))?; // warm-up: allocator caches, page faults
     let rep = fit(model, &mut guide, data, &cfg(steps))?;
     Ok(rep.seconds / steps as f64 * 1e6)

@@ -39,14 +39,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model = SineNet::<f32, Cpu>::new(&dev);
     // means start at a draw from the prior (jitter 1) so the hidden units differ from the outset
     let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: 1 })?;
-    let cfg = FitConfig { steps: 8000, lr: 2e-2, lr_end: Some(1e-3), elbo: ElboConfig { samples: 8, ..Default::default() }, ..Default::default() };
+    let cfg = FitConfig {
+        steps: 8000,
+        lr: 2e-2,
+        lr_end: Some(1e-3),
+        elbo: ElboConfig { samples: 8, ..Default::default() },
+        ..Default::default()
+    };
     let report = fit(&mut model, &mut guide, &train, &cfg)?;
     let last = report.history.last().expect("history");
-    println!("fit: {} steps in {:.1} s; final ELBO {:.2} = E[log lik] {:.2} - KL {:.2}", report.steps, report.seconds, last.elbo, last.expected_log_lik, last.kl);
-    println!("learned noise sd {:.3}", weightspace::likelihood::noise_value(&SineNet::<f32, Cpu>::ARCH.likelihood, &model.noise).unwrap_or(f64::NAN));
+    println!(
+        "fit: {} steps in {:.1} s; final ELBO {:.2} = E[log lik] {:.2} - KL {:.2}",
+        report.steps, report.seconds, last.elbo, last.expected_log_lik, last.kl
+    );
+    println!(
+        "learned noise sd {:.3}",
+        weightspace::likelihood::noise_value(&SineNet::<f32, Cpu>::ARCH.likelihood, &model.noise).unwrap_or(f64::NAN)
+    );
 
     let m = Predictive::new(1000).evaluate(&model, &guide, &test)?;
-    println!("test: rmse {:.3}  mean log predictive density {:.3} ± {:.3}  95% coverage {:.3}", m.rmse.unwrap_or(f64::NAN), m.mean_lpd, m.mean_lpd_se, m.coverage_95.unwrap_or(f64::NAN));
+    println!(
+        "test: rmse {:.3}  mean log predictive density {:.3} ± {:.3}  95% coverage {:.3}",
+        m.rmse.unwrap_or(f64::NAN),
+        m.mean_lpd,
+        m.mean_lpd_se,
+        m.coverage_95.unwrap_or(f64::NAN)
+    );
 
     // the picture: predictive band over a grid, with a few posterior function draws
     let grid: Vec<f64> = (0..300).map(|i| -6.0 + 12.0 * i as f64 / 299.0).collect();
@@ -60,15 +78,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("epistemic sd at x=0 (gap) {:.3} vs x=2.5 (data) {:.3}", gap_sd, data_sd);
     std::fs::create_dir_all("target/weightspace")?;
     let path = "target/weightspace/regression.png";
-    band_plot(path, &BandPlot {
-        title: "SineNet posterior predictive (mean-field VI), 95% band",
-        x: &grid,
-        mean: &pred.mean,
-        lower: pred.quantile(0.025).expect("requested"),
-        upper: pred.quantile(0.975).expect("requested"),
-        samples: &samples,
-        points: Some((&x, &y)),
-    })?;
+    band_plot(
+        path,
+        &BandPlot {
+            title: "SineNet posterior predictive (mean-field VI), 95% band",
+            x: &grid,
+            mean: &pred.mean,
+            lower: pred.quantile(0.025).expect("requested"),
+            upper: pred.quantile(0.975).expect("requested"),
+            samples: &samples,
+            points: Some((&x, &y)),
+        },
+    )?;
     println!("wrote {path}");
     println!("regression rmse={:.4} lpd={:.4} gap_sd={:.4} data_sd={:.4}", m.rmse.unwrap_or(f64::NAN), m.mean_lpd, gap_sd, data_sd);
     Ok(())

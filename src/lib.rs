@@ -42,3 +42,8 @@ pub mod prelude {
     pub use weightspace_core::prelude::*;
     pub use weightspace_macros::bnn;
 }
+
+/// The README's code blocks, compiled and run as doctests so the quickstart cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -33,7 +33,14 @@ fn conj_data(n: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
 
 fn blr(x: &[f64], y: &[f64]) -> BlrPosterior {
     let design = x.chunks(2).map(|r| vec![r[0], r[1], 1.0]).collect();
-    BlrPosterior::compute(&BlrProblem { design, targets: y.to_vec(), prior_mean: vec![0.0; 3], prior_covariance: PriorCovariance::Isotropic(1.0), noise_std: SIGMA }).unwrap()
+    BlrPosterior::compute(&BlrProblem {
+        design,
+        targets: y.to_vec(),
+        prior_mean: vec![0.0; 3],
+        prior_covariance: PriorCovariance::Isotropic(1.0),
+        noise_std: SIGMA,
+    })
+    .unwrap()
 }
 
 /// The ELBO of a mean-field Gaussian q = N(μ, diag s²) for the conjugate model, in closed form.
@@ -67,18 +74,30 @@ fn conjugate_oracle_mean_field_optimum() {
     assert!(elbo_star < post.log_evidence());
     // R independent stochastic fits: their average must sit on the optimum within 4 standard errors
     // of that average (the optimiser's own Monte-Carlo error), and each fit must be precise.
+    // S = 128: Adam's steady state under skewed gradient noise (the log-scale gradient involves ε²)
+    // is biased by an amount that grows with the noise; with S = 16 the scale bias (about 1 %) was
+    // 5 standard errors of the 8-fit average, with S = 128 it is below that error.
     const R: usize = 8;
     let mut fits = Vec::new();
     for seed in 0..R as u64 {
         let mut model = Conj::<f64, Cpu>::new(&dev);
         let mut guide = model.mean_field();
-        let cfg = FitConfig { steps: 3000, lr: 0.03, lr_end: Some(1e-4), seed, progress: false, elbo: ElboConfig { samples: 16, ..Default::default() }, ..Default::default() };
+        let cfg = FitConfig {
+            steps: 3000,
+            lr: 0.03,
+            lr_end: Some(1e-4),
+            seed,
+            progress: false,
+            elbo: ElboConfig { samples: 128, ..Default::default() },
+            ..Default::default()
+        };
         fit(&mut model, &mut guide, &data, &cfg).unwrap();
         let (mu, s) = guide_values(&guide);
         let gap = elbo_star - analytic_elbo(&x, &y, &mu, &s);
         assert!(gap >= -1e-9, "a fitted guide beat the analytic optimum by {}", -gap);
         fits.push((mu, s, gap));
     }
+    #[allow(clippy::needless_range_loop)]
     for j in 0..3 {
         let mus: Vec<f64> = fits.iter().map(|f| f.0[j]).collect();
         let ss: Vec<f64> = fits.iter().map(|f| f.1[j]).collect();
@@ -87,7 +106,12 @@ fn conjugate_oracle_mean_field_optimum() {
         let (sm, sse) = mc_stats(&ss);
         assert!((sm - s_star[j]).abs() < 4.0 * sse + 1e-6, "scale {j}: fits average {sm} ± {sse}, optimum {}", s_star[j]);
         // precision of a single fit: its jitter is a small fraction of the posterior sd
-        assert!(se * (R as f64).sqrt() < 0.05 * s_star[j], "mean {j}: fit-to-fit sd {} vs posterior sd {}", se * (R as f64).sqrt(), s_star[j]);
+        assert!(
+            se * (R as f64).sqrt() < 0.05 * s_star[j],
+            "mean {j}: fit-to-fit sd {} vs posterior sd {}",
+            se * (R as f64).sqrt(),
+            s_star[j]
+        );
     }
     let worst_gap = fits.iter().map(|f| f.2).fold(0.0, f64::max);
     assert!(worst_gap < 5e-3, "ELBO gap to the optimum {worst_gap}");
@@ -118,7 +142,11 @@ fn elbo_estimator_is_unbiased_full_batch_and_minibatch() {
     let (mu, s) = guide_values(&guide);
     let exact = analytic_elbo(&x, &y, &mu, &s);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    for cfg in [ElboConfig { samples: 4, ..Default::default() }, ElboConfig { samples: 4, local_reparam: true, ..Default::default() }, ElboConfig { samples: 4, kl: KlEstimator::MonteCarlo, ..Default::default() }] {
+    for cfg in [
+        ElboConfig { samples: 4, ..Default::default() },
+        ElboConfig { samples: 4, local_reparam: true, ..Default::default() },
+        ElboConfig { samples: 4, kl: KlEstimator::MonteCarlo, ..Default::default() },
+    ] {
         let full: Vec<f64> = (0..600).map(|_| elbo(&model, &guide, &data, 20, &cfg, &mut rng).unwrap().elbo).collect();
         let (m, se) = mc_stats(&full);
         assert!(se > 0.0);
@@ -189,7 +217,11 @@ fn elbo_gradients_match_finite_differences() {
     let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
     let model = AllActs::<f64, Cpu>::new(&dev);
     let guide = model.mean_field_with(MeanFieldInit { jitter: 0.5, scale: 0.3, seed: 1 }).unwrap();
-    for cfg in [ElboConfig { samples: 3, ..Default::default() }, ElboConfig { samples: 3, local_reparam: true, ..Default::default() }, ElboConfig { samples: 3, kl: KlEstimator::MonteCarlo, ..Default::default() }] {
+    for cfg in [
+        ElboConfig { samples: 3, ..Default::default() },
+        ElboConfig { samples: 3, local_reparam: true, ..Default::default() },
+        ElboConfig { samples: 3, kl: KlEstimator::MonteCarlo, ..Default::default() },
+    ] {
         let loss = |m: &AllActs<f64, Cpu>, g: &AllActsGuide<f64, Cpu>| {
             let mut r = rand::rngs::StdRng::seed_from_u64(11);
             -elbo(m, g, &data, 8, &cfg, &mut r).unwrap().elbo
@@ -365,11 +397,17 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(matches!(Dataset::<f32, _>::regression(&dev, &[], 2, &[], 1), Err(Error::Empty { .. })));
     // zero samples
     let data = Dataset::<f32, _>::regression(&dev, &[1.0, 2.0], 2, &[1.0], 1).unwrap();
-    assert!(matches!(elbo(&model, &guide, &data, 1, &ElboConfig { samples: 0, ..Default::default() }, &mut rng), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(
+        elbo(&model, &guide, &data, 1, &ElboConfig { samples: 0, ..Default::default() }, &mut rng),
+        Err(Error::InvalidConfig { .. })
+    ));
     assert!(matches!(Predictive::new(0).run(&model, &guide, &data.x), Err(Error::InvalidConfig { .. })));
     let mut m = model.clone();
     let mut g = guide.clone();
-    assert!(matches!(fit(&mut m, &mut g, &data, &FitConfig { elbo: ElboConfig { samples: 0, ..Default::default() }, ..Default::default() }), Err(Error::InvalidConfig { .. })));
+    assert!(matches!(
+        fit(&mut m, &mut g, &data, &FitConfig { elbo: ElboConfig { samples: 0, ..Default::default() }, ..Default::default() }),
+        Err(Error::InvalidConfig { .. })
+    ));
     assert!(matches!(fit(&mut m, &mut g, &data, &FitConfig { lr: -1.0, ..Default::default() }), Err(Error::InvalidConfig { .. })));
     // label out of range
     let e = Dataset::<f32, _>::classification(&dev, &[0.0, 1.0, 2.0], 1, &[0, 1, 3], 3).unwrap_err();
@@ -398,7 +436,15 @@ fn divergent_training_is_an_error_and_keeps_the_last_finite_parameters() {
     let err = fit(&mut model, &mut guide, &data, &FitConfig { steps: 500, lr: 10.0, progress: false, ..Default::default() }).unwrap_err();
     assert!(matches!(err, Error::Diverged { .. }), "{err}");
     assert!(err.to_string().contains("step"));
-    for v in model.noise.raw.as_vec().into_iter().chain(model.out.weight.log_scale.as_vec()).chain(guide.out.loc.as_vec()).chain(guide.out.log_scale.as_vec()) {
+    for v in model
+        .noise
+        .raw
+        .as_vec()
+        .into_iter()
+        .chain(model.out.weight.log_scale.as_vec())
+        .chain(guide.out.loc.as_vec())
+        .chain(guide.out.log_scale.as_vec())
+    {
         assert!(v.is_finite());
     }
 }
@@ -430,7 +476,10 @@ fn classifiers_learn_separable_classes() {
     let mut labels = Vec::new();
     for i in 0..150 {
         let c = i % 3;
-        x.extend([centres[c][0] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal), centres[c][1] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal)]);
+        x.extend([
+            centres[c][0] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal),
+            centres[c][1] + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal),
+        ]);
         labels.push(c);
     }
     let data = Dataset::<f32, _>::classification(&dev, &x, 2, &labels, 3).unwrap();

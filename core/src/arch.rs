@@ -144,12 +144,8 @@ pub struct NormalSpec {
 
 impl NormalSpec {
     /// The standard `N(0, 1)` prior, one pair per layer.
-    pub const STANDARD: NormalSpec = NormalSpec {
-        loc: Param::Fixed(0.0),
-        scale: Param::Fixed(1.0),
-        per: Granularity::Layer,
-        fan_in_scaled: false,
-    };
+    pub const STANDARD: NormalSpec =
+        NormalSpec { loc: Param::Fixed(0.0), scale: Param::Fixed(1.0), per: Granularity::Layer, fan_in_scaled: false };
 
     /// Initial scale after fan-in scaling, for a layer with `d_in` inputs.
     pub fn effective_scale(&self, d_in: usize) -> f64 {

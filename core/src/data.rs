@@ -58,8 +58,12 @@ fn check_rows(what: &str, v: &[f64], cols: usize) -> Result<usize> {
     if v.is_empty() {
         return Err(Error::Empty { what: what.into() });
     }
-    if v.len() % cols != 0 {
-        return Err(Error::Shape { what: what.into(), expected: format!("a multiple of {cols} values (rows of {cols})"), got: format!("{} values", v.len()) });
+    if !v.len().is_multiple_of(cols) {
+        return Err(Error::Shape {
+            what: what.into(),
+            expected: format!("a multiple of {cols} values (rows of {cols})"),
+            got: format!("{} values", v.len()),
+        });
     }
     check_finite(what, v)?;
     Ok(v.len() / cols)
@@ -71,16 +75,28 @@ impl<E: Real, D: Device<E>> Dataset<E, D> {
         let n = check_rows("x (inputs)", x, d_in)?;
         let ny = check_rows("y (targets)", y, d_out)?;
         if n != ny {
-            return Err(Error::Shape { what: "y (targets)".into(), expected: format!("({n}, {d_out}) to match x's {n} rows"), got: format!("({ny}, {d_out})") });
+            return Err(Error::Shape {
+                what: "y (targets)".into(),
+                expected: format!("({n}, {d_out}) to match x's {n} rows"),
+                got: format!("({ny}, {d_out})"),
+            });
         }
-        Ok(Self { x: dev.tensor_from_vec(to_e(x), (n, d_in)), y: dev.tensor_from_vec(to_e(y), (n, d_out)), targets: Targets::Real { d_out } })
+        Ok(Self {
+            x: dev.tensor_from_vec(to_e(x), (n, d_in)),
+            y: dev.tensor_from_vec(to_e(y), (n, d_out)),
+            targets: Targets::Real { d_out },
+        })
     }
 
     /// Classification data: row-major inputs and labels in `0..classes`.
     pub fn classification(dev: &D, x: &[f64], d_in: usize, labels: &[usize], classes: usize) -> Result<Self> {
         let n = check_rows("x (inputs)", x, d_in)?;
         if labels.len() != n {
-            return Err(Error::Shape { what: "labels".into(), expected: format!("({n},) to match x's rows"), got: format!("({},)", labels.len()) });
+            return Err(Error::Shape {
+                what: "labels".into(),
+                expected: format!("({n},) to match x's rows"),
+                got: format!("({},)", labels.len()),
+            });
         }
         if classes < 2 {
             return Err(Error::config("classes", classes, "at least two classes are needed"));
@@ -92,7 +108,11 @@ impl<E: Real, D: Device<E>> Dataset<E, D> {
         for (r, &l) in labels.iter().enumerate() {
             onehot[r * classes + l] = E::one();
         }
-        Ok(Self { x: dev.tensor_from_vec(to_e(x), (n, d_in)), y: dev.tensor_from_vec(onehot, (n, classes)), targets: Targets::Labels { classes, labels: labels.to_vec() } })
+        Ok(Self {
+            x: dev.tensor_from_vec(to_e(x), (n, d_in)),
+            y: dev.tensor_from_vec(onehot, (n, classes)),
+            targets: Targets::Labels { classes, labels: labels.to_vec() },
+        })
     }
 
     /// Number of rows.
@@ -117,20 +137,30 @@ impl<E: Real, D: Device<E>> Dataset<E, D> {
             return Err(Error::Empty { what: "dataset".into() });
         }
         if self.d_in() != arch.d_in() {
-            return Err(Error::Shape { what: format!("x (inputs) for model {}", arch.name), expected: format!("(n, {})", arch.d_in()), got: format!("({}, {})", self.len(), self.d_in()) });
+            return Err(Error::Shape {
+                what: format!("x (inputs) for model {}", arch.name),
+                expected: format!("(n, {})", arch.d_in()),
+                got: format!("({}, {})", self.len(), self.d_in()),
+            });
         }
         let k = arch.d_out();
         match (&self.targets, arch.likelihood) {
             (Targets::Real { d_out }, LikelihoodSpec::Gaussian { .. }) if *d_out == k => Ok(()),
-            (Targets::Real { d_out }, LikelihoodSpec::Gaussian { .. }) => {
-                Err(Error::Shape { what: format!("y (targets) for model {}", arch.name), expected: format!("(n, {k})"), got: format!("({}, {d_out})", self.len()) })
-            }
+            (Targets::Real { d_out }, LikelihoodSpec::Gaussian { .. }) => Err(Error::Shape {
+                what: format!("y (targets) for model {}", arch.name),
+                expected: format!("(n, {k})"),
+                got: format!("({}, {d_out})", self.len()),
+            }),
             (Targets::Labels { classes, labels }, LikelihoodSpec::Categorical) => {
                 if let Some((row, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= k) {
                     return Err(Error::LabelOutOfRange { row, label, classes: k });
                 }
                 if *classes != k {
-                    return Err(Error::Shape { what: format!("one-hot labels for model {}", arch.name), expected: format!("{k} classes"), got: format!("{classes} classes") });
+                    return Err(Error::Shape {
+                        what: format!("one-hot labels for model {}", arch.name),
+                        expected: format!("{k} classes"),
+                        got: format!("{classes} classes"),
+                    });
                 }
                 Ok(())
             }
@@ -139,12 +169,24 @@ impl<E: Real, D: Device<E>> Dataset<E, D> {
                     return Err(Error::LabelOutOfRange { row, label, classes: 2 });
                 }
                 if *classes != 2 || k != 1 {
-                    return Err(Error::Shape { what: format!("labels for Bernoulli model {}", arch.name), expected: "2 classes and 1 network output".into(), got: format!("{classes} classes and {k} outputs") });
+                    return Err(Error::Shape {
+                        what: format!("labels for Bernoulli model {}", arch.name),
+                        expected: "2 classes and 1 network output".into(),
+                        got: format!("{classes} classes and {k} outputs"),
+                    });
                 }
                 Ok(())
             }
-            (Targets::Real { .. }, _) => Err(Error::Shape { what: "y (targets)".into(), expected: "class labels for a classification likelihood".into(), got: "real-valued targets".into() }),
-            (Targets::Labels { .. }, _) => Err(Error::Shape { what: "y (targets)".into(), expected: "real-valued targets for a Gaussian likelihood".into(), got: "class labels".into() }),
+            (Targets::Real { .. }, _) => Err(Error::Shape {
+                what: "y (targets)".into(),
+                expected: "class labels for a classification likelihood".into(),
+                got: "real-valued targets".into(),
+            }),
+            (Targets::Labels { .. }, _) => Err(Error::Shape {
+                what: "y (targets)".into(),
+                expected: "real-valued targets for a Gaussian likelihood".into(),
+                got: "class labels".into(),
+            }),
         }
     }
 

@@ -76,7 +76,14 @@ pub struct ElboEstimate<E: Dtype, D: Storage<E>> {
 /// variants built on top of [`elbo`].
 pub trait Objective<E: Real, D: Device<E>, M: Bnn<E, D>> {
     /// Estimates the objective on `batch` (a minibatch of a dataset of `n_total` points).
-    fn estimate(&mut self, model: &M, guide: &M::Guide, batch: &Dataset<E, D>, n_total: usize, rng: &mut rand::rngs::StdRng) -> Result<ElboEstimate<E, D>>;
+    fn estimate(
+        &mut self,
+        model: &M,
+        guide: &M::Guide,
+        batch: &Dataset<E, D>,
+        n_total: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<ElboEstimate<E, D>>;
 
     /// Checks the objective's own settings before training starts.
     fn validate(&self) -> Result<()> {
@@ -85,7 +92,14 @@ pub trait Objective<E: Real, D: Device<E>, M: Bnn<E, D>> {
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for ElboConfig {
-    fn estimate(&mut self, model: &M, guide: &M::Guide, batch: &Dataset<E, D>, n_total: usize, rng: &mut rand::rngs::StdRng) -> Result<ElboEstimate<E, D>> {
+    fn estimate(
+        &mut self,
+        model: &M,
+        guide: &M::Guide,
+        batch: &Dataset<E, D>,
+        n_total: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<ElboEstimate<E, D>> {
         elbo(model, guide, batch, n_total, self, rng)
     }
     fn validate(&self) -> Result<()> {
@@ -130,7 +144,11 @@ pub fn elbo<E: Real, D: Device<E>, M: Bnn<E, D>>(
         return Err(Error::config("n_total", n_total, "the dataset size cannot be smaller than the minibatch"));
     }
     if cfg.local_reparam && cfg.kl != KlEstimator::Analytic {
-        return Err(Error::config("ElboConfig::local_reparam", true, "local reparameterisation samples no weights, so it needs the analytic KL"));
+        return Err(Error::config(
+            "ElboConfig::local_reparam",
+            true,
+            "local reparameterisation samples no weights, so it needs the analytic KL",
+        ));
     }
     let s = cfg.samples;
     let params = guide.layer_params();
@@ -166,7 +184,11 @@ pub fn elbo<E: Real, D: Device<E>, M: Bnn<E, D>>(
 
 /// `ln p(w)` per sample under the model's prior, `(S,)`, on the tape of the weights (and of learned
 /// prior parameters when `trace_prior`).
-pub fn log_prior_taped<E: Real, D: Device<E>, M: Bnn<E, D>, T: Tape<E, D>>(model: &M, weights: Weights<E, D, T>, trace_prior: bool) -> Taped<(usize,), E, D>
+pub fn log_prior_taped<E: Real, D: Device<E>, M: Bnn<E, D>, T: Tape<E, D>>(
+    model: &M,
+    weights: Weights<E, D, T>,
+    trace_prior: bool,
+) -> Taped<(usize,), E, D>
 where
     OwnedTape<E, D>: Merge<T>,
 {

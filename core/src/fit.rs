@@ -42,7 +42,16 @@ pub struct FitConfig {
 
 impl Default for FitConfig {
     fn default() -> Self {
-        Self { steps: 1000, batch_size: None, lr: 1e-2, lr_end: None, elbo: ElboConfig::default(), seed: 0, progress: true, record_every: 10 }
+        Self {
+            steps: 1000,
+            batch_size: None,
+            lr: 1e-2,
+            lr_end: None,
+            elbo: ElboConfig::default(),
+            seed: 0,
+            progress: true,
+            record_every: 10,
+        }
     }
 }
 
@@ -110,7 +119,11 @@ pub(crate) fn all_finite<E: Real, D: Device<E>, M: TensorCollection<E, D>>(m: &M
         type Err = D::Err;
         type E2 = E;
         type D2 = D;
-        fn visit<S: Shape>(&mut self, _: TensorOptions<S, E, D>, t: &Tensor<S, E, D>) -> std::result::Result<Option<Tensor<S, E, D>>, D::Err> {
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            t: &Tensor<S, E, D>,
+        ) -> std::result::Result<Option<Tensor<S, E, D>>, D::Err> {
             if self.0 && t.shape().num_elements() > 0 {
                 let probe = (t.clone() * E::zero()).sum::<(), _>();
                 self.0 = probe.as_vec()[0].is_finite();
@@ -152,7 +165,12 @@ fn update<E: Real, D: Device<E>, M: TensorCollection<E, D>>(opt: &mut Adam<M, E,
 /// assert!(report.history.last().unwrap().elbo > report.history[0].elbo);
 /// # Ok::<(), weightspace::Error>(())
 /// ```
-pub fn fit<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &mut M, guide: &mut M::Guide, data: &Dataset<E, D>, cfg: &FitConfig) -> Result<FitReport> {
+pub fn fit<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    model: &mut M,
+    guide: &mut M::Guide,
+    data: &Dataset<E, D>,
+    cfg: &FitConfig,
+) -> Result<FitReport> {
     let mut objective = cfg.elbo;
     fit_objective(model, guide, data, cfg, &mut objective)
 }
@@ -176,7 +194,10 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
     let mut opt_m = Adam::new(&*model, adam);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     bar.set_prefix("fit");
     let mut order: Vec<usize> = (0..n).collect();
     let mut cursor = n;

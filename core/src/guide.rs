@@ -67,9 +67,14 @@ pub fn init_mean_field<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, init: Mea
 }
 
 /// Draws `n` standard-normal values on the host and moves them to `dev` in one transfer.
+///
+/// The draws come from a xoshiro256++ generator seeded from `rng` (one `u64` per call): fast,
+/// reproducible from the caller's seed, and drawn directly in the dtype `E`.
 pub fn standard_normal<E: Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl Rng, shape: S) -> Tensor<S, E, D> {
+    use rand::SeedableRng;
     let n = shape.num_elements();
-    let v: Vec<E> = (0..n).map(|_| E::from_f64(rng.sample::<f64, _>(StandardNormal)).unwrap()).collect();
+    let mut fast = rand::rngs::SmallRng::seed_from_u64(rng.next_u64());
+    let v: Vec<E> = (0..n).map(|_| E::sample_standard_normal(&mut fast)).collect();
     dev.tensor_from_vec(v, shape)
 }
 
@@ -101,13 +106,23 @@ pub fn sample_mean_field<E: Real, D: Device<E>>(
 }
 
 /// Untaped samples from a guide.
-pub fn sample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(arch: &Architecture, guide: &G, s: usize, rng: &mut impl Rng) -> Result<Weights<E, D>> {
+pub fn sample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
+    arch: &Architecture,
+    guide: &G,
+    s: usize,
+    rng: &mut impl Rng,
+) -> Result<Weights<E, D>> {
     let w = sample_mean_field(arch, &guide.layer_params(), s, rng, false)?;
     Ok(Weights { layers: w.layers.into_iter().map(|t| t.split_tape().0).collect() })
 }
 
 /// Closed-form `KL(q ‖ p)` between a mean-field guide and the model's prior, summed over layers.
-pub fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, params: &[NormalView<E, D>], trace_prior: bool, trace_guide: bool) -> Taped<(), E, D> {
+pub fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    model: &M,
+    params: &[NormalView<E, D>],
+    trace_prior: bool,
+    trace_guide: bool,
+) -> Taped<(), E, D> {
     let priors = crate::prior::expand(M::ARCH.layers, &model.prior_params(), trace_prior);
     let mut total: Option<Taped<(), E, D>> = None;
     for ((spec, p), q) in M::ARCH.layers.iter().zip(priors).zip(params) {
@@ -136,7 +151,10 @@ where
     let mut total: Option<Taped<(usize,), E, D>> = None;
     for ((spec, q), w) in arch.layers.iter().zip(params).zip(weights.layers) {
         let shape = (spec.d_out, spec.d_in + 1);
-        let exp = crate::prior::ExpandedNormal { loc: param(&q.loc, trace).reshape_like(&shape), log_scale: param(&q.log_scale, trace).reshape_like(&shape) };
+        let exp = crate::prior::ExpandedNormal {
+            loc: param(&q.loc, trace).reshape_like(&shape),
+            log_scale: param(&q.log_scale, trace).reshape_like(&shape),
+        };
         let lp = crate::prior::log_normal(w, exp);
         total = Some(match total {
             None => lp,

@@ -20,8 +20,8 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     const A3: f32 = 6.372_619_3e-4;
     const A5: f32 = 1.485_722_4e-5;
     const A7: f32 = 5.122_297e-8;
-    const A9: f32 = -8.604_671_5e-11;
-    const A11: f32 = 2.000_187_9e-13;
+    const A9: f32 = -8.604_672e-11;
+    const A11: f32 = 2.000_188e-13;
     const A13: f32 = -2.760_768_5e-16;
     const B0: f32 = 4.893_525e-3;
     const B2: f32 = 2.268_434_6e-3;
@@ -104,14 +104,14 @@ pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g
     let one = E::one();
     match act {
         Activation::Identity => {}
-        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * (one - *a * *a)),
+        Activation::Tanh => g.iter_mut().zip(a).for_each(|(g, a)| *g *= one - *a * *a),
         Activation::Relu => g.iter_mut().zip(a).for_each(|(g, a)| {
             if *a <= E::zero() {
                 *g = E::zero()
             }
         }),
         Activation::Sigmoid => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * *a * (one - *a)),
-        Activation::Softplus => g.iter_mut().zip(a).for_each(|(g, a)| *g = *g * (one - (-*a).exp())),
+        Activation::Softplus => g.iter_mut().zip(a).for_each(|(g, a)| *g *= one - (-*a).exp()),
         Activation::Silu => {
             let z = z.expect("silu keeps z");
             g.iter_mut().zip(z).for_each(|(g, z)| {
@@ -129,7 +129,7 @@ pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g
                 let x = *z;
                 let t = (c * (x + k * x * x * x)).tanh_kernel();
                 let d = half * (one + t) + half * x * (one - t * t) * c * (one + three * k * x * x);
-                *g = *g * d;
+                *g *= d;
             })
         }
     }
@@ -161,7 +161,22 @@ fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) 
         }
         // out (n×o) += h_s (n×i) · W_sᵀ (i×o); W_s row-major o×(i+1): element (k, u) of Wᵀ at u*(i+1)+k
         unsafe {
-            E::gemm(n, i, o, E::one(), h[si * h_batch..].as_ptr(), i as isize, 1, ws.as_ptr(), 1, (i + 1) as isize, E::one(), out.as_mut_ptr(), o as isize, 1);
+            E::gemm(
+                n,
+                i,
+                o,
+                E::one(),
+                h[si * h_batch..].as_ptr(),
+                i as isize,
+                1,
+                ws.as_ptr(),
+                1,
+                (i + 1) as isize,
+                E::one(),
+                out.as_mut_ptr(),
+                o as isize,
+                1,
+            );
         }
     }
     let z = matches!(act, Activation::Silu | Activation::Gelu).then(|| a.clone());
@@ -172,7 +187,17 @@ fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) 
 /// Backward of [`dense_forward_host`]: accumulates into `dw` and (if given) `dh`. `g` is the
 /// gradient w.r.t. the activations and is overwritten with the gradient w.r.t. `z`.
 #[allow(clippy::too_many_arguments)]
-fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Option<&[E]>, g: &mut [E], act: Activation, dw: &mut [E], dh: Option<&mut [E]>) {
+fn dense_backward_host<E: Real>(
+    d: DenseDims,
+    h: &[E],
+    w: &[E],
+    a: &[E],
+    z: Option<&[E]>,
+    g: &mut [E],
+    act: Activation,
+    dw: &mut [E],
+    dh: Option<&mut [E]>,
+) {
     let DenseDims { s, n, i, o, h_batch } = d;
     act_backward(act, a, z, g);
     for si in 0..s {
@@ -180,11 +205,26 @@ fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Opti
         let dws = &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)];
         // dW_s[:, :i] (o×i) += g_sᵀ (o×n) · h_s (n×i)
         unsafe {
-            E::gemm(o, n, i, E::one(), gs.as_ptr(), 1, o as isize, h[si * h_batch..].as_ptr(), i as isize, 1, E::one(), dws.as_mut_ptr(), (i + 1) as isize, 1);
+            E::gemm(
+                o,
+                n,
+                i,
+                E::one(),
+                gs.as_ptr(),
+                1,
+                o as isize,
+                h[si * h_batch..].as_ptr(),
+                i as isize,
+                1,
+                E::one(),
+                dws.as_mut_ptr(),
+                (i + 1) as isize,
+                1,
+            );
         }
         for row in gs.chunks(o) {
             for (u, gv) in row.iter().enumerate() {
-                dws[u * (i + 1) + i] = dws[u * (i + 1) + i] + *gv;
+                dws[u * (i + 1) + i] += *gv;
             }
         }
     }
@@ -194,7 +234,22 @@ fn dense_backward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], a: &[E], z: Opti
             let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
             // dh_s (n×i) += g_s (n×o) · W_s[:, :i] (o×i)
             unsafe {
-                E::gemm(n, o, i, E::one(), gs.as_ptr(), o as isize, 1, ws.as_ptr(), (i + 1) as isize, 1, E::one(), dh[si * n * i..].as_mut_ptr(), i as isize, 1);
+                E::gemm(
+                    n,
+                    o,
+                    i,
+                    E::one(),
+                    gs.as_ptr(),
+                    o as isize,
+                    1,
+                    ws.as_ptr(),
+                    (i + 1) as isize,
+                    1,
+                    E::one(),
+                    dh[si * n * i..].as_mut_ptr(),
+                    i as isize,
+                    1,
+                );
             }
         }
     }
@@ -251,7 +306,10 @@ pub(crate) fn dense<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<None
             }
             let grads: &mut Gradients<E, Cpu> = (grads as &mut dyn std::any::Any).downcast_mut().expect("D is Cpu");
             let cast = |t: &Tensor<(usize, usize, usize), E, D>| -> Tensor<(usize, usize, usize), E, Cpu> {
-                (Box::new(t.clone()) as Box<dyn std::any::Any>).downcast::<Tensor<(usize, usize, usize), E, Cpu>>().map(|b| *b).expect("D is Cpu")
+                (Box::new(t.clone()) as Box<dyn std::any::Any>)
+                    .downcast::<Tensor<(usize, usize, usize), E, Cpu>>()
+                    .map(|b| *b)
+                    .expect("D is Cpu")
             };
             let mut g: Vec<E> = match grads.get_or_alloc_mut(&cast(&out_c)) {
                 Ok(v) => v.to_vec(),
@@ -261,11 +319,11 @@ pub(crate) fn dense<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<None
             let mut dh = h_tensor.as_ref().map(|_| vec![E::zero(); hv.len()]);
             dense_backward_host(dims, &hv, &wv, &a, z.as_deref(), &mut g, act, &mut dw, dh.as_deref_mut());
             if let Ok(buf) = grads.get_or_alloc_mut(&cast(&w)) {
-                buf.iter_mut().zip(&dw).for_each(|(b, d)| *b = *b + *d);
+                buf.iter_mut().zip(&dw).for_each(|(b, d)| *b += *d);
             }
             if let (Some(h), Some(dh)) = (&h_tensor, dh) {
                 if let Ok(buf) = grads.get_or_alloc_mut(&cast(h)) {
-                    buf.iter_mut().zip(&dh).for_each(|(b, d)| *b = *b + *d);
+                    buf.iter_mut().zip(&dh).for_each(|(b, d)| *b += *d);
                 }
             }
             Ok(())

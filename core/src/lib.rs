@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod bali;
 pub mod checkpoint;
 pub mod data;
 pub mod elbo;
@@ -53,11 +54,30 @@ pub trait Real:
     /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: Self, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize, beta: Self, c: *mut Self, rsc: isize, csc: isize);
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 
     /// `tanh` as the CPU kernels evaluate it (a fast rational approximation for `f32`).
     #[doc(hidden)]
     fn tanh_kernel(self) -> Self;
+
+    /// One standard-normal draw in this dtype.
+    #[doc(hidden)]
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> Self;
 
     /// In-place `tanh` over a buffer (vectorised for `f32`).
     #[doc(hidden)]
@@ -67,12 +87,30 @@ pub trait Real:
 }
 
 impl Real for f32 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: *const f32,
+        rsa: isize,
+        csa: isize,
+        b: *const f32,
+        rsb: isize,
+        csb: isize,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     #[inline]
     fn tanh_kernel(self) -> f32 {
         kernels::tanh_f32(self)
+    }
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f32 {
+        rng.sample(rand_distr::StandardNormal)
     }
     fn tanh_slice(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x = kernels::tanh_f32(*x));
@@ -80,11 +118,29 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    unsafe fn gemm(m: usize, k: usize, n: usize, alpha: f64, a: *const f64, rsa: isize, csa: isize, b: *const f64, rsb: isize, csb: isize, beta: f64, c: *mut f64, rsc: isize, csc: isize) {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        a: *const f64,
+        rsa: isize,
+        csa: isize,
+        b: *const f64,
+        rsb: isize,
+        csb: isize,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+        csc: isize,
+    ) {
         matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     fn tanh_kernel(self) -> f64 {
         self.tanh()
+    }
+    fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f64 {
+        rng.sample(rand_distr::StandardNormal)
     }
 }
 
@@ -97,22 +153,28 @@ pub mod prelude {
     pub use crate::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
     pub use crate::guide::MeanFieldInit;
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
-    pub use crate::predictive::{PredictiveConfig, PredictiveSummary, Predictive};
+    pub use crate::predictive::{Predictive, PredictiveConfig, PredictiveSummary};
     pub use crate::{Error, Real, Result};
-    pub use dfdx::prelude::{AsArray, Backward, Cpu, Device, Dtype, HasShape, Shape, Tensor, TensorFrom, TensorFromVec, Trace, ZerosTensor};
     #[cfg(feature = "cuda")]
     pub use dfdx::prelude::Cuda;
+    pub use dfdx::prelude::{
+        AsArray, Backward, Cpu, Device, Dtype, HasShape, Shape, Tensor, TensorFrom, TensorFromVec, Trace, ZerosTensor,
+    };
 }
 
 /// Items the `#[bnn]` macro's generated code names. Not part of the stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::arch::{prior_bias_len, prior_weight_len, Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
+    pub use crate::arch::{
+        prior_bias_len, prior_weight_len, Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param,
+    };
     pub use crate::model::{Bnn, MeanFieldGuide, Weights};
     pub use crate::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
     pub use crate::{Error, Real};
     pub use core::option::Option;
     pub use core::result::Result;
-    pub use dfdx::prelude::{Const, Cpu, Device, Dtype, ModuleFields, ModuleVisitor, NoneTape, ReshapeTo, HasShape, Storage, Tensor, TensorCollection};
+    pub use dfdx::prelude::{
+        Const, Cpu, Device, Dtype, HasShape, ModuleFields, ModuleVisitor, NoneTape, ReshapeTo, Storage, Tensor, TensorCollection,
+    };
     pub use std::vec::Vec;
 }

@@ -63,7 +63,7 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
     }
 
     /// Network outputs `(S, N, d_out)` of `s` weight samples on inputs `x` `(N, d_in)`.
-    fn forward(&self, weights: Weights<E, D>, x: &Tensor<(usize, usize), E, D>) -> crate::Result<Tensor<(usize, usize, usize), E, D>> {
+    fn forward(&self, weights: Weights<E, D>, x: &Tensor<(usize, usize), E, D>) -> crate::Result<Tensor3<E, D>> {
         crate::network::check_input(Self::ARCH, x)?;
         crate::network::forward(Self::ARCH, weights, x)
     }
@@ -87,7 +87,11 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
 /// Checks that `weights` has one `(S, d_out, d_in + 1)` tensor per layer of `arch`, `S ≥ 1`.
 pub fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &Weights<E, D, T>) -> crate::Result<()> {
     if weights.layers.len() != arch.layers.len() {
-        return Err(crate::Error::Shape { what: "weights (number of layers)".into(), expected: arch.layers.len().to_string(), got: weights.layers.len().to_string() });
+        return Err(crate::Error::Shape {
+            what: "weights (number of layers)".into(),
+            expected: arch.layers.len().to_string(),
+            got: weights.layers.len().to_string(),
+        });
     }
     let s = weights.num_samples();
     if s == 0 {
@@ -96,7 +100,11 @@ pub fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &We
     for (spec, w) in arch.layers.iter().zip(&weights.layers) {
         let want = (s, spec.d_out, spec.d_in + 1);
         if *w.shape() != want {
-            return Err(crate::Error::Shape { what: format!("weights of layer `{}`", spec.name), expected: format!("{want:?}"), got: format!("{:?}", w.shape()) });
+            return Err(crate::Error::Shape {
+                what: format!("weights of layer `{}`", spec.name),
+                expected: format!("{want:?}"),
+                got: format!("{:?}", w.shape()),
+            });
         }
     }
     Ok(())
@@ -110,6 +118,9 @@ pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D>
     fn layer_params(&self) -> Vec<NormalView<E, D>>;
 }
 
+/// A rank-3 runtime-shaped tensor: `(S, rows, cols)`.
+pub type Tensor3<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
+
 /// `S` weight samples of every layer. Layer `l` holds a tensor of shape `(S, d_out, d_in + 1)`:
 /// row `d` of sample `s` is output unit `d`'s incoming weights followed by its bias.
 ///
@@ -117,7 +128,7 @@ pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D>
 #[derive(Debug, Clone)]
 pub struct Weights<E: Dtype, D: Storage<E>, T = NoneTape> {
     /// One `(S, d_out, d_in + 1)` tensor per layer.
-    pub layers: Vec<Tensor<(usize, usize, usize), E, D, T>>,
+    pub layers: Vec<Tensor3<E, D, T>>,
 }
 
 impl<E: Real, D: Device<E>, T> Weights<E, D, T> {
@@ -150,7 +161,11 @@ impl<E: Real, D: Device<E>> Weights<E, D> {
             return Err(crate::Error::Empty { what: "weight samples".into() });
         }
         if let Some(row) = flat.iter().find(|r| r.len() != p) {
-            return Err(crate::Error::Shape { what: "flat weight sample".into(), expected: format!("({p},)"), got: format!("({},)", row.len()) });
+            return Err(crate::Error::Shape {
+                what: "flat weight sample".into(),
+                expected: format!("({p},)"),
+                got: format!("({},)", row.len()),
+            });
         }
         for (si, row) in flat.iter().enumerate() {
             crate::error::check_finite(&format!("flat weight sample {si}"), row)?;

@@ -30,9 +30,9 @@ pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Te
 }
 
 /// Appends a column of ones: `(…, k) -> (…, k + 1)`.
-pub(crate) fn augment<E: Real, D: Device<E>, T: Tape<E, D>>(a: Tensor<(usize, usize, usize), E, D, T>) -> Tensor<(usize, usize, usize), E, D, T>
+pub(crate) fn augment<E: Real, D: Device<E>, T>(a: Tensor<(usize, usize, usize), E, D, T>) -> Tensor<(usize, usize, usize), E, D, T>
 where
-    T: Merge<NoneTape>,
+    T: Tape<E, D> + Merge<NoneTape>,
 {
     let (s, n, _) = *a.shape();
     let ones = a.device().ones_like(&(s, n, 1usize));
@@ -75,9 +75,13 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     arch: &Architecture,
     weights: Weights<E, D, T>,
     x: &Tensor<(usize, usize), E, D>,
-) -> Result<Tensor<(usize, usize, usize), E, D, T>> {
+) -> Result<crate::model::Tensor3<E, D, T>> {
     if weights.layers.len() != arch.layers.len() {
-        return Err(Error::Shape { what: "weights (layers)".into(), expected: arch.layers.len().to_string(), got: weights.layers.len().to_string() });
+        return Err(Error::Shape {
+            what: "weights (layers)".into(),
+            expected: arch.layers.len().to_string(),
+            got: weights.layers.len().to_string(),
+        });
     }
     crate::model::check_weights(arch, &weights)?;
     if x.shape().1 != arch.d_in() {
@@ -94,4 +98,3 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     }
     unreachable!("loop returns at the last layer")
 }
-

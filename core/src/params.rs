@@ -33,21 +33,14 @@ pub struct NormalParams<const N: usize, E: Dtype, D: Storage<E>> {
 impl<const N: usize, E: Real, D: Device<E>> NormalParams<N, E, D> {
     /// Every entry `N(loc, scale²)`.
     pub fn filled(dev: &D, loc: f64, scale: f64) -> Self {
-        Self {
-            loc: dev.tensor([E::from_f64(loc).unwrap(); N]),
-            log_scale: dev.tensor([E::from_f64(scale.ln()).unwrap(); N]),
-        }
+        Self { loc: dev.tensor([E::from_f64(loc).unwrap(); N]), log_scale: dev.tensor([E::from_f64(scale.ln()).unwrap(); N]) }
     }
 
     /// From explicit values (`scale` as standard deviations). Lengths must be `N`.
     pub fn from_values(dev: &D, loc: &[f64], scale: &[f64]) -> Result<Self> {
         for (what, v) in [("loc", loc), ("scale", scale)] {
             if v.len() != N {
-                return Err(crate::Error::Shape {
-                    what: what.into(),
-                    expected: format!("({N},)"),
-                    got: format!("({},)", v.len()),
-                });
+                return Err(crate::Error::Shape { what: what.into(), expected: format!("({N},)"), got: format!("({},)", v.len()) });
             }
         }
         let l: Vec<E> = loc.iter().map(|&v| E::from_f64(v).unwrap()).collect();
@@ -192,9 +185,8 @@ impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for LikelihoodParams<E, D> {
     type To<E2: Dtype, D2: Device<E2>> = LikelihoodParams<E2, D2>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (Self::tensor("raw", |s| &s.raw, |s| &mut s.raw, TensorOptions::reset_to_zeros()),),
-            |(raw,)| LikelihoodParams { raw },
-        )
+        visitor.visit_fields((Self::tensor("raw", |s| &s.raw, |s| &mut s.raw, TensorOptions::reset_to_zeros()),), |(raw,)| {
+            LikelihoodParams { raw }
+        })
     }
 }

@@ -45,7 +45,7 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 fn finite_range<'a>(vals: impl Iterator<Item = &'a f64>) -> Option<(f64, f64)> {
     let (lo, hi) = vals.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-    (lo <= hi).then(|| if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
+    (lo <= hi).then_some(if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
 }
 
 /// Writes a band plot to `path` (PNG, 900×600).
@@ -69,8 +69,13 @@ pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
         .map_err(|e| plot_err(path, e))?;
     chart.configure_mesh().x_desc("x").y_desc("y").draw().map_err(|e| plot_err(path, e))?;
-    let band: Vec<(f64, f64)> = p.x.iter().zip(p.upper).map(|(&a, &b)| (a, b)).chain(p.x.iter().zip(p.lower).rev().map(|(&a, &b)| (a, b))).collect();
-    chart.draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.18)))).map_err(|e| plot_err(path, e))?.label("central band").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.18).filled()));
+    let band: Vec<(f64, f64)> =
+        p.x.iter().zip(p.upper).map(|(&a, &b)| (a, b)).chain(p.x.iter().zip(p.lower).rev().map(|(&a, &b)| (a, b))).collect();
+    chart
+        .draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.18))))
+        .map_err(|e| plot_err(path, e))?
+        .label("central band")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.18).filled()));
     for s in p.samples {
         chart.draw_series(LineSeries::new(p.x.iter().zip(s).map(|(&a, &b)| (a, b)), BLUE.mix(0.25))).map_err(|e| plot_err(path, e))?;
     }
@@ -80,7 +85,11 @@ pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
         .label("predictive mean")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
     if let Some((px, py)) = p.points {
-        chart.draw_series(px.iter().zip(py).map(|(&a, &b)| Circle::new((a, b), 3, BLACK.filled()))).map_err(|e| plot_err(path, e))?.label("data").legend(|(x, y)| Circle::new((x + 8, y), 3, BLACK.filled()));
+        chart
+            .draw_series(px.iter().zip(py).map(|(&a, &b)| Circle::new((a, b), 3, BLACK.filled())))
+            .map_err(|e| plot_err(path, e))?
+            .label("data")
+            .legend(|(x, y)| Circle::new((x + 8, y), 3, BLACK.filled()));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))?;
@@ -90,7 +99,15 @@ pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
 /// Writes a scatter plot of labelled 2-D points with a background of predicted class-1
 /// probabilities on a grid (`grid_x`, `grid_y`, row-major `probs` of size `gy·gx`).
 #[allow(clippy::too_many_arguments)]
-pub fn probability_map(path: impl AsRef<Path>, title: &str, grid_x: &[f64], grid_y: &[f64], probs: &[f64], points: &[[f64; 2]], labels: &[usize]) -> Result<()> {
+pub fn probability_map(
+    path: impl AsRef<Path>,
+    title: &str,
+    grid_x: &[f64],
+    grid_y: &[f64],
+    probs: &[f64],
+    points: &[[f64; 2]],
+    labels: &[usize],
+) -> Result<()> {
     let path = path.as_ref();
     if grid_x.len() < 2 || grid_y.len() < 2 || probs.len() != grid_x.len() * grid_y.len() || points.len() != labels.len() {
         return Err(plot_err(path, "grid, probabilities and points have inconsistent lengths"));
@@ -99,7 +116,13 @@ pub fn probability_map(path: impl AsRef<Path>, title: &str, grid_x: &[f64], grid
     let (y0, y1) = (grid_y[0], grid_y[grid_y.len() - 1]);
     let root = BitMapBackend::new(path, (700, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(32).y_label_area_size(40).build_cartesian_2d(x0..x1, y0..y1).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(40)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| plot_err(path, e))?;
     chart.configure_mesh().disable_mesh().draw().map_err(|e| plot_err(path, e))?;
     let dx = (x1 - x0) / (grid_x.len() - 1) as f64;
     let dy = (y1 - y0) / (grid_y.len() - 1) as f64;
@@ -113,7 +136,9 @@ pub fn probability_map(path: impl AsRef<Path>, title: &str, grid_x: &[f64], grid
         }))
         .map_err(|e| plot_err(path, e))?;
     chart
-        .draw_series(points.iter().zip(labels).map(|(p, &l)| Circle::new((p[0], p[1]), 3, if l == 1 { RED.filled() } else { BLUE.filled() })))
+        .draw_series(
+            points.iter().zip(labels).map(|(p, &l)| Circle::new((p[0], p[1]), 3, if l == 1 { RED.filled() } else { BLUE.filled() })),
+        )
         .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())

@@ -257,7 +257,12 @@ impl Predictive {
     }
 
     /// Posterior predictive under a mean-field guide.
-    pub fn run<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, guide: &M::Guide, x: &Tensor<(usize, usize), E, D>) -> Result<PredictiveSummary> {
+    pub fn run<E: Real, D: Device<E>, M: Bnn<E, D>>(
+        &self,
+        model: &M,
+        guide: &M::Guide,
+        x: &Tensor<(usize, usize), E, D>,
+    ) -> Result<PredictiveSummary> {
         Ok(self.stream(model, &mut GuideSource(M::ARCH, guide), x, None)?.0)
     }
 
@@ -267,17 +272,32 @@ impl Predictive {
     }
 
     /// Predictive under any weight source (e.g. MCMC draws).
-    pub fn run_source<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, source: &mut impl WeightSource<E, D>, x: &Tensor<(usize, usize), E, D>) -> Result<PredictiveSummary> {
+    pub fn run_source<E: Real, D: Device<E>, M: Bnn<E, D>>(
+        &self,
+        model: &M,
+        source: &mut impl WeightSource<E, D>,
+        x: &Tensor<(usize, usize), E, D>,
+    ) -> Result<PredictiveSummary> {
         Ok(self.stream(model, source, x, None)?.0)
     }
 
     /// Posterior predictive metrics of a guide on test data.
-    pub fn evaluate<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, guide: &M::Guide, test: &Dataset<E, D>) -> Result<PredictiveMetrics> {
+    pub fn evaluate<E: Real, D: Device<E>, M: Bnn<E, D>>(
+        &self,
+        model: &M,
+        guide: &M::Guide,
+        test: &Dataset<E, D>,
+    ) -> Result<PredictiveMetrics> {
         self.evaluate_source(model, &mut GuideSource(M::ARCH, guide), test)
     }
 
     /// Predictive metrics under any weight source.
-    pub fn evaluate_source<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, source: &mut impl WeightSource<E, D>, test: &Dataset<E, D>) -> Result<PredictiveMetrics> {
+    pub fn evaluate_source<E: Real, D: Device<E>, M: Bnn<E, D>>(
+        &self,
+        model: &M,
+        source: &mut impl WeightSource<E, D>,
+        test: &Dataset<E, D>,
+    ) -> Result<PredictiveMetrics> {
         test.check_for(M::ARCH)?;
         let (summary, lpd) = self.stream(model, source, &test.x, Some(test))?;
         let pointwise_lpd = lpd.expect("requested");

@@ -76,7 +76,11 @@ pub fn expand<E: Real, D: Device<E>>(layers: &[LayerSpec], views: &[PriorView<E,
 /// Sum over entries of `KL(N(m, e^{2 ls}) ‖ N(μ, e^{2 lσ}))`, in closed form.
 ///
 /// `q` holds the guide's `(loc, ln s)` per entry (shape `(d_out, d_in+1)`), `p` the prior's.
-pub fn kl_normal<E: Real, D: Device<E>>(q_loc: Taped<(usize, usize), E, D>, q_ls: Taped<(usize, usize), E, D>, p: ExpandedNormal<E, D>) -> Taped<(), E, D> {
+pub fn kl_normal<E: Real, D: Device<E>>(
+    q_loc: Taped<(usize, usize), E, D>,
+    q_ls: Taped<(usize, usize), E, D>,
+    p: ExpandedNormal<E, D>,
+) -> Taped<(), E, D> {
     let ExpandedNormal { loc: p_loc, log_scale: p_ls } = p;
     let inv_p_var = (p_ls.with_empty_tape() * E::from_f64(-2.0).unwrap()).exp();
     let diff = q_loc - p_loc;
@@ -97,7 +101,8 @@ where
 {
     let shape = *w.shape();
     let ExpandedNormal { loc, log_scale } = p;
-    let z = (loc.broadcast_like::<_, Axis<0>>(&shape) - w) * (log_scale.with_empty_tape().negate().exp()).broadcast_like::<_, Axis<0>>(&shape);
+    let z =
+        (loc.broadcast_like::<_, Axis<0>>(&shape) - w) * (log_scale.with_empty_tape().negate().exp()).broadcast_like::<_, Axis<0>>(&shape);
     let c = 0.5 * (2.0 * std::f64::consts::PI).ln() * (shape.1 * shape.2) as f64;
     let per_sample = (z.square() * E::from_f64(-0.5).unwrap()).sum::<_, Axes2<1, 2>>();
     let ls_sum = log_scale.sum::<(), _>();

@@ -575,7 +575,10 @@ fn weights_impl(cont: &Container, layers: &[(&Field, &Layer)]) -> TokenStream {
         let i1 = Literal::usize_unsuffixed(l.d_in.value.saturating_add(1));
         quote!(#fname: #p::ReshapeTo::reshape_like(#local, &(__s, #p::Const::<#o>, #p::Const::<#i1>)))
     });
-    let first = &locals[..1.min(n)];
+    let Some(first) = locals.first() else {
+        // `check` guarantees at least one layer; emit nothing rather than index out of bounds.
+        return TokenStream::new();
+    };
     let layers_expected = format!("{n} layer{}", if n == 1 { "" } else { "s" });
     let what = format!("weights of `{name}`");
 
@@ -611,7 +614,7 @@ fn weights_impl(cont: &Container, layers: &[(&Field, &Layer)]) -> TokenStream {
                         });
                     }
                 };
-                let __s = #( #p::HasShape::shape(&#first).0 )*;
+                let __s = #p::HasShape::shape(&#first).0;
                 #(#checks)*
                 #p::Result::Ok(Self { #(#builds,)* })
             }

@@ -21,6 +21,8 @@ mod ctxt;
 mod expand;
 mod fallback;
 mod symbol;
+#[cfg(test)]
+mod tests;
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;

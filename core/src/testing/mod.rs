@@ -92,6 +92,55 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Example: an inference test for your own `#[bnn]` model
+//!
+//! A one-layer identity network with a Gaussian likelihood of known noise is Bayesian linear
+//! regression, so the exact posterior predictive mean at a test input is known. The fitted
+//! mean-field guide's predictive draws must match it within their Monte-Carlo error (the
+//! mean-field optimum has the exact posterior mean), and the comparison is a 1 % test:
+//!
+//! ```
+//! use weightspace::prelude::*;
+//! use weightspace::testing::assert::assert_mean;
+//! use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+//!
+//! #[bnn]
+//! struct Line {
+//!     #[layer(prior = Normal(0.0, 1.0))]
+//!     out: Dense<1, 1>,
+//!     #[likelihood]
+//!     noise: Gaussian<Fixed<0.3>>,
+//! }
+//!
+//! let xs: Vec<f64> = (0..30).map(|i| i as f64 / 15.0 - 1.0).collect();
+//! let ys: Vec<f64> = xs.iter().map(|x| 0.8 * x - 0.2 + 0.3 * (7.0 * x).sin()).collect();
+//! // 1. the reference: features [x, 1], in the layer's [W | b] order
+//! let exact = BlrPosterior::compute(&BlrProblem {
+//!     design: xs.iter().map(|&x| vec![x, 1.0]).collect(),
+//!     targets: ys.clone(),
+//!     prior_mean: vec![0.0; 2],
+//!     prior_covariance: PriorCovariance::Isotropic(1.0),
+//!     noise_std: 0.3,
+//! })?;
+//! let (want, _) = exact.predictive(&[1.5, 1.0])?;
+//!
+//! // 2. the inference under test
+//! let dev = Cpu::default();
+//! let data = Dataset::<f64, _>::regression(&dev, &xs, 1, &ys, 1)?;
+//! let mut model = Line::<f64, Cpu>::new(&dev);
+//! let mut guide = model.mean_field();
+//! let cfg = FitConfig { steps: 2000, lr: 0.03, lr_end: Some(1e-4), progress: false, ..Default::default() };
+//! fit(&mut model, &mut guide, &data, &cfg)?;
+//!
+//! // 3. the comparison: 4000 independent draws of f(1.5) from the guide
+//! let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+//! let w = weightspace::guide::sample_guide(Line::<f64, Cpu>::ARCH, &guide, 4000, &mut rng)?;
+//! let x_star = dev.tensor_from_vec(vec![1.5], (1usize, 1usize));
+//! let draws = model.forward(w, &x_star)?.as_vec();
+//! assert_mean(&draws, want, 0.01);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Example: SBC of a guide you cannot solve exactly
 //!
 //! See [`sbc`] and the `inference_test_demo` example
@@ -111,5 +160,5 @@ pub use assert::{
     check_two_sample, check_two_sample_1d, check_variance, Draws, InferenceTestError, PermutationSettings, TestOutcome, VectorDraws,
 };
 pub use diagnostics::{ess_bulk, ess_mean, ess_tail, mcse_mean, rhat, split_rhat, summarize};
-pub use reference::{BlrPosterior, BlrProblem, Gaussian, PriorCovariance};
+pub use reference::{BlrPosterior, BlrProblem, Gaussian, PriorCovariance, TanhNet, TanhNetProblem, TanhNetReference};
 pub use sbc::{run_sbc, PosteriorSampler, SbcReport, SbcSettings};
