@@ -391,7 +391,18 @@ fn classifiers_sample_on_the_generic_path() {
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let x: Vec<f64> = (0..60).map(|_| rng.gen_range(-2.0..2.0)).collect();
-    let labels: Vec<usize> = x.chunks(2).map(|p| if p[0] + p[1] > 0.5 { 2 } else if p[0] > -0.5 { 1 } else { 0 }).collect();
+    let labels: Vec<usize> = x
+        .chunks(2)
+        .map(|p| {
+            if p[0] + p[1] > 0.5 {
+                2
+            } else if p[0] > -0.5 {
+                1
+            } else {
+                0
+            }
+        })
+        .collect();
     let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
     let model = Clf::<f64, Cpu>::new(&dev);
     // the noise setting is ignored for classifiers: the position is the weights alone
