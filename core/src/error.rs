@@ -75,6 +75,10 @@ pub enum Error {
     /// A device (allocation, kernel) error.
     #[error("device error: {0}")]
     Device(String),
+    /// An MCMC sampler could not run (settings its backend rejects, an unrecoverable error inside
+    /// the sampler).
+    #[error("sampler: {0}")]
+    Sampler(String),
     /// A metric could not be computed.
     #[error("metric: {0}")]
     Metric(String),

@@ -78,7 +78,7 @@ pub fn fast_tanh<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: T
 }
 
 /// Activation values and derivatives on host buffers.
-fn act_forward<E: Real>(act: Activation, z: &mut [E]) {
+pub(crate) fn act_forward<E: Real>(act: Activation, z: &mut [E]) {
     let half = E::from_f64(0.5).unwrap();
     match act {
         Activation::Identity => {}
@@ -100,7 +100,7 @@ fn act_forward<E: Real>(act: Activation, z: &mut [E]) {
 
 /// Multiplies `g` (gradient w.r.t. the activation) by the activation's derivative, in place.
 /// `a` holds the activations; `z` the pre-activations (only needed for silu and gelu).
-fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E]) {
+pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E]) {
     let one = E::one();
     match act {
         Activation::Identity => {}

@@ -17,6 +17,7 @@ pub mod fit;
 pub mod guide;
 mod kernels;
 pub mod likelihood;
+pub mod mcmc;
 pub mod metrics;
 pub mod model;
 pub mod network;

@@ -1,0 +1,427 @@
+//! MCMC tests: NUTS and the many-chain sampler on known targets, the BNN log density (fused kernel
+//! against the generic dfdx path and finite differences), the chain-count bound, the LPPD, and
+//! the SYM-MCMC workflow end to end.
+//!
+//! Statistical checks use the toolkit's MCSE-based assertions (`Draws::chains`, so the standard
+//! errors use the ESS) at a false-alarm rate of 0.001 per check, with fixed seeds.
+
+use rand::{Rng, SeedableRng};
+use weightspace::mcmc::*;
+use weightspace::prelude::*;
+use weightspace::testing::assert::{assert_covariance, assert_mean, Draws, VectorDraws};
+use weightspace::testing::dense::Matrix;
+use weightspace::testing::diagnostics::rhat;
+use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+
+const ALPHA: f64 = 0.001;
+
+/// A correlated 2-D Gaussian: mean (1, −2), sds (1, 2), correlation 0.8.
+struct Correlated;
+
+const MU: [f64; 2] = [1.0, -2.0];
+const COV: [[f64; 2]; 2] = [[1.0, 1.6], [1.6, 4.0]];
+
+fn correlated_logp(x: &[f64], g: &mut [f64]) -> f64 {
+    let det = COV[0][0] * COV[1][1] - COV[0][1] * COV[1][0];
+    let prec = [[COV[1][1] / det, -COV[0][1] / det], [-COV[1][0] / det, COV[0][0] / det]];
+    let dx = [x[0] - MU[0], x[1] - MU[1]];
+    let pd = [prec[0][0] * dx[0] + prec[0][1] * dx[1], prec[1][0] * dx[0] + prec[1][1] * dx[1]];
+    g[0] = -pd[0];
+    g[1] = -pd[1];
+    -0.5 * (dx[0] * pd[0] + dx[1] * pd[1])
+}
+
+impl LogDensity for Correlated {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+        Ok(correlated_logp(x, g))
+    }
+}
+
+impl BatchLogDensity for Correlated {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
+        for (c, l) in lp.iter_mut().enumerate() {
+            *l = correlated_logp(&x[2 * c..2 * c + 2], &mut g[2 * c..2 * c + 2]);
+        }
+        Ok(())
+    }
+}
+
+fn cov_matrix() -> Matrix {
+    Matrix::from_rows(&[COV[0].to_vec(), COV[1].to_vec()]).unwrap()
+}
+
+/// Checks the mean of every coordinate and the covariance of chains of vector draws.
+fn check_moments(chains: &[Vec<Vec<f64>>], mean: &[f64], cov: &Matrix) {
+    for (j, &m) in mean.iter().enumerate() {
+        let series: Vec<Vec<f64>> = chains.iter().map(|c| c.iter().map(|x| x[j]).collect()).collect();
+        let r = rhat(&series).unwrap();
+        assert!(r < 1.02, "R-hat {r} of coordinate {j}");
+        assert_mean(Draws::chains(&series), m, ALPHA);
+    }
+    assert_covariance(VectorDraws::chains(chains), cov, ALPHA);
+}
+
+#[test]
+fn nuts_recovers_a_correlated_gaussian() {
+    let chains: Vec<NutsRun> = (0..4)
+        .map(|c| {
+            sample_nuts(&mut Correlated, &[0.0, 0.0], &NutsSettings { warmup: 500, draws: 1000, seed: c, ..Default::default() }).unwrap()
+        })
+        .collect();
+    for run in &chains {
+        assert_eq!(run.divergences(), 0);
+        assert!(run.step_size().unwrap() > 0.05);
+        assert!(run.mean_tree_depth() >= 1.0 && run.stats.iter().all(|s| s.tree_depth <= 10));
+    }
+    let draws: Vec<Vec<Vec<f64>>> = chains.into_iter().map(|r| r.draws).collect();
+    check_moments(&draws, &MU, &cov_matrix());
+}
+
+#[test]
+fn many_chain_sampler_recovers_a_correlated_gaussian() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let init: Vec<Vec<f64>> = (0..32).map(|_| vec![rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0)]).collect();
+    for (step_size, diag) in [(StepSizeAdaptation::Shared, false), (StepSizeAdaptation::PerChain, true)] {
+        let s = ManyChainSettings { warmup: 400, draws: 1000, seed: 1, step_size, diagonal_mass_matrix: diag, ..Default::default() };
+        let run = sample_many_chains(&mut Correlated, init.clone(), &s).unwrap();
+        assert_eq!(run.total_divergences(), 0, "{step_size:?}");
+        assert!(run.trajectory_length > run.step_sizes[0], "ChEES should lengthen trajectories beyond one step");
+        check_moments(&run.draws, &MU, &cov_matrix());
+    }
+}
+
+/// y = w·x + b + ε with fixed noise and a N(0, 1) prior: the exact posterior is Bayesian linear
+/// regression.
+#[bnn]
+struct Conj {
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<2, 1>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.5>>,
+}
+
+fn conj_problem() -> (Vec<f64>, Vec<f64>, BlrPosterior) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let (a, b) = (rng.gen_range(-1.0..1.0), rng.gen_range(-1.0..1.0));
+        x.extend([a, b]);
+        y.push(0.7 * a - 1.2 * b + 0.3 + 0.5 * rng.sample::<f64, _>(rand_distr::StandardNormal));
+    }
+    let design = x.chunks(2).map(|r| vec![r[0], r[1], 1.0]).collect();
+    let post = BlrPosterior::compute(&BlrProblem {
+        design,
+        targets: y.clone(),
+        prior_mean: vec![0.0; 3],
+        prior_covariance: PriorCovariance::Isotropic(1.0),
+        noise_std: 0.5,
+    })
+    .unwrap();
+    (x, y, post)
+}
+
+#[test]
+fn nuts_recovers_the_conjugate_regression_posterior() {
+    let dev = Cpu::default();
+    let (x, y, exact) = conj_problem();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let mut post = BnnPosterior::new(&model, &data, NoisePrior::Fixed).unwrap();
+    assert_eq!(LogDensity::dim(&post), 3);
+    let draws: Vec<Vec<Vec<f64>>> = (0..4)
+        .map(|c| {
+            let run =
+                sample_nuts(&mut post, &[0.0; 3], &NutsSettings { warmup: 400, draws: 600, seed: 10 + c, ..Default::default() }).unwrap();
+            assert_eq!(run.divergences(), 0);
+            run.draws
+        })
+        .collect();
+    check_moments(&draws, exact.mean(), exact.covariance());
+}
+
+#[test]
+fn many_chain_sampler_recovers_the_conjugate_regression_posterior() {
+    let dev = Cpu::default();
+    let (x, y, exact) = conj_problem();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    for generic in [false, true] {
+        let post = BnnPosterior::new(&model, &data, NoisePrior::Fixed).unwrap();
+        let mut post = if generic { post.generic() } else { post };
+        assert_eq!(post.is_fused(), !generic);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let init: Vec<Vec<f64>> = (0..32).map(|_| (0..3).map(|_| rng.gen_range(-2.0..2.0)).collect()).collect();
+        let run =
+            sample_many_chains(&mut post, init, &ManyChainSettings { warmup: 400, draws: 300, seed: 2, ..Default::default() }).unwrap();
+        assert_eq!(run.total_divergences(), 0);
+        check_moments(&run.draws, exact.mean(), exact.covariance());
+    }
+}
+
+#[bnn]
+struct Tanh2 {
+    #[layer(prior = Normal(0.1, 1.5))]
+    hidden: Dense<2, 4, Tanh>,
+    #[layer(prior = Normal(0.0, Learned(0.7)), fan_in_scaled)]
+    out: Dense<4, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.3>>,
+}
+
+#[test]
+fn fused_log_density_matches_the_generic_path_and_finite_differences() {
+    let dev = Cpu::default();
+    let t = weightspace::mcmc::data::regression2d(40, 3).standardise().0;
+    let data = t.to_dataset::<f64, _>(&dev).unwrap();
+    let model = Tanh2::<f64, Cpu>::new(&dev);
+    for noise in [NoisePrior::HalfNormal(0.8), NoisePrior::Fixed] {
+        let mut fused = BnnPosterior::new(&model, &data, noise).unwrap().threads(2);
+        let mut generic = BnnPosterior::new(&model, &data, noise).unwrap().generic();
+        let d = BatchLogDensity::dim(&fused);
+        assert_eq!(d, 4 * 3 + 5 + usize::from(noise != NoisePrior::Fixed));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let c = 40;
+        let pos: Vec<f64> = (0..c * d).map(|_| rng.gen_range(-1.5..1.5)).collect();
+        let (mut lf, mut gf) = (vec![0.0; c], vec![0.0; c * d]);
+        let (mut lg, mut gg) = (vec![0.0; c], vec![0.0; c * d]);
+        fused.logp_batch(&pos, &mut lf, &mut gf).unwrap();
+        generic.logp_batch(&pos, &mut lg, &mut gg).unwrap();
+        for i in 0..c {
+            assert!((lf[i] - lg[i]).abs() < 1e-9 * lg[i].abs().max(1.0), "chain {i}: fused {} generic {}", lf[i], lg[i]);
+        }
+        for (a, b) in gf.iter().zip(&gg) {
+            assert!((a - b).abs() < 1e-8 * b.abs().max(1.0), "gradient: fused {a} generic {b}");
+        }
+        // central differences on the first chain
+        let h = 1e-6;
+        for j in 0..d {
+            let (mut p1, mut p2) = (pos[..d].to_vec(), pos[..d].to_vec());
+            p1[j] += h;
+            p2[j] -= h;
+            let mut g = vec![0.0; d];
+            let f1 = LogDensity::logp(&mut fused, &p1, &mut g).unwrap();
+            let f2 = LogDensity::logp(&mut fused, &p2, &mut g).unwrap();
+            let fd = (f1 - f2) / (2.0 * h);
+            assert!((fd - gf[j]).abs() < 1e-5 * fd.abs().max(1.0), "coordinate {j}: finite difference {fd}, gradient {}", gf[j]);
+        }
+    }
+}
+
+/// A target that is NaN for x > 3: moving there is a divergence, never a panic.
+struct Cliff;
+
+impl BatchLogDensity for Cliff {
+    fn dim(&self) -> usize {
+        1
+    }
+    fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
+        for (i, l) in lp.iter_mut().enumerate() {
+            *l = if x[i] > 3.0 { f64::NAN } else { -0.5 * x[i] * x[i] };
+            g[i] = -x[i];
+        }
+        Ok(())
+    }
+}
+
+impl LogDensity for Cliff {
+    fn dim(&self) -> usize {
+        1
+    }
+    fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+        let mut l = [0.0];
+        self.logp_batch(x, &mut l, g)?;
+        Ok(l[0])
+    }
+}
+
+#[test]
+fn non_finite_densities_are_divergences_not_errors() {
+    let run = sample_many_chains(
+        &mut Cliff,
+        vec![vec![0.0]; 32],
+        &ManyChainSettings { warmup: 100, draws: 50, initial_step_size: 2.0, ..Default::default() },
+    )
+    .unwrap();
+    assert!(run.warmup_divergences.iter().sum::<usize>() > 0);
+    assert!(run.pooled().iter().all(|x| x[0] <= 3.0));
+    let nuts = sample_nuts(&mut Cliff, &[0.5], &NutsSettings { warmup: 200, draws: 300, ..Default::default() }).unwrap();
+    assert!(nuts.stats.iter().any(|s| s.diverging));
+    assert!(nuts.draws.iter().all(|x| x[0] <= 3.0));
+    // a non-finite start is an error that names the chain
+    let err = sample_many_chains(&mut Cliff, vec![vec![0.0], vec![4.0]], &ManyChainSettings::default()).unwrap_err();
+    assert!(err.to_string().contains("chain 1"), "{err}");
+}
+
+fn harmonic(n: usize) -> f64 {
+    (1..=n).map(|k| 1.0 / k as f64).sum()
+}
+
+#[test]
+fn chain_bound() {
+    let p = paper_mode_probabilities();
+    assert!((p[0] - 0.5665).abs() < 1e-4 && (p[1] - 0.3505).abs() < 1e-4 && (p[2] - 0.0830).abs() < 1e-4);
+    assert!((expected_chains(&p).unwrap() - 12.73).abs() < 0.005);
+    assert_eq!(chains_needed(&p, 0.01).unwrap(), 1274);
+    // uniform probabilities: ν·H_ν, both by inclusion–exclusion (ν ≤ 16) and by the integral (ν > 16)
+    for nu in [1, 2, 5, 16, 17, 48] {
+        let e = expected_chains(&vec![1.0; nu]).unwrap();
+        let want = nu as f64 * harmonic(nu);
+        assert!((e - want).abs() < 1e-6 * want, "ν = {nu}: {e} vs {want}");
+    }
+    // 48 copies of a 1×3 net treated as modes: about 21,402 chains
+    assert_eq!(chains_needed(&[1.0; 48], 0.01).unwrap(), (48.0 * harmonic(48) / 0.01).ceil() as usize);
+    // the bound grows as δ shrinks
+    let counts: Vec<usize> = [0.5, 0.1, 0.05, 0.01, 0.001].iter().map(|&d| chains_needed(&p, d).unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    assert!(chains_needed(&p, 0.0).is_err() && expected_chains(&[]).is_err() && expected_chains(&[0.5, -0.1]).is_err());
+}
+
+#[test]
+fn lppd_matches_a_direct_computation_and_survives_underflow() {
+    // 3 samples × 2 points
+    let ll = [-1.0, -2.0, -0.5, -3.0, -2.0, -1.5];
+    let l = lppd(&ll, 3, 2).unwrap();
+    let direct: Vec<f64> = (0..2).map(|i| ((0..3).map(|s| f64::exp(ll[s * 2 + i])).sum::<f64>() / 3.0).ln()).collect();
+    for (got, want) in l.pointwise.iter().zip(&direct) {
+        assert!((got - want).abs() < 1e-12);
+    }
+    assert!((l.mean - (direct[0] + direct[1]) / 2.0).abs() < 1e-12);
+    let se = ((direct[0] - direct[1]).powi(2) / 2.0 / 2.0).sqrt();
+    assert!((l.se - se).abs() < 1e-12);
+    // one sample's likelihood underflows (e^{-5000} = 0 in f64): the point is kept and finite
+    let ll = [-5000.0, -1.0, -2.0, -1.0];
+    let l = lppd(&ll, 2, 2).unwrap();
+    assert!(l.pointwise.iter().all(|v| v.is_finite()));
+    assert!((l.pointwise[0] - (-2.0 - 2f64.ln())).abs() < 1e-12);
+    assert_eq!(l.pointwise.len(), 2);
+}
+
+#[bnn]
+struct F1 {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<1, 3, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<3, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<1.0>>,
+}
+
+#[test]
+fn workflow_runs_end_to_end_with_a_pluggable_canonicalisation() {
+    let dev = Cpu::default();
+    let (train, test) = weightspace::mcmc::data::sinusoidal(100, 2).standardise().0.split(0.8, 2).unwrap();
+    let (train, test) = (train.to_dataset::<f32, _>(&dev).unwrap(), test.to_dataset::<f32, _>(&dev).unwrap());
+    let model = F1::<f32, Cpu>::new(&dev);
+    // a stand-in canonicalisation that counts its calls: the workflow must pass every pooled draw
+    let calls = std::cell::Cell::new(0usize);
+    let canon = |_: &weightspace::arch::Architecture, w: &Weights<f32, Cpu>| {
+        calls.set(calls.get() + w.num_samples());
+        Ok(w.clone())
+    };
+    let settings = SymMcmcSettings { chains: 48, warmup: 300, draws_per_chain: 8, threads: 2, ..Default::default() };
+    let run = sym_mcmc(&model, &train, &settings, &canon).unwrap();
+    assert_eq!(calls.get(), 48 * 8);
+    assert_eq!(run.pooled().len(), 48 * 8);
+    assert!(run.samples_noise && run.num_weights == 10);
+    let l = run.lppd(&model, &test).unwrap();
+    // a 1×3 tanh net fits a standardised sine with noise 0.3 / sd(y) ≈ 0.4: LPPD around −0.5
+    assert!(l.mean > -1.2 && l.mean < 0.5, "LPPD {} ± {}", l.mean, l.se);
+    let pred = run.predictive(&model, &test).unwrap();
+    assert!(pred.std.iter().zip(&pred.f_std).all(|(s, f)| s > f));
+    let diag = run.diagnostics(&model, &test).unwrap();
+    assert!(diag.max_rhat_function.is_finite() && diag.min_ess_weights > 0.0);
+    // the NUTS path of the workflow on a few chains
+    let nuts = SymMcmcSettings {
+        chains: 3,
+        warmup: 200,
+        draws_per_chain: 5,
+        sampler: ChainSampler::Nuts(NutsSettings::default()),
+        ..Default::default()
+    };
+    let run = sym_mcmc(&model, &train, &nuts, &NoCanonicalisation).unwrap();
+    assert_eq!(run.pooled().len(), 15);
+    assert!(run.lppd(&model, &test).unwrap().mean.is_finite());
+}
+
+/// The batched sampler on CUDA: the generic path's chain axis is the weight-sample axis on the GPU.
+/// Compile-checked with `--features cuda,ci-check`; runs only on a machine with a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_log_density_matches_cpu_and_the_many_chain_sampler_runs() {
+    let t = weightspace::mcmc::data::regression2d(40, 3).standardise().0;
+    let cpu = Cpu::default();
+    let gpu = Cuda::default();
+    let (dc, dg) = (t.to_dataset::<f64, _>(&cpu).unwrap(), t.to_dataset::<f64, _>(&gpu).unwrap());
+    let (mc, mg) = (Tanh2::<f64, Cpu>::new(&cpu), Tanh2::<f64, Cuda>::new(&gpu));
+    let mut pc = BnnPosterior::new(&mc, &dc, NoisePrior::default()).unwrap();
+    let mut pg = BnnPosterior::new(&mg, &dg, NoisePrior::default()).unwrap();
+    assert!(!pg.is_fused());
+    let d = BatchLogDensity::dim(&pc);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let pos: Vec<f64> = (0..16 * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let (mut l1, mut g1, mut l2, mut g2) = (vec![0.0; 16], vec![0.0; 16 * d], vec![0.0; 16], vec![0.0; 16 * d]);
+    pc.logp_batch(&pos, &mut l1, &mut g1).unwrap();
+    pg.logp_batch(&pos, &mut l2, &mut g2).unwrap();
+    for (a, b) in l1.iter().zip(&l2).chain(g1.iter().zip(&g2)) {
+        assert!((a - b).abs() < 1e-8 * b.abs().max(1.0), "cpu {a} gpu {b}");
+    }
+    let init: Vec<Vec<f64>> = pos.chunks(d).map(|c| c.to_vec()).collect();
+    let run = sample_many_chains(&mut pg, init, &ManyChainSettings { warmup: 50, draws: 2, ..Default::default() }).unwrap();
+    assert_eq!(run.pooled().len(), 32);
+}
+
+#[bnn]
+struct Clf {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<2, 3, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<3, 3>,
+    #[likelihood]
+    labels: Categorical,
+}
+
+#[test]
+fn classifiers_sample_on_the_generic_path() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let x: Vec<f64> = (0..60).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    let labels: Vec<usize> = x
+        .chunks(2)
+        .map(|p| {
+            if p[0] + p[1] > 0.5 {
+                2
+            } else if p[0] > -0.5 {
+                1
+            } else {
+                0
+            }
+        })
+        .collect();
+    let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
+    let model = Clf::<f64, Cpu>::new(&dev);
+    // the noise setting is ignored for classifiers: the position is the weights alone
+    let mut post = BnnPosterior::new(&model, &data, NoisePrior::default()).unwrap();
+    assert!(!post.is_fused() && !post.samples_noise());
+    let d = LogDensity::dim(&post);
+    assert_eq!(d, 3 * 3 + 3 * 4);
+    let pos: Vec<f64> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut g = vec![0.0; d];
+    LogDensity::logp(&mut post, &pos, &mut g).unwrap();
+    for j in [0, 7, d - 1] {
+        let (mut p1, mut p2) = (pos.clone(), pos.clone());
+        p1[j] += 1e-6;
+        p2[j] -= 1e-6;
+        let mut tmp = vec![0.0; d];
+        let fd = (LogDensity::logp(&mut post, &p1, &mut tmp).unwrap() - LogDensity::logp(&mut post, &p2, &mut tmp).unwrap()) / 2e-6;
+        assert!((fd - g[j]).abs() < 1e-5 * fd.abs().max(1.0), "coordinate {j}: {fd} vs {}", g[j]);
+    }
+    let run = sample_nuts(&mut post, &pos, &NutsSettings { warmup: 100, draws: 20, ..Default::default() }).unwrap();
+    assert_eq!(run.draws.len(), 20);
+    assert!(run.stats.iter().all(|s| s.step_size > 0.0 && s.tree_depth <= 10));
+}
