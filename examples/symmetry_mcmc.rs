@@ -15,9 +15,10 @@
 //!   `--sampler nuts` the paper's own method, one NUTS chain after another; each keeps `--draws`
 //!   draws after `--warmup` warm-up steps. The baseline is one NUTS chain
 //!   (nuts-rs, target acceptance 0.8, max tree depth 10) keeping as many draws.
-//! - The draws pass through the workflow's canonicalisation step; this example plugs in the
-//!   identity (`NoCanonicalisation`), which leaves the LPPD unchanged: canonicalisation never
-//!   changes the network function.
+//! - The pooled draws pass through the workflow's canonicalisation step, the symmetry module's
+//!   exact rule (`Canonicalisation::Exact`: positive hidden biases, sorted by bias), so R-hat/ESS
+//!   on weights are computed in the symmetry-free reference set; the LPPD is unchanged by it,
+//!   since canonicalisation never changes the network function.
 //! - diabetes is the classic 442 × 10 set, read from the `smartcore` crate, which ships all 442
 //!   rows (linfa-datasets' loader drops the first one).
 
@@ -114,7 +115,7 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
         progress: true,
         ..Default::default()
     };
-    let run = sym_mcmc(model, train, &settings, &NoCanonicalisation)?;
+    let run = sym_mcmc(model, train, &settings, &Canonicalisation::Exact)?;
     let lppd = run.lppd(model, test)?;
     println!(
         "many-chain ({name}): {chains} chains × {warmup} warm-up × {draws} draw(s), {:.1} s, {} gradient evaluations, {} divergences after warm-up",

@@ -378,3 +378,38 @@ impl SymMcmcRun {
         BnnPosterior::new(model, data, noise)
     }
 }
+
+/// The symmetry module's canonicalisations (exact rule or the paper's data-driven variant) as the
+/// workflow's canonicalisation step.
+///
+/// ```
+/// use weightspace::mcmc::Canonicalise;
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct F1 { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+/// let dev = Cpu::default();
+/// let model = F1::<f64, Cpu>::new(&dev);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = model.sample_prior(5, &mut rng)?;
+/// let c = Canonicalisation::Exact.canonicalise(F1::<f64, Cpu>::ARCH, &w)?;
+/// // canonical hidden biases are non-negative and sorted
+/// for row in c.to_flat() {
+///     let b: Vec<f64> = (0..3).map(|u| row[u * 2 + 1]).collect();
+///     assert!(b.windows(2).all(|p| p[0] <= p[1]) && b[0] >= 0.0);
+/// }
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+impl<E: Real, D: Device<E>> Canonicalise<E, D> for crate::symmetry::Canonicalisation {
+    fn canonicalise(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>> {
+        let group = crate::symmetry::SymmetryGroup::of(arch);
+        match self {
+            crate::symmetry::Canonicalisation::Exact => group.canonicalise(weights),
+            rule => {
+                let out = group.canonicalise_batch(&weights.to_flat(), rule)?;
+                let dev =
+                    weights.layers.first().map(|t| t.device().clone()).ok_or_else(|| crate::Error::Empty { what: "weights".into() })?;
+                Weights::from_flat(&dev, arch, &out.samples)
+            }
+        }
+    }
+}
