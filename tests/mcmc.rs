@@ -164,6 +164,46 @@ fn many_chain_sampler_recovers_the_conjugate_regression_posterior() {
     }
 }
 
+/// Sampling under a replaced weight prior (`with_weight_prior`, e.g. a meta-learned one): with one
+/// correlated Gaussian block over `(w₁, w₂, b)` the exact posterior is again Bayesian linear
+/// regression, now with a full prior covariance. Both the fused and the generic path are checked.
+#[test]
+fn samplers_follow_a_replaced_correlated_weight_prior() {
+    let dev = Cpu::default();
+    let (x, y, _) = conj_problem();
+    let prior_mean = vec![0.5, -0.5, 0.2];
+    let prior_cov = vec![0.5, 0.3, 0.1, 0.3, 0.8, -0.2, 0.1, -0.2, 0.3];
+    let exact = BlrPosterior::compute(&BlrProblem {
+        design: x.chunks(2).map(|r| vec![r[0], r[1], 1.0]).collect(),
+        targets: y.clone(),
+        prior_mean: prior_mean.clone(),
+        prior_covariance: PriorCovariance::Full(Matrix::from_row_major(3, 3, prior_cov.clone()).unwrap()),
+        noise_std: 0.5,
+    })
+    .unwrap();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let prior = GaussianWeightPrior::from_blocks(3, vec![(0, prior_mean, prior_cov)]).unwrap();
+    for generic in [false, true] {
+        let post = BnnPosterior::new(&model, &data, NoisePrior::Fixed).unwrap();
+        let post = if generic { post.generic() } else { post };
+        let mut post = post.with_weight_prior(prior.clone()).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let init: Vec<Vec<f64>> = (0..32).map(|_| prior.sample(&mut rng)).collect();
+        let run =
+            sample_many_chains(&mut post, init, &ManyChainSettings { warmup: 400, draws: 300, seed: 6, ..Default::default() }).unwrap();
+        assert_eq!(run.total_divergences(), 0);
+        check_moments(&run.draws, exact.mean(), exact.covariance());
+    }
+    // a prior over the wrong number of weights, or not positive definite, is an error
+    let wrong = GaussianWeightPrior::from_blocks(2, vec![(0, vec![0.0; 2], vec![1.0, 0.0, 0.0, 1.0])]).unwrap();
+    assert!(matches!(BnnPosterior::new(&model, &data, NoisePrior::Fixed).unwrap().with_weight_prior(wrong), Err(Error::Shape { .. })));
+    let indefinite = GaussianWeightPrior::from_blocks(2, vec![(0, vec![0.0; 2], vec![1.0, 2.0, 2.0, 1.0])]);
+    assert!(matches!(indefinite, Err(Error::NotPositiveDefinite { .. })), "{indefinite:?}");
+    let gap = GaussianWeightPrior::from_blocks(3, vec![(0, vec![0.0], vec![1.0]), (2, vec![0.0], vec![1.0])]);
+    assert!(matches!(gap, Err(Error::Shape { .. })), "{gap:?}");
+}
+
 #[bnn]
 struct Tanh2 {
     #[layer(prior = Normal(0.1, 1.5))]

@@ -90,6 +90,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A matrix that must be symmetric positive definite is not, numerically (see
+    /// [`crate::linalg`]).
+    #[error("{what}: matrix {index} of the batch is not positive definite (Cholesky pivot {pivot})")]
+    NotPositiveDefinite {
+        /// The operation.
+        what: String,
+        /// Index of the matrix in its batch.
+        index: usize,
+        /// The first pivot that was not positive and finite.
+        pivot: usize,
+    },
 }
 
 impl From<crate::metrics::MetricError> for Error {

@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod bali;
+pub mod bnnp;
 pub mod checkpoint;
 pub mod data;
 pub mod elbo;
@@ -17,6 +18,7 @@ pub mod fit;
 pub mod guide;
 mod kernels;
 pub mod likelihood;
+pub mod linalg;
 pub mod mcmc;
 pub mod metrics;
 pub mod model;

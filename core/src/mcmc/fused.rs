@@ -38,6 +38,8 @@ pub(crate) struct FusedMlp<E> {
     prior_inv_var: Vec<f64>,
     /// `Σ_j (−ln τ_j − ½ ln 2π)`.
     prior_const: f64,
+    /// Whether the diagonal prior above is part of the density (off when the caller adds its own).
+    with_prior: bool,
     noise: FusedNoise,
     num_weights: usize,
 }
@@ -130,9 +132,16 @@ impl<E: Real> FusedMlp<E> {
             prior_loc,
             prior_inv_var,
             prior_const,
+            with_prior: true,
             noise,
             num_weights: off,
         }
+    }
+
+    /// Leaves the weight prior out of the density (the caller adds its own).
+    pub(crate) fn without_prior(mut self) -> Self {
+        self.with_prior = false;
+        self
     }
 
     fn dim(&self) -> usize {
@@ -233,13 +242,15 @@ impl<E: Real> FusedMlp<E> {
             }
         }
         // prior on the weights
-        let mut lprior = self.prior_const;
-        for j in 0..self.num_weights {
-            let d = theta[j] - self.prior_loc[j];
-            lprior -= 0.5 * d * d * self.prior_inv_var[j];
-            grad[j] -= d * self.prior_inv_var[j];
+        if self.with_prior {
+            let mut lprior = self.prior_const;
+            for j in 0..self.num_weights {
+                let d = theta[j] - self.prior_loc[j];
+                lprior -= 0.5 * d * d * self.prior_inv_var[j];
+                grad[j] -= d * self.prior_inv_var[j];
+            }
+            lp += lprior;
         }
-        lp += lprior;
         // noise: likelihood part and HalfNormal(scale) prior on σ = e^s with the Jacobian e^s
         if let Some(scale) = sampled {
             let sigma2 = (2.0 * log_sigma).exp();

@@ -6,6 +6,7 @@ use std::any::TypeId;
 use dfdx::prelude::*;
 
 use super::fused::{FusedMlp, FusedNoise};
+use super::GaussianWeightPrior;
 use crate::arch::LikelihoodSpec;
 use crate::data::Dataset;
 use crate::model::{Bnn, Weights};
@@ -96,6 +97,7 @@ pub struct BnnPosterior<'a, E: Real, D: Device<E>, M: Bnn<E, D>> {
     noise_scale: Option<f64>,
     num_weights: usize,
     fused: Option<FusedMlp<E>>,
+    weight_prior: Option<GaussianWeightPrior>,
     threads: usize,
     evaluations: u64,
 }
@@ -116,7 +118,8 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
             }
             _ => None,
         };
-        let mut post = Self { model, data, noise_scale, num_weights: arch.num_weights(), fused: None, threads: 1, evaluations: 0 };
+        let mut post =
+            Self { model, data, noise_scale, num_weights: arch.num_weights(), fused: None, weight_prior: None, threads: 1, evaluations: 0 };
         if gaussian && TypeId::of::<D>() == TypeId::of::<Cpu>() {
             let (loc, scale) = post.prior_values();
             let noise = match noise_scale {
@@ -126,6 +129,48 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
             post.fused = Some(FusedMlp::new(arch, &data.x_host(), &data.y_host(), loc, &scale, noise));
         }
         Ok(post)
+    }
+
+    /// Samples under `prior` instead of the model's own weight priors, e.g. a meta-learned prior
+    /// with full covariance per unit ([`crate::bnnp::AmortisedGuide::weight_prior`]). Both the fused
+    /// and the generic path use it.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::mcmc::{BatchLogDensity, BnnPosterior, GaussianWeightPrior, NoisePrior};
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<1.0>> }
+    /// let dev = Cpu::default();
+    /// let data = Dataset::<f64, _>::regression(&dev, &[0.0], 1, &[0.0], 1)?;
+    /// let model = Lin::<f64, Cpu>::new(&dev);
+    /// // N(1, 4) on the weight and N(0, 1) on the bias, as two blocks
+    /// let prior = GaussianWeightPrior::from_blocks(2, vec![(0, vec![1.0], vec![4.0]), (1, vec![0.0], vec![1.0])])?;
+    /// let mut post = BnnPosterior::new(&model, &data, NoisePrior::Fixed)?.with_weight_prior(prior)?;
+    /// let (mut lp, mut g) = ([0.0], [0.0; 2]);
+    /// post.logp_batch(&[1.0, 0.0], &mut lp, &mut g)?;
+    /// let ln_n = |z: f64, sd: f64| -0.5 * z * z / (sd * sd) - sd.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+    /// assert!((lp[0] - (ln_n(0.0, 2.0) + ln_n(0.0, 1.0) + ln_n(0.0, 1.0))).abs() < 1e-12);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the prior is over a different number of weights than the model has.
+    pub fn with_weight_prior(mut self, prior: GaussianWeightPrior) -> Result<Self> {
+        if prior.num_weights() != self.num_weights {
+            return Err(Error::Shape {
+                what: "weight prior".into(),
+                expected: format!("{} weights (the model's)", self.num_weights),
+                got: format!("{} weights", prior.num_weights()),
+            });
+        }
+        self.fused = self.fused.take().map(FusedMlp::without_prior);
+        self.weight_prior = Some(prior);
+        Ok(self)
+    }
+
+    /// The weight prior set with [`BnnPosterior::with_weight_prior`], if any.
+    pub fn weight_prior(&self) -> Option<&GaussianWeightPrior> {
+        self.weight_prior.as_ref()
     }
 
     /// Uses the generic dfdx path even where the fused CPU kernel applies (for tests and
@@ -182,7 +227,8 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
         Weights::from_flat(self.model.device(), M::ARCH, &rows)
     }
 
-    /// Per-weight prior `(loc, scale)` in position order, from the model's current prior parameters.
+    /// Per-weight prior `(loc, scale)` in position order, from the model's current prior parameters
+    /// (the model's own prior, whether or not [`BnnPosterior::with_weight_prior`] replaced it).
     pub fn prior_values(&self) -> (Vec<f64>, Vec<f64>) {
         let priors = crate::prior::expand(M::ARCH.layers, &self.model.prior_params(), false);
         let mut loc = Vec::with_capacity(self.num_weights);
@@ -250,9 +296,12 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
             leaves.push(dev.tensor_from_vec(v, (c, l.d_out, l.d_in + 1)));
             off += nw;
         }
-        let prior_w = Weights { layers: leaves.iter().map(|t| t.leaky_trace()).collect::<Vec<_>>() };
         let fwd_w = Weights { layers: leaves.iter().map(|t| t.leaky_trace()).collect::<Vec<_>>() };
-        let lp = crate::elbo::log_prior_taped(self.model, prior_w, false);
+        // the model's own prior on the tape, or zero when a weight prior is added on the host
+        let lp: Taped<(usize,), E, D> = match self.weight_prior {
+            None => crate::elbo::log_prior_taped(self.model, Weights { layers: leaves.iter().map(|t| t.leaky_trace()).collect() }, false),
+            Some(_) => dev.zeros_like(&(c,)).leaky_traced(),
+        };
         let f = crate::network::forward(arch, fwd_w, &self.data.x)?;
         let mut s_leaf = None;
         let total: Taped<(usize,), E, D> = match self.noise_scale {
@@ -323,12 +372,15 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         }
         self.evaluations += c as u64;
         match &self.fused {
-            Some(f) => {
-                f.eval_batch(positions, logp, grad, self.threads);
-                Ok(())
-            }
-            None => self.logp_generic(positions, logp, grad),
+            Some(f) => f.eval_batch(positions, logp, grad, self.threads),
+            None => self.logp_generic(positions, logp, grad)?,
         }
+        if let Some(prior) = &self.weight_prior {
+            for ((lp, pos), g) in logp.iter_mut().zip(positions.chunks_exact(d)).zip(grad.chunks_exact_mut(d)) {
+                *lp += prior.log_density(pos, g);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use super::chees::{sample_many_chains, ManyChainRun, ManyChainSettings};
 use super::nuts::{sample_nuts, NutsSettings};
 use super::target::{BnnPosterior, NoisePrior};
+use super::GaussianWeightPrior;
 use crate::arch::Architecture;
 use crate::data::Dataset;
 use crate::model::{Bnn, Weights};
@@ -56,7 +57,7 @@ pub enum ChainSampler {
 pub enum ChainInit {
     /// Every coordinate (weights and `ln σ`) uniform on `(−a, a)`.
     Uniform(f64),
-    /// Weights from the model's prior, `ln σ = 0`.
+    /// Weights from the prior (the model's, or [`SymMcmcSettings::weight_prior`]), `ln σ = 0`.
     Prior,
 }
 
@@ -82,6 +83,10 @@ pub struct SymMcmcSettings {
     pub init: ChainInit,
     /// Noise treatment. Default HalfNormal(1).
     pub noise: NoisePrior,
+    /// The weight prior; `None` (the default) uses the model's own priors. Set it to sample under
+    /// a meta-learned prior ([`crate::bnnp::AmortisedGuide::weight_prior`]); [`ChainInit::Prior`]
+    /// then draws from it too.
+    pub weight_prior: Option<GaussianWeightPrior>,
     /// Threads for the fused CPU log density (0: all cores). Default 1.
     pub threads: usize,
     /// Seed (initial positions, sampler seeds).
@@ -99,6 +104,7 @@ impl Default for SymMcmcSettings {
             sampler: ChainSampler::ManyChain(ManyChainSettings::default()),
             init: ChainInit::Uniform(2.0),
             noise: NoisePrior::default(),
+            weight_prior: None,
             threads: 1,
             seed: 0,
             progress: false,
@@ -222,6 +228,9 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
         return Err(Error::config("SymMcmcSettings::draws_per_chain", 0, "at least one draw per chain is needed"));
     }
     let mut post = BnnPosterior::new(model, train, settings.noise)?.threads(settings.threads);
+    if let Some(prior) = &settings.weight_prior {
+        post = post.with_weight_prior(prior.clone())?;
+    }
     let dim = super::target::BatchLogDensity::dim(&post);
     let p = post.num_weights();
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
@@ -233,7 +242,10 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
             (0..settings.chains).map(|_| (0..dim).map(|_| rng.gen_range(-a..a)).collect()).collect()
         }
         ChainInit::Prior => {
-            let w = model.sample_prior(settings.chains, &mut rng)?.to_flat();
+            let w = match &settings.weight_prior {
+                Some(prior) => (0..settings.chains).map(|_| prior.sample(&mut rng)).collect(),
+                None => model.sample_prior(settings.chains, &mut rng)?.to_flat(),
+            };
             w.into_iter()
                 .map(|mut r| {
                     r.resize(dim, 0.0);

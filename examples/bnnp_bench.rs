@@ -1,0 +1,140 @@
+//! Speed of one BNNP meta-training step in the paper's 1-D setting: a batch of 5 tasks of 70
+//! points (30 % context), a [64, 64] ReLU BNN with [64, 64] inference networks, S = 32 weight
+//! samples, the PP-AVI objective, one Adam update.
+//!
+//! Prints steps per second, the step's floating-point work (a model of the arithmetic the
+//! implementation performs, stated below) and the achieved GFLOP/s against this machine's f32 FLOP
+//! bound, and how long the paper's 50k-step schedule would take.
+//!
+//! ```text
+//! cargo run --release --example bnnp_bench
+//! cargo run --release --example bnnp_bench -- --steps 3 --peak-gflops 147
+//! ```
+
+use rand::SeedableRng;
+use weightspace::bnnp::*;
+use weightspace::prelude::*;
+
+#[bnn]
+struct Net64 {
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h1: Dense<1, 64, Relu>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h2: Dense<64, 64, Relu>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    out: Dense<64, 1>,
+    #[likelihood(upper = 0.2)]
+    noise: Gaussian<Learned<0.05>>,
+}
+
+/// Floating-point operations of one task's pass (forward and backward), counted from the algorithm
+/// as implemented: the BNN over all points and samples, the inference networks, the host conjugate
+/// update (design products, Cholesky, triangular inverse, `C = L⁻ᵀL⁻¹`, KL gradient by the
+/// low-rank route), the prior's natural parameters, and the tape surrogates. A backward pass counts
+/// as twice its forward.
+fn task_flops(widths: &[usize], s: usize, nc: usize, nt: usize) -> f64 {
+    let (s, nc, nt) = (s as f64, nc as f64, nt as f64);
+    let n = nc + nt;
+    let mut total = 0.0;
+    let layers = widths.len() - 1;
+    let inf_hidden = [64.0, 64.0];
+    for l in 0..layers {
+        let (di, dout) = (widths[l] as f64, widths[l + 1] as f64);
+        let k = di + 1.0;
+        // BNN layer, all points, all samples: forward + backward
+        total += 3.0 * 2.0 * s * n * k * dout;
+        // inference network on the context: [x, y] -> 64 -> 64 -> out
+        let out = if l + 1 == layers { dout } else { 2.0 * dout };
+        total += 3.0 * 2.0 * nc * (2.0 * inf_hidden[0] + inf_hidden[0] * inf_hidden[1] + inf_hidden[1] * out);
+        // distinct posteriors: the first layer's does not depend on the samples
+        let sp = if l == 0 { 1.0 } else { s };
+        let per_post = 2.0 * nc * k * k // A = Φᵀ Λ Φ
+            + k * k * k / 3.0 // Cholesky
+            + k * k * k / 3.0 // L⁻¹
+            + 2.0 * k * k * k // C = L⁻ᵀ L⁻¹
+            + 10.0 * k * k // m, Πe, Cg, Πu, and the KL value
+            + if nc < k { 4.0 * k * k * nc } else { 4.0 * k * k * k } // C Π C (low-rank or dense)
+            + 2.0 * k * k * nc + 8.0 * k * nc; // P̄ Φᵀ and the per-point gradients
+        total += sp * dout * per_post;
+        total += s * dout * (2.0 * k * k + 4.0 * nc * k); // samples: P⁻¹ b and the perturbation
+                                                          // prior: Σ = F Fᵀ, Σ⁻¹ (host and tape surrogate), ζ noise, Π(μ − w₀) and C₀ r on the tape
+        total += dout * (2.0 * k * k * k * 3.0 + (k * k * k / 3.0) * 2.0 + 2.0 * k * k * k + 4.0 * k * k * k * 3.0);
+        total += 3.0 * (2.0 * dout * k * k * s * 3.0 + 4.0 * s * nc * k * dout);
+    }
+    total
+}
+
+/// CPU seconds (user + system) of this process so far, from `/proc/self/stat` (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((u + s) / 100.0)
+}
+
+/// The 1-minute load average (Linux), to judge how much of the machine the run had.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<f64>().ok());
+    let steps = arg("--steps").unwrap_or(5.0) as usize;
+    // f32 FLOP bound of this machine: 2 cores × 2.3 GHz × 2 AVX-512 FMA units × 16 lanes × 2
+    let peak = arg("--peak-gflops").unwrap_or(2.0 * 2.3 * 2.0 * 16.0 * 2.0);
+    let dev = Cpu::default();
+    let mut guide = Net64::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let tasks = TaskCollection::generate(&Sawtooth { n_range: (70, 71), ..Default::default() }, 5, &dev, &mut rng)?;
+    let cfg = MetaConfig {
+        steps: steps + 1,
+        tasks_per_step: 5,
+        samples: 32,
+        context_fraction: (0.3, 0.3),
+        progress: false,
+        ..Default::default()
+    };
+    let mut meta = MetaLearner::new(cfg)?;
+    let mut source = tasks;
+    meta.step(&mut guide, &mut source)?; // warm-up (allocations)
+    let t = std::time::Instant::now();
+    let cpu0 = cpu_seconds();
+    for _ in 0..steps {
+        meta.step(&mut guide, &mut source)?;
+    }
+    let per_step = t.elapsed().as_secs_f64() / steps as f64;
+    let cpu_per_step = cpu_seconds().zip(cpu0).map(|(b, a)| (b - a) / steps as f64);
+    let (nc, nt) = (21, 49);
+    let flops = 5.0 * task_flops(&[1, 64, 64, 1], 32, nc, nt);
+    let gflops = flops / per_step / 1e9;
+    println!("one meta-training step: 5 tasks × 70 points ({nc} context), [64, 64] ReLU BNN, S = 32");
+    println!(
+        "  {:.3} s per step = {:.2} steps/s (wall clock; 1-minute load average {:.1} on {} cores)",
+        per_step,
+        1.0 / per_step,
+        load_average().unwrap_or(f64::NAN),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if let Some(c) = cpu_per_step {
+        println!("  {c:.3} CPU-seconds per step (all threads)");
+    }
+    println!(
+        "  work per step (model): {:.2} GFLOP -> {:.1} GFLOP/s achieved, {:.1} % of the {:.0} GFLOP/s f32 bound",
+        flops / 1e9,
+        gflops,
+        100.0 * gflops / peak,
+        peak
+    );
+    println!("  the paper's 50k-step schedule: {:.1} h", 50_000.0 * per_step / 3600.0);
+    println!(
+        "bnnp_bench steps_per_s={:.3} cpu_s_per_step={:.3} gflop_per_step={:.3} gflops={:.2} peak_gflops={:.0}",
+        1.0 / per_step,
+        cpu_per_step.unwrap_or(f64::NAN),
+        flops / 1e9,
+        gflops,
+        peak
+    );
+    Ok(())
+}
