@@ -196,10 +196,7 @@ where
     let mut total: Option<Taped<(usize,), E, D>> = None;
     for (p, w) in priors.into_iter().zip(weights.layers) {
         let lp = crate::prior::log_normal(w, p);
-        total = Some(match total {
-            None => lp,
-            Some(t) => t + lp,
-        });
+        total = crate::prior::add_term(total, lp);
     }
     total.expect("an architecture has at least one layer")
 }

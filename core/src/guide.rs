@@ -130,10 +130,7 @@ pub fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(
         let ql = param(&q.loc, trace_guide).reshape_like(&shape);
         let qs = param(&q.log_scale, trace_guide).reshape_like(&shape);
         let kl = crate::prior::kl_normal(ql, qs, p);
-        total = Some(match total {
-            None => kl,
-            Some(t) => t + kl,
-        });
+        total = crate::prior::add_term(total, kl);
     }
     total.expect("an architecture has at least one layer")
 }
@@ -156,10 +153,7 @@ where
             log_scale: param(&q.log_scale, trace).reshape_like(&shape),
         };
         let lp = crate::prior::log_normal(w, exp);
-        total = Some(match total {
-            None => lp,
-            Some(t) => t + lp,
-        });
+        total = crate::prior::add_term(total, lp);
     }
     total.expect("an architecture has at least one layer")
 }

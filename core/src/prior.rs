@@ -13,6 +13,14 @@ use crate::Real;
 /// A tensor on an owned tape: what every differentiable quantity in core is built from.
 pub type Taped<S, E, D> = Tensor<S, E, D, OwnedTape<E, D>>;
 
+/// Adds `term` to a running taped sum that starts at `None` (the per-layer and per-task sums).
+pub(crate) fn add_term<S: Shape, E: Real, D: Device<E>>(total: Option<Taped<S, E, D>>, term: Taped<S, E, D>) -> Option<Taped<S, E, D>> {
+    Some(match total {
+        None => term,
+        Some(t) => t + term,
+    })
+}
+
 /// Puts a parameter on a fresh tape when it is learned. A fixed parameter is copied to a tensor with
 /// a new id, so that no optimiser ever sees a gradient for it.
 pub fn param<S: Shape, E: Real, D: Device<E>>(t: &Tensor<S, E, D>, learned: bool) -> Taped<S, E, D> {

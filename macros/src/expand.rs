@@ -308,6 +308,13 @@ fn summary_doc(cont: &Container) -> TokenStream {
     let ident = cont.ident;
     lines.push(String::new());
     lines.push(format!("Generated with it: [`{ident}Guide`] (mean-field guide) and [`{ident}Weights`] (typed weight samples)."));
+    if matches!(cont.likelihood(), Some((_, Likelihood { kind: LikelihoodKind::Gaussian { .. }, .. }))) {
+        lines.push(
+            "Its BNNP amortised guide (a dataset to a posterior over all weights in one pass) is \
+             `model.amortised_guide(cfg)`, from `weightspace::bnnp::Amortised`."
+                .to_string(),
+        );
+    }
     let lines = lines.into_iter().map(|l| if l.is_empty() { l } else { format!(" {l}") });
     quote!(#(#[doc = #lines])*)
 }

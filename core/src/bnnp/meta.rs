@@ -269,10 +269,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             rec.tgt_lpp += terms.tgt_lpp / t as f64;
             rec.kl += terms.kl / t as f64;
             let l = terms.loss * E::from_f64(1.0 / t as f64).unwrap();
-            total = Some(match total {
-                None => l,
-                Some(a) => a + l,
-            });
+            total = crate::prior::add_term(total, l);
         }
         if !rec.objective.is_finite() {
             return Err(Error::Diverged { step: self.step, what: format!("objective ({})", rec.objective) });

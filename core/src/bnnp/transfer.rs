@@ -80,10 +80,7 @@ impl LearnedPrior {
             let quad = (pz * zz).sum::<_, Axes2<0, 1>>();
             let cst = -0.5 * c.logdet - 0.5 * (g * k) as f64 * (2.0 * std::f64::consts::PI).ln();
             let lp = quad * E::from_f64(-0.5).unwrap() + E::from_f64(cst).unwrap();
-            total = Some(match total {
-                None => lp,
-                Some(t) => t + lp,
-            });
+            total = crate::prior::add_term(total, lp);
         }
         Ok(total.expect("at least one layer"))
     }
@@ -144,10 +141,7 @@ impl<'a, E: Real, D: Device<E>> LearnedPriorElbo<'a, E, D> {
             let quad = (pe * ee).sum::<(), _>();
             let logs = ls.sum::<(), _>() * E::from_f64(2.0).unwrap();
             let kl = (tr + quad - logs) * E::from_f64(0.5).unwrap() + E::from_f64(0.5 * (c.logdet - (g * k) as f64)).unwrap();
-            total = Some(match total {
-                None => kl,
-                Some(t) => t + kl,
-            });
+            total = crate::prior::add_term(total, kl);
         }
         total.expect("at least one layer")
     }

@@ -181,10 +181,7 @@ impl<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>> GuideLogDensity<E, D> for G
             let c = E::from_f64(0.5 * (2.0 * std::f64::consts::PI).ln() * p as f64).unwrap();
             let norm = (ls_k.sum::<_, Axis<1>>() + c).broadcast_like::<_, Axis<1>>(&(k, s));
             let lq = quad - norm;
-            total = Some(match total {
-                None => lq,
-                Some(t) => t + lq,
-            });
+            total = crate::prior::add_term(total, lq);
         }
         total.ok_or_else(|| Error::Empty { what: "architecture layers".into() })
     }
