@@ -8,6 +8,7 @@
 //! Widths are compile-time in weightspace, so `--hidden` takes one of 25, 50, 100, 200.
 //! The last line is `elbo_bench hidden=H n=N samples=K us_per_step=<float>`.
 
+use weightspace::dfdx::tensor::Cache;
 use weightspace::prelude::*;
 
 macro_rules! bench_net {
@@ -59,6 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let samples = arg(&args, "--samples", 8)?;
     let steps = arg(&args, "--steps", 2000)?;
     let dev = Cpu::default();
+    if !args.iter().any(|a| a == "--no-cache") {
+        // dfdx's allocation cache: buffers freed by one step are reused by the next
+        dev.enable_cache();
+    }
     // same data recipe as the peer: x ~ U(-3, 3), y = sin x + 0.1 ε
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     use rand::Rng;

@@ -157,18 +157,18 @@ pub fn elbo<E: Real, D: Device<E>, M: Bnn<E, D>>(
     let (f, mc_kl) = if cfg.local_reparam {
         (crate::guide::forward_local_reparam(arch, &params, &batch.x, s, rng)?, None)
     } else {
-        let w = crate::guide::sample_mean_field(arch, &params, s, rng, true)?;
-        let mc_kl = match cfg.kl {
-            KlEstimator::Analytic => None,
+        match cfg.kl {
+            KlEstimator::Analytic => (crate::network::forward_mean_field(arch, &params, &batch.x, s, rng)?, None),
             KlEstimator::MonteCarlo => {
+                let w = crate::guide::sample_mean_field(arch, &params, s, rng, true)?;
                 let w2 = Weights { layers: w.layers.iter().map(|t| t.with_empty_tape()).collect() };
                 let w3 = Weights { layers: w.layers.iter().map(|t| t.with_empty_tape()).collect() };
                 let lq = crate::guide::log_q(arch, &params, w2, true);
                 let lp = log_prior_taped(model, w3, hyper);
-                Some((lq - lp).sum::<(), _>() * E::from_f64(1.0 / s as f64).unwrap())
+                let mc_kl = (lq - lp).sum::<(), _>() * E::from_f64(1.0 / s as f64).unwrap();
+                (crate::network::forward(arch, w, &batch.x)?, Some(mc_kl))
             }
-        };
-        (crate::network::forward(arch, w, &batch.x)?, mc_kl)
+        }
     };
     let ll = crate::likelihood::log_lik(&arch.likelihood, model.likelihood_params(), hyper, f, batch)?;
     let ell = ll.sum::<(), _>() * E::from_f64(scale).unwrap();

@@ -115,6 +115,7 @@ impl Real for f32 {
     fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f32 {
         rng.sample(rand_distr::StandardNormal)
     }
+    #[inline(always)]
     fn tanh_slice(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x = kernels::tanh_f32(*x));
     }

@@ -98,3 +98,45 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
     }
     unreachable!("loop returns at the last layer")
 }
+
+/// Network outputs `(S, N, d_out)` for `S` fresh reparameterised samples `W = μ + σ ⊙ ε` of a
+/// mean-field guide, on the tape of the guide's parameters: the same as
+/// [`crate::guide::sample_mean_field`] followed by [`forward`] (the same weights for the same `rng`
+/// state), and on the CPU one fused op whose backward yields the guide's gradients directly, with
+/// the samples split over threads.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::network::forward_mean_field;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 8, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<8, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let guide = Net::<f64, Cpu>::new(&dev).mean_field();
+/// let x = dev.tensor_from_vec(vec![-1.0, 0.0, 1.0], (3usize, 1usize));
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let f = forward_mean_field(Net::<f64, Cpu>::ARCH, &guide.layer_params(), &x, 4, &mut rng)?;
+/// assert_eq!(*f.shape(), (4, 3, 1));
+/// let grads = f.sum().backward(); // gradients of every guide location and log scale
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn forward_mean_field<E: Real, D: Device<E>>(
+    arch: &Architecture,
+    params: &[crate::params::NormalView<E, D>],
+    x: &Tensor<(usize, usize), E, D>,
+    s: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<crate::model::Tensor3<E, D, OwnedTape<E, D>>> {
+    if s == 0 {
+        return Err(Error::config("samples", 0, "at least one weight sample is needed"));
+    }
+    if x.shape().1 != arch.d_in() {
+        return Err(Error::Shape { what: "x (inputs)".into(), expected: format!("(n, {})", arch.d_in()), got: format!("{:?}", x.shape()) });
+    }
+    match crate::kernels::mean_field::forward(arch, params, x, s, rng) {
+        Some(f) => f,
+        None => {
+            let w = crate::guide::sample_mean_field(arch, params, s, rng, true)?;
+            forward(arch, w, x)
+        }
+    }
+}

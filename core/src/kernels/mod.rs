@@ -10,6 +10,8 @@ use std::any::TypeId;
 
 use dfdx::prelude::*;
 
+pub(crate) mod mean_field;
+
 use crate::arch::Activation;
 use crate::Real;
 
@@ -78,6 +80,7 @@ pub fn fast_tanh<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: T
 }
 
 /// Activation values and derivatives on host buffers.
+#[inline(always)]
 pub(crate) fn act_forward<E: Real>(act: Activation, z: &mut [E]) {
     let half = E::from_f64(0.5).unwrap();
     match act {
@@ -100,6 +103,7 @@ pub(crate) fn act_forward<E: Real>(act: Activation, z: &mut [E]) {
 
 /// Multiplies `g` (gradient w.r.t. the activation) by the activation's derivative, in place.
 /// `a` holds the activations; `z` the pre-activations (only needed for silu and gelu).
+#[inline(always)]
 pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g: &mut [E]) {
     let one = E::one();
     match act {
@@ -151,13 +155,15 @@ struct DenseDims {
 fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) -> (Vec<E>, Option<Vec<E>>) {
     let DenseDims { s, n, i, o, h_batch } = d;
     let mut a = vec![E::zero(); s * n * o];
+    let mut bias = Vec::with_capacity(o);
     for si in 0..s {
         let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
         let out = &mut a[si * n * o..(si + 1) * n * o];
-        for row in out.chunks_mut(o) {
-            for (v, unit) in row.iter_mut().zip(ws.chunks(i + 1)) {
-                *v = unit[i];
-            }
+        // every row starts at the biases (gathered once from the `[W | b]` rows)
+        bias.clear();
+        bias.extend(ws.chunks(i + 1).map(|unit| unit[i]));
+        for row in out.chunks_exact_mut(o) {
+            row.copy_from_slice(&bias);
         }
         // out (n×o) += h_s (n×i) · W_sᵀ (i×o); W_s row-major o×(i+1): element (k, u) of Wᵀ at u*(i+1)+k
         unsafe {
@@ -200,6 +206,7 @@ fn dense_backward_host<E: Real>(
 ) {
     let DenseDims { s, n, i, o, h_batch } = d;
     act_backward(act, a, z, g);
+    let mut bias = vec![E::zero(); o];
     for si in 0..s {
         let gs = &g[si * n * o..(si + 1) * n * o];
         let dws = &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)];
@@ -222,10 +229,12 @@ fn dense_backward_host<E: Real>(
                 1,
             );
         }
-        for row in gs.chunks(o) {
-            for (u, gv) in row.iter().enumerate() {
-                dws[u * (i + 1) + i] += *gv;
-            }
+        bias.fill(E::zero());
+        for row in gs.chunks_exact(o) {
+            bias.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
+        }
+        for (u, b) in bias.iter().enumerate() {
+            dws[u * (i + 1) + i] += *b;
         }
     }
     if let Some(dh) = dh {
