@@ -90,6 +90,9 @@ pub fn kl_normal<E: Real, D: Device<E>>(
     p: ExpandedNormal<E, D>,
 ) -> Taped<(), E, D> {
     let ExpandedNormal { loc: p_loc, log_scale: p_ls } = p;
+    if crate::kernels::mean_field::is_cpu::<E, D>() {
+        return crate::kernels::mean_field::kl_normal([q_loc, q_ls, p_loc, p_ls]);
+    }
     let inv_p_var = (p_ls.with_empty_tape() * E::from_f64(-2.0).unwrap()).exp();
     let diff = q_loc - p_loc;
     let maha = diff.square() * inv_p_var.with_empty_tape();
