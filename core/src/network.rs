@@ -108,6 +108,7 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
 /// ```
 /// use weightspace::prelude::*;
 /// use weightspace::network::forward_mean_field;
+/// use weightspace::dfdx::prelude::{Backward, SumTo};
 /// #[bnn]
 /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 8, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<8, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
 /// let dev = Cpu::default();
@@ -116,7 +117,7 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
 /// let f = forward_mean_field(Net::<f64, Cpu>::ARCH, &guide.layer_params(), &x, 4, &mut rng)?;
 /// assert_eq!(*f.shape(), (4, 3, 1));
-/// let grads = f.sum().backward(); // gradients of every guide location and log scale
+/// let _grads = f.sum::<(), _>().backward(); // gradients of every guide location and log scale
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 pub fn forward_mean_field<E: Real, D: Device<E>>(
