@@ -330,31 +330,7 @@ impl<E: Real> Saved<E> {
                 let (done, rest) = a.split_at_mut(l);
                 let out = &mut rest[0][si * n * o..(si + 1) * n * o];
                 let h: &[E] = if l == 0 { &self.x } else { &done[l - 1][si * n * i..(si + 1) * n * i] };
-                // every row starts at the biases (gathered once from the `[W | b]` rows)
-                bias.clear();
-                bias.extend(ws.chunks(i + 1).map(|unit| unit[i]));
-                for row in out.chunks_exact_mut(o) {
-                    row.copy_from_slice(&bias);
-                }
-                // out (n×o) += h (n×i) · Wᵀ; W row-major o×(i+1)
-                unsafe {
-                    E::gemm(
-                        n,
-                        i,
-                        o,
-                        E::one(),
-                        h.as_ptr(),
-                        i as isize,
-                        1,
-                        ws.as_ptr(),
-                        1,
-                        (i + 1) as isize,
-                        E::one(),
-                        out.as_mut_ptr(),
-                        o as isize,
-                        1,
-                    );
-                }
+                super::sample_linear(n, i, o, h, ws, out, &mut bias);
                 if keep_z {
                     z[l][si * n * o..(si + 1) * n * o].copy_from_slice(out);
                 }
@@ -431,34 +407,7 @@ impl<E: Real> Saved<E> {
                 act_backward(act, a, z, gs);
                 let h: &[E] = if l == 0 { &self.x } else { &self.a[l - 1][s * n * i..(s + 1) * n * i] };
                 let dws = &mut dw[..pw];
-                // dW[:, :i] (o×i) = gᵀ (o×n) · h (n×i); β = 0 overwrites
-                unsafe {
-                    E::gemm(
-                        o,
-                        n,
-                        i,
-                        E::one(),
-                        gs.as_ptr(),
-                        1,
-                        o as isize,
-                        h.as_ptr(),
-                        i as isize,
-                        1,
-                        E::zero(),
-                        dws.as_mut_ptr(),
-                        (i + 1) as isize,
-                        1,
-                    );
-                }
-                // bias gradients: column sums of g, accumulated contiguously, then scattered
-                let bsum = &mut bias[..o];
-                bsum.fill(E::zero());
-                for row in gs.chunks_exact(o) {
-                    bsum.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
-                }
-                for (u, b) in bsum.iter().enumerate() {
-                    dws[u * (i + 1) + i] = *b;
-                }
+                super::sample_weight_grad(n, i, o, gs, h, dws, &mut bias);
                 let es = &self.eps[l][s * pw..(s + 1) * pw];
                 for ((((dl, ds), d), e), sd) in dloc[l].iter_mut().zip(dls[l].iter_mut()).zip(dws.iter()).zip(es).zip(&self.sd[l]) {
                     *dl += *d;
@@ -466,25 +415,7 @@ impl<E: Real> Saved<E> {
                 }
                 if l > 0 {
                     let ws = &self.w[l][s * pw..(s + 1) * pw];
-                    // g2 (n×i) = g (n×o) · W[:, :i] (o×i)
-                    unsafe {
-                        E::gemm(
-                            n,
-                            o,
-                            i,
-                            E::one(),
-                            gs.as_ptr(),
-                            o as isize,
-                            1,
-                            ws.as_ptr(),
-                            (i + 1) as isize,
-                            1,
-                            E::zero(),
-                            g2.as_mut_ptr(),
-                            i as isize,
-                            1,
-                        );
-                    }
+                    super::sample_input_grad(n, i, o, gs, ws, &mut g2[..n * i]);
                     std::mem::swap(&mut g, &mut g2);
                 }
             }

@@ -139,6 +139,53 @@ pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g
     }
 }
 
+/// One weight sample of a dense layer, pre-activations: `out (n×o) = h (n×i) · W[:, :i]ᵀ + b`,
+/// with `ws` the sample's `[W | b]` (row-major `o × (i+1)`). `bias` is scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn sample_linear<E: Real>(n: usize, i: usize, o: usize, h: &[E], ws: &[E], out: &mut [E], bias: &mut Vec<E>) {
+    // every row starts at the biases (gathered once from the `[W | b]` rows)
+    bias.clear();
+    bias.extend(ws.chunks(i + 1).map(|unit| unit[i]));
+    for row in out.chunks_exact_mut(o) {
+        row.copy_from_slice(bias);
+    }
+    // out += h · Wᵀ; element (k, u) of Wᵀ sits at u·(i+1) + k
+    // SAFETY: the slices hold n×i, o×(i+1) and n×o values (callers slice them so).
+    unsafe {
+        E::gemm(n, i, o, E::one(), h.as_ptr(), i as isize, 1, ws.as_ptr(), 1, (i + 1) as isize, E::one(), out.as_mut_ptr(), o as isize, 1);
+    }
+}
+
+/// One weight sample of a dense layer, weight gradient: `dws ← [gᵀ h | column sums of g]`
+/// (`o × (i+1)`, overwritten), from `g`, the gradient w.r.t. the pre-activations (`n × o`).
+/// `bias` is scratch of at least `o` values.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], h: &[E], dws: &mut [E], bias: &mut [E]) {
+    // SAFETY: the slices hold n×o, n×i and o×(i+1) values; β = 0, so dws is not read.
+    unsafe {
+        E::gemm(o, n, i, E::one(), g.as_ptr(), 1, o as isize, h.as_ptr(), i as isize, 1, E::zero(), dws.as_mut_ptr(), (i + 1) as isize, 1);
+    }
+    let bsum = &mut bias[..o];
+    bsum.fill(E::zero());
+    for row in g.chunks_exact(o) {
+        bsum.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
+    }
+    for (u, b) in bsum.iter().enumerate() {
+        dws[u * (i + 1) + i] = *b;
+    }
+}
+
+/// One weight sample of a dense layer, input gradient: `dh ← g · W[:, :i]` (`n × i`, overwritten).
+#[inline(always)]
+pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], ws: &[E], dh: &mut [E]) {
+    // SAFETY: the slices hold n×o, o×(i+1) and n×i values; β = 0, so dh is not read.
+    unsafe {
+        E::gemm(n, o, i, E::one(), g.as_ptr(), o as isize, 1, ws.as_ptr(), (i + 1) as isize, 1, E::zero(), dh.as_mut_ptr(), i as isize, 1);
+    }
+}
+
 /// Shapes of one batched dense layer.
 #[derive(Clone, Copy)]
 struct DenseDims {
@@ -158,39 +205,14 @@ fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) 
     let mut bias = Vec::with_capacity(o);
     for si in 0..s {
         let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
-        let out = &mut a[si * n * o..(si + 1) * n * o];
-        // every row starts at the biases (gathered once from the `[W | b]` rows)
-        bias.clear();
-        bias.extend(ws.chunks(i + 1).map(|unit| unit[i]));
-        for row in out.chunks_exact_mut(o) {
-            row.copy_from_slice(&bias);
-        }
-        // out (n×o) += h_s (n×i) · W_sᵀ (i×o); W_s row-major o×(i+1): element (k, u) of Wᵀ at u*(i+1)+k
-        unsafe {
-            E::gemm(
-                n,
-                i,
-                o,
-                E::one(),
-                h[si * h_batch..].as_ptr(),
-                i as isize,
-                1,
-                ws.as_ptr(),
-                1,
-                (i + 1) as isize,
-                E::one(),
-                out.as_mut_ptr(),
-                o as isize,
-                1,
-            );
-        }
+        sample_linear(n, i, o, &h[si * h_batch..si * h_batch + n * i], ws, &mut a[si * n * o..(si + 1) * n * o], &mut bias);
     }
     let z = matches!(act, Activation::Silu | Activation::Gelu).then(|| a.clone());
     act_forward(act, &mut a);
     (a, z)
 }
 
-/// Backward of [`dense_forward_host`]: accumulates into `dw` and (if given) `dh`. `g` is the
+/// Backward of [`dense_forward_host`]: writes `dw` and (if given) `dh`. `g` is the
 /// gradient w.r.t. the activations and is overwritten with the gradient w.r.t. `z`.
 #[allow(clippy::too_many_arguments)]
 fn dense_backward_host<E: Real>(
@@ -207,59 +229,21 @@ fn dense_backward_host<E: Real>(
     let DenseDims { s, n, i, o, h_batch } = d;
     act_backward(act, a, z, g);
     let mut bias = vec![E::zero(); o];
+    let mut dh = dh;
     for si in 0..s {
         let gs = &g[si * n * o..(si + 1) * n * o];
-        let dws = &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)];
-        // dW_s[:, :i] (o×i) += g_sᵀ (o×n) · h_s (n×i)
-        unsafe {
-            E::gemm(
-                o,
-                n,
-                i,
-                E::one(),
-                gs.as_ptr(),
-                1,
-                o as isize,
-                h[si * h_batch..].as_ptr(),
-                i as isize,
-                1,
-                E::one(),
-                dws.as_mut_ptr(),
-                (i + 1) as isize,
-                1,
-            );
-        }
-        bias.fill(E::zero());
-        for row in gs.chunks_exact(o) {
-            bias.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
-        }
-        for (u, b) in bias.iter().enumerate() {
-            dws[u * (i + 1) + i] += *b;
-        }
-    }
-    if let Some(dh) = dh {
-        for si in 0..s {
-            let gs = &g[si * n * o..(si + 1) * n * o];
-            let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
-            // dh_s (n×i) += g_s (n×o) · W_s[:, :i] (o×i)
-            unsafe {
-                E::gemm(
-                    n,
-                    o,
-                    i,
-                    E::one(),
-                    gs.as_ptr(),
-                    o as isize,
-                    1,
-                    ws.as_ptr(),
-                    (i + 1) as isize,
-                    1,
-                    E::one(),
-                    dh[si * n * i..].as_mut_ptr(),
-                    i as isize,
-                    1,
-                );
-            }
+        let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
+        sample_weight_grad(
+            n,
+            i,
+            o,
+            gs,
+            &h[si * h_batch..si * h_batch + n * i],
+            &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)],
+            &mut bias,
+        );
+        if let Some(dh) = dh.as_deref_mut() {
+            sample_input_grad(n, i, o, gs, ws, &mut dh[si * n * i..(si + 1) * n * i]);
         }
     }
 }
