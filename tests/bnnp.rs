@@ -620,7 +620,7 @@ fn prior_transfer_to_mean_field_and_samplers() {
     let mcmc_prior = guide.weight_prior().unwrap();
     for (si, row) in w.to_flat().iter().enumerate() {
         let mut grad = vec![0.0; row.len()];
-        let lp = mcmc_prior.log_density(row, &mut grad);
+        let lp = mcmc_prior.log_density(row, &mut grad).unwrap();
         assert!((lp - host[si]).abs() < 1e-9 * (1.0 + lp.abs()), "sampler prior {lp} vs {}", host[si]);
         if si == 0 {
             // `g` is (S, layer-0 weights): sample 0's layer-0 part leads both vectors

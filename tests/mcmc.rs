@@ -202,6 +202,7 @@ fn samplers_follow_a_replaced_correlated_weight_prior() {
     assert!(matches!(indefinite, Err(Error::NotPositiveDefinite { .. })), "{indefinite:?}");
     let gap = GaussianWeightPrior::from_blocks(3, vec![(0, vec![0.0], vec![1.0]), (2, vec![0.0], vec![1.0])]);
     assert!(matches!(gap, Err(Error::Shape { .. })), "{gap:?}");
+    assert!(matches!(prior.log_density(&[0.0; 2], &mut [0.0; 3]), Err(Error::Shape { .. })));
 }
 
 #[bnn]

@@ -377,7 +377,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         }
         if let Some(prior) = &self.weight_prior {
             for ((lp, pos), g) in logp.iter_mut().zip(positions.chunks_exact(d)).zip(grad.chunks_exact_mut(d)) {
-                *lp += prior.log_density(pos, g);
+                *lp += prior.log_density(pos, g)?;
             }
         }
         Ok(())

@@ -35,7 +35,7 @@ struct Block {
 /// // two weights, correlated: Σ = [[1, 0.5], [0.5, 1]]
 /// let prior = GaussianWeightPrior::from_blocks(2, vec![(0, vec![0.0, 0.0], vec![1.0, 0.5, 0.5, 1.0])])?;
 /// let mut grad = [0.0; 2];
-/// let lp = prior.log_density(&[0.0, 0.0], &mut grad);
+/// let lp = prior.log_density(&[0.0, 0.0], &mut grad)?;
 /// let want = -0.5 * (1.0f64 - 0.25).ln() - (2.0 * std::f64::consts::PI).ln();
 /// assert!((lp - want).abs() < 1e-12 && grad == [0.0, 0.0]);
 /// # Ok::<(), weightspace::Error>(())
@@ -99,7 +99,18 @@ impl GaussianWeightPrior {
 
     /// `ln p(w)` for the first [`GaussianWeightPrior::num_weights`] entries of `w`, **adding**
     /// `∇ ln p` into `grad`.
-    pub fn log_density(&self, w: &[f64], grad: &mut [f64]) -> f64 {
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `w` or `grad` holds fewer than [`GaussianWeightPrior::num_weights`]
+    /// values.
+    pub fn log_density(&self, w: &[f64], grad: &mut [f64]) -> Result<f64> {
+        if w.len() < self.num_weights || grad.len() < self.num_weights {
+            return Err(Error::Shape {
+                what: "weights and gradient for the weight prior".into(),
+                expected: format!("at least {} values each", self.num_weights),
+                got: format!("{} and {}", w.len(), grad.len()),
+            });
+        }
         let mut lp = 0.0;
         let mut z = Vec::new();
         for b in &self.blocks {
@@ -114,7 +125,7 @@ impl GaussianWeightPrior {
             }
             lp += b.log_norm - 0.5 * quad;
         }
-        lp
+        Ok(lp)
     }
 
     /// One draw `w ~ p` (length [`GaussianWeightPrior::num_weights`]).
