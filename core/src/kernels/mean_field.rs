@@ -287,9 +287,18 @@ impl<E: Real> Saved<E> {
                     this.forward_range(0, ap, zp);
                 }
             } else {
+                // parts 1.. on spawned threads, part 0 on this one
                 std::thread::scope(|sc| {
+                    let mut own = None;
                     for (t, (ap, zp)) in a_parts.into_iter().zip(z_parts).enumerate() {
-                        sc.spawn(move || this.forward_range(t * chunk, ap, zp));
+                        if t == 0 {
+                            own = Some((ap, zp));
+                        } else {
+                            sc.spawn(move || this.forward_range(t * chunk, ap, zp));
+                        }
+                    }
+                    if let Some((ap, zp)) = own {
+                        this.forward_range(0, ap, zp);
                     }
                 });
             }
@@ -345,14 +354,17 @@ impl<E: Real> Saved<E> {
         let results: Vec<GuideGrads<E>> = if parts == 1 {
             vec![self.backward_range(0, self.s, g_out)]
         } else {
+            // parts 1.. on spawned threads, part 0 on this one
             std::thread::scope(|sc| {
-                let handles: Vec<_> = (0..parts)
+                let handles: Vec<_> = (1..parts)
                     .map(|t| {
                         let (first, last) = (t * chunk, ((t + 1) * chunk).min(self.s));
                         sc.spawn(move || self.backward_range(first, last, g_out))
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("a backward worker panicked")).collect()
+                let mut out = vec![self.backward_range(0, chunk.min(self.s), g_out)];
+                out.extend(handles.into_iter().map(|h| h.join().expect("a backward worker panicked")));
+                out
             })
         };
         let mut it = results.into_iter();
