@@ -91,38 +91,9 @@ impl<E: Real> Offsets<E> {
             for gi in 0..g {
                 for u in 0..units {
                     let d = gi * units + u;
-                    for r in 0..n {
-                        let l = lam[lo + r * d_out + d];
-                        for c in 0..k {
-                            scaled[r * k + c] = pf[r * k + c] * l;
-                        }
-                    }
-                    let blk = &mut self.dp[(sp * g + gi) * kk * kk + u * k * kk + u * k..];
-                    unsafe {
-                        E::gemm(
-                            k,
-                            n,
-                            k,
-                            E::one(),
-                            pf.as_ptr(),
-                            1,
-                            k as isize,
-                            scaled.as_ptr(),
-                            k as isize,
-                            1,
-                            E::one(),
-                            blk.as_mut_ptr(),
-                            kk as isize,
-                            1,
-                        )
-                    };
-                    let hb = &mut self.dh[(sp * g + gi) * kk + u * k..][..k];
-                    for r in 0..n {
-                        let lv = lam[lo + r * d_out + d] * v[lo + r * d_out + d];
-                        for c in 0..k {
-                            hb[c] += pf[r * k + c] * lv;
-                        }
-                    }
+                    let at = (sp * g + gi) * kk;
+                    let (blk, hb) = (&mut self.dp[at * kk + u * k * kk + u * k..], &mut self.dh[at + u * k..][..k]);
+                    add_unit_terms(UnitData { phi: pf, n, k, lam, v, lo, d_out, d }, &mut scaled, blk, kk, hb);
                 }
             }
         }
@@ -480,37 +451,8 @@ fn run_chunk_impl<E: Real>(
                 let lo = if dt.slam > 1 { spi } else { 0 } * n * dt.d_out;
                 for u in 0..units {
                     let d = gi * units + u;
-                    for r in 0..n {
-                        let lv = dt.lam[lo + r * dt.d_out + d];
-                        for c in 0..k {
-                            scaled[r * k + c] = pf[r * k + c] * lv;
-                        }
-                    }
-                    unsafe {
-                        E::gemm(
-                            k,
-                            n,
-                            k,
-                            E::one(),
-                            pf.as_ptr(),
-                            1,
-                            k as isize,
-                            scaled.as_ptr(),
-                            k as isize,
-                            1,
-                            E::one(),
-                            p[u * k * kk + u * k..].as_mut_ptr(),
-                            kk as isize,
-                            1,
-                        )
-                    };
-                    let hb = &mut h[u * k..(u + 1) * k];
-                    for r in 0..n {
-                        let z = dt.lam[lo + r * dt.d_out + d] * dt.v[lo + r * dt.d_out + d];
-                        for c in 0..k {
-                            hb[c] += pf[r * k + c] * z;
-                        }
-                    }
+                    let unit = UnitData { phi: pf, n, k, lam: dt.lam, v: dt.v, lo, d_out: dt.d_out, d };
+                    add_unit_terms(unit, &mut scaled, &mut p[u * k * kk + u * k..], kk, &mut h[u * k..(u + 1) * k]);
                 }
             }
             pblock[bi * kk * kk..(bi + 1) * kk * kk].copy_from_slice(&p);
@@ -807,4 +749,40 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     };
     let w = attach(t, w0).reshape_like(&(s, d_out, k));
     Ok(LayerOutputs { w, kl, kl_value, state: out.state })
+}
+
+/// One output unit's data: design `phi` (`n × k`, row-major) and its pseudo-observations, read at
+/// `lam[lo + r·d_out + d]` and `v[lo + r·d_out + d]` for row `r`.
+struct UnitData<'a, E> {
+    phi: &'a [E],
+    n: usize,
+    k: usize,
+    lam: &'a [E],
+    v: &'a [E],
+    lo: usize,
+    d_out: usize,
+    d: usize,
+}
+
+/// Adds one unit's data terms to its natural parameters: `P += Φᵀ diag(λ_d) Φ` (into `p`, a `k × k`
+/// block with row stride `kk`) and `h += Φᵀ (λ_d ⊙ v_d)`. `scaled` is scratch of `n·k` values.
+#[inline(always)]
+fn add_unit_terms<E: Real>(u: UnitData<'_, E>, scaled: &mut [E], p: &mut [E], kk: usize, h: &mut [E]) {
+    let UnitData { phi, n, k, lam, v, lo, d_out, d } = u;
+    for r in 0..n {
+        let l = lam[lo + r * d_out + d];
+        for c in 0..k {
+            scaled[r * k + c] = phi[r * k + c] * l;
+        }
+    }
+    // SAFETY: phi and scaled hold n×k values; p holds a k×k block with row stride kk.
+    unsafe {
+        E::gemm(k, n, k, E::one(), phi.as_ptr(), 1, k as isize, scaled.as_ptr(), k as isize, 1, E::one(), p.as_mut_ptr(), kk as isize, 1)
+    };
+    for r in 0..n {
+        let lv = lam[lo + r * d_out + d] * v[lo + r * d_out + d];
+        for c in 0..k {
+            h[c] += phi[r * k + c] * lv;
+        }
+    }
 }
