@@ -78,8 +78,17 @@ pub fn standard_normal<E: Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl 
     dev.tensor_from_vec(v, shape)
 }
 
-/// Reparameterised samples `W = μ + σ ⊙ ε` of every layer. With `trace`, the result is on the tape
-/// of the guide parameters.
+/// Fills `out` with the standard-normal noise of weight sample `sample` of a layer whose draw was
+/// seeded with `seed`: a xoshiro256++ stream seeded from `seed + sample`, so that every sample's
+/// noise can be drawn on its own (on any thread) and still be the same for a given seed.
+pub(crate) fn sample_noise<E: Real>(seed: u64, sample: usize, out: &mut [E]) {
+    use rand::SeedableRng;
+    let mut fast = rand::rngs::SmallRng::seed_from_u64(seed.wrapping_add(sample as u64));
+    out.iter_mut().for_each(|v| *v = E::sample_standard_normal(&mut fast));
+}
+
+/// Reparameterised samples `W = μ + σ ⊙ ε` of every layer (one `u64` of `rng` per layer seeds the
+/// noise of its samples). With `trace`, the result is on the tape of the guide parameters.
 pub fn sample_mean_field<E: Real, D: Device<E>>(
     arch: &Architecture,
     params: &[NormalView<E, D>],
@@ -96,7 +105,11 @@ pub fn sample_mean_field<E: Real, D: Device<E>>(
         .zip(params)
         .map(|(spec, p)| {
             let shape = (s, spec.d_out, spec.d_in + 1);
-            let eps = standard_normal::<E, D, _>(p.loc.device(), rng, shape);
+            let seed = rng.next_u64();
+            let per = spec.num_weights();
+            let mut eps = vec![E::zero(); s * per];
+            eps.chunks_exact_mut(per).enumerate().for_each(|(k, e)| sample_noise(seed, k, e));
+            let eps = p.loc.device().tensor_from_vec(eps, shape);
             let mu = param(&p.loc, trace).reshape_like(&(shape.1, shape.2)).broadcast_like::<_, Axis<0>>(&shape);
             let sd = param(&p.log_scale, trace).exp().reshape_like(&(shape.1, shape.2)).broadcast_like::<_, Axis<0>>(&shape);
             mu + sd * eps

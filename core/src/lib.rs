@@ -117,7 +117,11 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn tanh_slice(v: &mut [f32]) {
-        v.iter_mut().for_each(|x| *x = kernels::tanh_f32(*x));
+        match kernels::gemm::Kernels::get::<f32>() {
+            // SAFETY: the kernels exist only for f32
+            Some(k) => unsafe { k.tanh(v) },
+            None => v.iter_mut().for_each(|x| *x = kernels::tanh_f32(*x)),
+        }
     }
 }
 

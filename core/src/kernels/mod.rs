@@ -10,6 +10,7 @@ use std::any::TypeId;
 
 use dfdx::prelude::*;
 
+pub(crate) mod gemm;
 pub(crate) mod mean_field;
 
 use crate::arch::Activation;
@@ -140,50 +141,152 @@ pub(crate) fn act_backward<E: Real>(act: Activation, a: &[E], z: Option<&[E]>, g
 }
 
 /// One weight sample of a dense layer, pre-activations: `out (n×o) = h (n×i) · W[:, :i]ᵀ + b`,
-/// with `ws` the sample's `[W | b]` (row-major `o × (i+1)`). `bias` is scratch.
+/// with `ws` the sample's `[W | b]` (row-major `o × (i+1)`). `scratch` is reused between calls.
+///
+/// With `tanh`, the kernel may apply the activation as well; the return value says whether it
+/// did (if not, `out` holds the pre-activations).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn sample_linear<E: Real>(n: usize, i: usize, o: usize, h: &[E], ws: &[E], out: &mut [E], bias: &mut Vec<E>) {
+pub(crate) fn sample_linear<E: Real>(
+    n: usize,
+    i: usize,
+    o: usize,
+    h: &[E],
+    ws: &[E],
+    out: &mut [E],
+    scratch: &mut Vec<E>,
+    tanh: bool,
+) -> bool {
+    debug_assert!(h.len() >= n * i && ws.len() >= o * (i + 1) && out.len() >= n * o);
+    if let Some(k) = gemm::Kernels::get::<E>() {
+        // SAFETY: the slices hold n×i, o×(i+1) and n×o values (checked above in debug builds;
+        // callers slice them so), scratch holds (i+1)×o, and `k` exists only for f32.
+        unsafe {
+            if o <= 4 {
+                // a narrow output (the last layer of a regression net): dot products over i
+                k.dots(n, i, o, h.as_ptr(), ws.as_ptr(), out.as_mut_ptr());
+                return false;
+            }
+            // [W | b]ᵀ packed as (i+1) × o: rows p < i hold Wᵀ, row i the biases (the initial value)
+            scratch.clear();
+            scratch.resize((i + 1) * o, E::zero());
+            for (u, unit) in ws.chunks_exact(i + 1).enumerate() {
+                for (p, w) in unit.iter().enumerate() {
+                    scratch[p * o + u] = *w;
+                }
+            }
+            let bias = scratch.as_ptr().add(i * o);
+            let epilogue = if tanh { gemm::Epilogue::Tanh } else { gemm::Epilogue::None };
+            k.rows(n, i, h.as_ptr(), i, 1, scratch.as_ptr(), o, o, out.as_mut_ptr(), o, bias, false, epilogue);
+        }
+        return tanh;
+    }
     // every row starts at the biases (gathered once from the `[W | b]` rows)
-    bias.clear();
-    bias.extend(ws.chunks(i + 1).map(|unit| unit[i]));
+    scratch.clear();
+    scratch.extend(ws.chunks(i + 1).map(|unit| unit[i]));
     for row in out.chunks_exact_mut(o) {
-        row.copy_from_slice(bias);
+        row.copy_from_slice(scratch);
     }
     // out += h · Wᵀ; element (k, u) of Wᵀ sits at u·(i+1) + k
     // SAFETY: the slices hold n×i, o×(i+1) and n×o values (callers slice them so).
     unsafe {
         E::gemm(n, i, o, E::one(), h.as_ptr(), i as isize, 1, ws.as_ptr(), 1, (i + 1) as isize, E::one(), out.as_mut_ptr(), o as isize, 1);
     }
+    false
 }
 
 /// One weight sample of a dense layer, weight gradient: `dws ← [gᵀ h | column sums of g]`
 /// (`o × (i+1)`, overwritten), from `g`, the gradient w.r.t. the pre-activations (`n × o`).
-/// `bias` is scratch of at least `o` values.
+/// `scratch` is reused between calls.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], h: &[E], dws: &mut [E], bias: &mut [E]) {
-    // SAFETY: the slices hold n×o, n×i and o×(i+1) values; β = 0, so dws is not read.
-    unsafe {
-        E::gemm(o, n, i, E::one(), g.as_ptr(), 1, o as isize, h.as_ptr(), i as isize, 1, E::zero(), dws.as_mut_ptr(), (i + 1) as isize, 1);
+pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], h: &[E], dws: &mut [E], scratch: &mut Vec<E>) {
+    debug_assert!(g.len() >= n * o && h.len() >= n * i && dws.len() >= o * (i + 1));
+    scratch.clear();
+    scratch.resize(o, E::zero());
+    if let Some(k) = gemm::Kernels::get::<E>() {
+        // rows of the data at a time, so that the rows of `h` a pass reads stay in L1
+        const CHUNK: usize = 128;
+        // SAFETY: the slices hold n×o, n×i and o×(i+1) values (callers slice them so), scratch
+        // holds o (+ i×o) values, and `k` exists only for f32.
+        unsafe {
+            let one = [E::one()];
+            // the bias column: Σ_n g[n, u], as a one-row product with a broadcast 1
+            k.rows(1, n, one.as_ptr(), 0, 0, g.as_ptr(), o, o, scratch.as_mut_ptr(), o, std::ptr::null(), false, gemm::Epilogue::None);
+            if i >= o {
+                // vectors over the inputs: dws[u, p] = Σ_n g[n, u] h[n, p]
+                for n0 in (0..n).step_by(CHUNK) {
+                    let len = (n - n0).min(CHUNK);
+                    let (gp, hp) = (g.as_ptr().add(n0 * o), h.as_ptr().add(n0 * i));
+                    k.rows(o, len, gp, 1, o, hp, i, i, dws.as_mut_ptr(), i + 1, std::ptr::null(), n0 > 0, gemm::Epilogue::None);
+                }
+            } else {
+                // vectors over the units (wider): the transpose into scratch, then scattered
+                scratch.resize(o + i * o, E::zero());
+                let t = scratch.as_mut_ptr().add(o);
+                for n0 in (0..n).step_by(CHUNK) {
+                    let len = (n - n0).min(CHUNK);
+                    let (gp, hp) = (g.as_ptr().add(n0 * o), h.as_ptr().add(n0 * i));
+                    k.rows(i, len, hp, 1, i, gp, o, o, t, o, std::ptr::null(), n0 > 0, gemm::Epilogue::None);
+                }
+                for (p, row) in scratch[o..].chunks_exact(o).enumerate() {
+                    for (u, v) in row.iter().enumerate() {
+                        dws[u * (i + 1) + p] = *v;
+                    }
+                }
+            }
+        }
+    } else {
+        // SAFETY: the slices hold n×o, n×i and o×(i+1) values; β = 0, so dws is not read.
+        unsafe {
+            E::gemm(
+                o,
+                n,
+                i,
+                E::one(),
+                g.as_ptr(),
+                1,
+                o as isize,
+                h.as_ptr(),
+                i as isize,
+                1,
+                E::zero(),
+                dws.as_mut_ptr(),
+                (i + 1) as isize,
+                1,
+            );
+        }
+        for row in g.chunks_exact(o) {
+            scratch.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
+        }
     }
-    let bsum = &mut bias[..o];
-    bsum.fill(E::zero());
-    for row in g.chunks_exact(o) {
-        bsum.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
-    }
-    for (u, b) in bsum.iter().enumerate() {
+    for (u, b) in scratch[..o].iter().enumerate() {
         dws[u * (i + 1) + i] = *b;
     }
 }
 
 /// One weight sample of a dense layer, input gradient: `dh ← g · W[:, :i]` (`n × i`, overwritten).
+///
+/// With `tanh_of` (the previous layer's tanh activations, `n × i`), the kernel may also multiply
+/// by their derivative `1 − a²`; the return value says whether it did.
 #[inline(always)]
-pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], ws: &[E], dh: &mut [E]) {
+pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], ws: &[E], dh: &mut [E], tanh_of: Option<&[E]>) -> bool {
+    debug_assert!(g.len() >= n * o && ws.len() >= o * (i + 1) && dh.len() >= n * i);
+    debug_assert!(tanh_of.is_none_or(|a| a.len() >= n * i));
+    if let Some(k) = gemm::Kernels::get::<E>() {
+        let epilogue = match tanh_of {
+            Some(a) => gemm::Epilogue::TanhGrad { a: a.as_ptr(), a_row: i },
+            None => gemm::Epilogue::None,
+        };
+        // SAFETY: as below, and `tanh_of` holds n×i values; `k` exists only for f32.
+        unsafe { k.rows(n, o, g.as_ptr(), o, 1, ws.as_ptr(), i + 1, i, dh.as_mut_ptr(), i, std::ptr::null(), false, epilogue) };
+        return tanh_of.is_some();
+    }
     // SAFETY: the slices hold n×o, o×(i+1) and n×i values; β = 0, so dh is not read.
     unsafe {
         E::gemm(n, o, i, E::one(), g.as_ptr(), o as isize, 1, ws.as_ptr(), (i + 1) as isize, 1, E::zero(), dh.as_mut_ptr(), i as isize, 1);
     }
+    false
 }
 
 /// Shapes of one batched dense layer.
@@ -202,10 +305,10 @@ struct DenseDims {
 fn dense_forward_host<E: Real>(d: DenseDims, h: &[E], w: &[E], act: Activation) -> (Vec<E>, Option<Vec<E>>) {
     let DenseDims { s, n, i, o, h_batch } = d;
     let mut a = vec![E::zero(); s * n * o];
-    let mut bias = Vec::with_capacity(o);
+    let mut scratch = Vec::new();
     for si in 0..s {
         let ws = &w[si * o * (i + 1)..(si + 1) * o * (i + 1)];
-        sample_linear(n, i, o, &h[si * h_batch..si * h_batch + n * i], ws, &mut a[si * n * o..(si + 1) * n * o], &mut bias);
+        sample_linear(n, i, o, &h[si * h_batch..si * h_batch + n * i], ws, &mut a[si * n * o..(si + 1) * n * o], &mut scratch, false);
     }
     let z = matches!(act, Activation::Silu | Activation::Gelu).then(|| a.clone());
     act_forward(act, &mut a);
@@ -228,7 +331,7 @@ fn dense_backward_host<E: Real>(
 ) {
     let DenseDims { s, n, i, o, h_batch } = d;
     act_backward(act, a, z, g);
-    let mut bias = vec![E::zero(); o];
+    let mut scratch = Vec::new();
     let mut dh = dh;
     for si in 0..s {
         let gs = &g[si * n * o..(si + 1) * n * o];
@@ -240,10 +343,10 @@ fn dense_backward_host<E: Real>(
             gs,
             &h[si * h_batch..si * h_batch + n * i],
             &mut dw[si * o * (i + 1)..(si + 1) * o * (i + 1)],
-            &mut bias,
+            &mut scratch,
         );
         if let Some(dh) = dh.as_deref_mut() {
-            sample_input_grad(n, i, o, gs, ws, &mut dh[si * n * i..(si + 1) * n * i]);
+            sample_input_grad(n, i, o, gs, ws, &mut dh[si * n * i..(si + 1) * n * i], None);
         }
     }
 }
@@ -374,6 +477,62 @@ mod tests {
         for i in 0..5 {
             assert!((yv[i] - z.array()[i].tanh()).abs() < 1e-6);
             assert!((gz[i] - (1.0 - yv[i] * yv[i])).abs() < 1e-6);
+        }
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The single-sample dense helpers in `f32` (AVX-512 kernels where the CPU has them) against
+    /// the same helpers in `f64` (always `matrixmultiply`): every branch (narrow outputs as dot
+    /// products, the transposed weight gradient for `i < o`, data longer than one chunk).
+    #[test]
+    fn f32_sample_helpers_match_f64() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for (n, i, o) in [(300usize, 100usize, 100usize), (7, 1, 50), (130, 50, 1), (33, 3, 4), (129, 20, 37), (5, 64, 16)] {
+            let h: Vec<f64> = (0..n * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let ws: Vec<f64> = (0..o * (i + 1)).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let g: Vec<f64> = (0..n * o).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let f = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+            let (h32, ws32, g32) = (f(&h), f(&ws), f(&g));
+            let close = |what: &str, a: &[f32], b: &[f64], depth: usize| {
+                for (j, (x, y)) in a.iter().zip(b).enumerate() {
+                    // f32 rounding of a sum of `depth` products of values in [-1, 1]
+                    assert!((*x as f64 - y).abs() < 2e-6 * depth as f64, "{what} {n}×{i}×{o}, entry {j}: {x} vs {y}");
+                }
+            };
+            let (mut s32, mut s64) = (Vec::new(), Vec::new());
+            let kernels = gemm::Kernels::get::<f32>().is_some();
+            for tanh in [false, true] {
+                let (mut out32, mut out64) = (vec![0f32; n * o], vec![0f64; n * o]);
+                let fused = sample_linear(n, i, o, &h32, &ws32, &mut out32, &mut s32, tanh);
+                assert_eq!(fused, tanh && kernels && o > 4, "which path fuses tanh");
+                assert!(!sample_linear(n, i, o, &h, &ws, &mut out64, &mut s64, tanh));
+                if fused {
+                    out64.iter_mut().for_each(|v| *v = v.tanh());
+                }
+                close("linear", &out32, &out64, i + 1);
+            }
+            let (mut dw32, mut dw64) = (vec![0f32; o * (i + 1)], vec![0f64; o * (i + 1)]);
+            sample_weight_grad(n, i, o, &g32, &h32, &mut dw32, &mut s32);
+            sample_weight_grad(n, i, o, &g, &h, &mut dw64, &mut s64);
+            close("weight grad", &dw32, &dw64, n);
+            // the previous layer's tanh activations, for the fused derivative
+            let prev: Vec<f64> = (0..n * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let prev32 = f(&prev);
+            for tanh in [false, true] {
+                let (mut dh32, mut dh64) = (vec![0f32; n * i], vec![0f64; n * i]);
+                let fused = sample_input_grad(n, i, o, &g32, &ws32, &mut dh32, tanh.then_some(&prev32[..]));
+                assert_eq!(fused, tanh && kernels, "which path fuses the tanh derivative");
+                assert!(!sample_input_grad(n, i, o, &g, &ws, &mut dh64, tanh.then_some(&prev[..])));
+                if fused {
+                    dh64.iter_mut().zip(&prev).for_each(|(d, a)| *d *= 1.0 - a * a);
+                }
+                close("input grad", &dh32, &dh64, o);
+            }
         }
     }
 }
