@@ -74,7 +74,8 @@ pub fn standard_normal<E: Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl 
     use rand::SeedableRng;
     let n = shape.num_elements();
     let mut fast = rand::rngs::SmallRng::seed_from_u64(rng.next_u64());
-    let v: Vec<E> = (0..n).map(|_| E::sample_standard_normal(&mut fast)).collect();
+    let mut v = vec![E::zero(); n];
+    E::fill_standard_normal(&mut fast, &mut v);
     dev.tensor_from_vec(v, shape)
 }
 
@@ -84,7 +85,7 @@ pub fn standard_normal<E: Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl 
 pub(crate) fn sample_noise<E: Real>(seed: u64, sample: usize, out: &mut [E]) {
     use rand::SeedableRng;
     let mut fast = rand::rngs::SmallRng::seed_from_u64(seed.wrapping_add(sample as u64));
-    out.iter_mut().for_each(|v| *v = E::sample_standard_normal(&mut fast));
+    E::fill_standard_normal(&mut fast, out);
 }
 
 /// Reparameterised samples `W = μ + σ ⊙ ε` of every layer (one `u64` of `rng` per layer seeds the

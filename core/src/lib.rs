@@ -82,6 +82,13 @@ pub trait Real:
     #[doc(hidden)]
     fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> Self;
 
+    /// Fills `out` with standard-normal draws (in bulk: Box–Muller for `f32`, see
+    /// `kernels::normal`).
+    #[doc(hidden)]
+    fn fill_standard_normal<R: rand::RngCore + ?Sized>(rng: &mut R, out: &mut [Self]) {
+        out.iter_mut().for_each(|v| *v = Self::sample_standard_normal(rng));
+    }
+
     /// In-place `tanh` over a buffer (vectorised for `f32`).
     #[doc(hidden)]
     fn tanh_slice(v: &mut [Self]) {
@@ -114,6 +121,9 @@ impl Real for f32 {
     }
     fn sample_standard_normal<R: rand::Rng + ?Sized>(rng: &mut R) -> f32 {
         rng.sample(rand_distr::StandardNormal)
+    }
+    fn fill_standard_normal<R: rand::RngCore + ?Sized>(rng: &mut R, out: &mut [f32]) {
+        kernels::normal::fill_f32(rng, out)
     }
     #[inline(always)]
     fn tanh_slice(v: &mut [f32]) {

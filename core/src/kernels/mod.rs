@@ -12,6 +12,7 @@ use dfdx::prelude::*;
 
 pub(crate) mod gemm;
 pub(crate) mod mean_field;
+pub(crate) mod normal;
 
 use crate::arch::Activation;
 use crate::Real;
