@@ -1,11 +1,6 @@
 //! Meta-learning: learn the prior, the inference networks and the noise across many tasks.
 //!
-//! [`MetaLearner`] is the standard loop: per step it draws `tasks_per_step` tasks from a
-//! [`TaskSource`], splits each at random into context and targets, averages the chosen
-//! [`TaskObjective`]'s loss over the tasks and takes one Adam step with a linearly decaying learning
-//! rate. Custom meta-learners are built from the same pieces: [`split_task`](super::split_task),
-//! [`task_terms`](super::task_terms), [`Adam`], [`linear_lr`] and
-//! [`AmortisedGuide::save`](super::AmortisedGuide::save).
+//! The details are in the docs of [`MetaLearner`].
 
 use std::path::PathBuf;
 
@@ -206,7 +201,15 @@ impl Progress {
     }
 }
 
-/// The standard meta-learning loop (see the [module docs](self)).
+/// The standard meta-learning loop: learns the prior, the inference networks and the noise across
+/// many tasks.
+///
+/// [`MetaLearner`] is the standard loop: per step it draws `tasks_per_step` tasks from a
+/// [`TaskSource`], splits each at random into context and targets, averages the chosen
+/// [`TaskObjective`]'s loss over the tasks and takes one Adam step with a linearly decaying learning
+/// rate. Custom meta-learners are built from the same pieces: [`split_task`](super::split_task),
+/// [`task_terms`](super::task_terms), [`Adam`], [`linear_lr`] and
+/// [`AmortisedGuide::save`](super::AmortisedGuide::save).
 ///
 /// ```
 /// use weightspace::prelude::*;

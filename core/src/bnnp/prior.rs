@@ -1,22 +1,7 @@
 //! Learnable Gaussian priors over a network's weights, in three families, with partial
 //! trainability.
 //!
-//! Every family is Gaussian over the rows of `[W | b]` (one row per output unit, `k = d_in + 1`
-//! entries):
-//!
-//! | family | covariance | parameters per layer |
-//! |---|---|---|
-//! | [`PriorFamily::UnitFullRank`] (default) | per unit, `Σ_d = L_d L_dᵀ / k` | mean `(d_out, k)`, `ln diag L` `(d_out, k)`, strict lower part of `L` `(d_out, k, k)` |
-//! | [`PriorFamily::WeightDiagonal`] | `diag(σ²) / k` | mean `(d_out, k)`, `ln σ` `(d_out, k)` |
-//! | [`PriorFamily::LayerFullRank`] | one `L Lᵀ / k` over all `d_out·k` weights | mean, `ln diag L` `(d_out·k,)`, strict lower part `(d_out·k, d_out·k)` |
-//!
-//! With `fan_in_scaled = false` the `/ k` is dropped. Every family starts at `N(0, I/k)` (the usual
-//! `1/fan-in` prior) with all parameters at zero. The layer-wise family couples all units of a
-//! layer, so its posterior is one `(d_out·k)²` system per sample: use it for small layers only.
-//!
-//! Internally a prior is handed to the guide in *natural* form per group of units (one unit, or the
-//! whole layer): the precision `Π = Σ⁻¹ + jitter·I`, the mean, and a way to draw `N(0, Π)` noise
-//! that is a differentiable function of the parameters (needed for perturb-and-solve sampling).
+//! The details are in the docs of [`PriorFamily`].
 
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
@@ -28,7 +13,24 @@ use crate::model::Weights;
 use crate::prior::Taped;
 use crate::{Error, Real, Result};
 
-/// The covariance structure of a learnable prior. See the [module docs](self).
+/// The covariance structure of a learnable prior.
+///
+/// Every family is Gaussian over the rows of `[W | b]` (one row per output unit, `k = d_in + 1`
+/// entries):
+///
+/// | family | covariance | parameters per layer |
+/// |---|---|---|
+/// | [`PriorFamily::UnitFullRank`] (default) | per unit, `Σ_d = L_d L_dᵀ / k` | mean `(d_out, k)`, `ln diag L` `(d_out, k)`, strict lower part of `L` `(d_out, k, k)` |
+/// | [`PriorFamily::WeightDiagonal`] | `diag(σ²) / k` | mean `(d_out, k)`, `ln σ` `(d_out, k)` |
+/// | [`PriorFamily::LayerFullRank`] | one `L Lᵀ / k` over all `d_out·k` weights | mean, `ln diag L` `(d_out·k,)`, strict lower part `(d_out·k, d_out·k)` |
+///
+/// With `fan_in_scaled = false` the `/ k` is dropped. Every family starts at `N(0, I/k)` (the usual
+/// `1/fan-in` prior) with all parameters at zero. The layer-wise family couples all units of a
+/// layer, so its posterior is one `(d_out·k)²` system per sample: use it for small layers only.
+///
+/// Internally a prior is handed to the guide in *natural* form per group of units (one unit, or the
+/// whole layer): the precision `Π = Σ⁻¹ + jitter·I`, the mean, and a way to draw `N(0, Π)` noise
+/// that is a differentiable function of the parameters (needed for perturb-and-solve sampling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PriorFamily {
     /// A full covariance per output unit (BNNP's default).

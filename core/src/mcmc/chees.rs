@@ -1,26 +1,7 @@
 //! The batched many-chain sampler: jittered HMC with ChEES adaptation (Hoffman, Radul & Sountsov
 //! 2021, "An adaptive MCMC scheme for setting trajectory lengths in Hamiltonian Monte Carlo").
 //!
-//! `C` chains advance together: every leapfrog step is **one** call of a [`BatchLogDensity`] for all
-//! chains still integrating (for a BNN, one batched forward/backward whose weight-sample axis is the
-//! chain axis). Per iteration the number of steps is `⌈u_t · T / ε⌉`, with `u_t` a Halton
-//! jitter shared by all chains, `T` the trajectory length and `ε` the step size.
-//!
-//! Warm-up adapts, as BlackJAX's `chees_adaptation` does:
-//! - the step size by dual averaging towards a target acceptance (0.651 by default) of the harmonic
-//!   mean of the chains' acceptance probabilities ([`StepSizeAdaptation::Shared`]), or of each
-//!   chain's own acceptance ([`StepSizeAdaptation::PerChain`]: each chain keeps its own step size
-//!   and so its own number of leapfrog steps; chains that finish early drop out of the batch);
-//! - the trajectory length by Adam ascent on the ChEES criterion
-//!   `¼ E[(‖θ' − E θ'‖² − ‖θ − E θ‖²)²]`, estimated across chains and weighted by acceptance;
-//! - optionally ([`ManyChainSettings::diagonal_mass_matrix`]) a per-chain diagonal mass matrix
-//!   from each chain's own draws in the middle half of warm-up (regularised as in Stan), after
-//!   which the step-size adaptation restarts. The ChEES criterion is then computed in each chain's
-//!   whitened coordinates.
-//!
-//! The final step size and trajectory length are the moving averages (decay `t^{-1/2}`) of the
-//! adapted values. A transition whose energy error exceeds [`ManyChainSettings::max_energy_error`]
-//! or whose log density is not finite is a divergence: it is rejected and counted, never a panic.
+//! The details are in the docs of [`sample_many_chains`].
 
 use std::time::Instant;
 
@@ -243,7 +224,31 @@ impl Adam {
 }
 
 /// Runs `C = init.len()` chains of jittered HMC with ChEES adaptation on `target`, from the given
-/// initial positions. See the [module docs](self).
+/// initial positions.
+///
+/// The batched many-chain sampler: jittered HMC with ChEES adaptation (Hoffman, Radul & Sountsov
+/// 2021, "An adaptive MCMC scheme for setting trajectory lengths in Hamiltonian Monte Carlo").
+///
+/// `C` chains advance together: every leapfrog step is **one** call of a [`BatchLogDensity`] for all
+/// chains still integrating (for a BNN, one batched forward/backward whose weight-sample axis is the
+/// chain axis). Per iteration the number of steps is `⌈u_t · T / ε⌉`, with `u_t` a Halton
+/// jitter shared by all chains, `T` the trajectory length and `ε` the step size.
+///
+/// Warm-up adapts, as BlackJAX's `chees_adaptation` does:
+/// - the step size by dual averaging towards a target acceptance (0.651 by default) of the harmonic
+///   mean of the chains' acceptance probabilities ([`StepSizeAdaptation::Shared`]), or of each
+///   chain's own acceptance ([`StepSizeAdaptation::PerChain`]: each chain keeps its own step size
+///   and so its own number of leapfrog steps; chains that finish early drop out of the batch);
+/// - the trajectory length by Adam ascent on the ChEES criterion
+///   `¼ E[(‖θ' − E θ'‖² − ‖θ − E θ‖²)²]`, estimated across chains and weighted by acceptance;
+/// - optionally ([`ManyChainSettings::diagonal_mass_matrix`]) a per-chain diagonal mass matrix
+///   from each chain's own draws in the middle half of warm-up (regularised as in Stan), after
+///   which the step-size adaptation restarts. The ChEES criterion is then computed in each chain's
+///   whitened coordinates.
+///
+/// The final step size and trajectory length are the moving averages (decay `t^{-1/2}`) of the
+/// adapted values. A transition whose energy error exceeds [`ManyChainSettings::max_energy_error`]
+/// or whose log density is not finite is a divergence: it is rejected and counted, never a panic.
 ///
 /// ```
 /// use weightspace::mcmc::{sample_many_chains, BatchLogDensity, ManyChainSettings};
