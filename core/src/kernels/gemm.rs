@@ -30,6 +30,54 @@ pub(crate) enum Epilogue<E> {
     },
 }
 
+/// One product for [`Kernels::rows`]:
+/// `C[r, 0..cols] = init[0..cols] + (C[r, ..] if accumulate) + Σ_p A(r, p) B[p, 0..cols]` for
+/// `r < rows` and `p < k`, where `A(r, p) = a[r·a_row + p·a_step]`, `B[p, j] = b[p·b_step + j]`
+/// and `C[r, j] = c[r·c_row + j]`, with `epilogue` applied last. `init` may be null (zero).
+#[derive(Clone, Copy)]
+pub(crate) struct Product<E> {
+    pub rows: usize,
+    pub k: usize,
+    pub cols: usize,
+    pub a: *const E,
+    pub a_row: usize,
+    pub a_step: usize,
+    pub b: *const E,
+    pub b_step: usize,
+    pub c: *mut E,
+    pub c_row: usize,
+    pub init: *const E,
+    pub accumulate: bool,
+    pub epilogue: Epilogue<E>,
+}
+
+impl<E> Product<E> {
+    /// The same product over another element type (the pointers cast).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn cast<F>(self) -> Product<F> {
+        let epilogue = match self.epilogue {
+            Epilogue::None => Epilogue::None,
+            Epilogue::Tanh => Epilogue::Tanh,
+            Epilogue::TanhGrad { a, a_row } => Epilogue::TanhGrad { a: a.cast(), a_row },
+        };
+        Product {
+            rows: self.rows,
+            k: self.k,
+            cols: self.cols,
+            a: self.a.cast(),
+            a_row: self.a_row,
+            a_step: self.a_step,
+            b: self.b.cast(),
+            b_step: self.b_step,
+            c: self.c.cast(),
+            c_row: self.c_row,
+            init: self.init.cast(),
+            accumulate: self.accumulate,
+            epilogue,
+        }
+    }
+}
+
 /// The AVX-512 kernels, for `E = f32` on a CPU that has them.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
@@ -49,38 +97,15 @@ impl Kernels {
         None
     }
 
-    /// `C[r, 0..cols] = init[0..cols] + (C[r, ..] if accumulate) + Σ_p A(r, p) B[p, 0..cols]`
-    /// for `r < rows`, `p < k`, where `A(r, p) = a[r·a_row + p·a_step]`, `B[p, j] = b[p·b_step + j]`
-    /// and `C[r, j] = c[r·c_row + j]`. `init` may be null (zero). `epilogue` is applied last.
+    /// Computes `p` (see [`Product`]).
     ///
     /// # Safety
-    /// Every index named above (and those of the epilogue's operand) must lie inside its buffer,
+    /// Every index `p` names (and those of the epilogue's operand) must lie inside its buffer,
     /// and `E` must be `f32` (checked by [`Kernels::get`], which is the only way to obtain `self`).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(crate) unsafe fn rows<E>(
-        self,
-        rows: usize,
-        k: usize,
-        a: *const E,
-        a_row: usize,
-        a_step: usize,
-        b: *const E,
-        b_step: usize,
-        cols: usize,
-        c: *mut E,
-        c_row: usize,
-        init: *const E,
-        accumulate: bool,
-        epilogue: Epilogue<E>,
-    ) {
-        let epilogue = match epilogue {
-            Epilogue::None => Epilogue::None,
-            Epilogue::Tanh => Epilogue::Tanh,
-            Epilogue::TanhGrad { a, a_row } => Epilogue::TanhGrad { a: a.cast(), a_row },
-        };
+    pub(crate) unsafe fn rows<E>(self, p: Product<E>) {
         #[cfg(target_arch = "x86_64")]
-        avx512::rows(rows, k, a.cast(), a_row, a_step, b.cast(), b_step, cols, c.cast(), c_row, init.cast(), accumulate, epilogue);
+        avx512::rows(p.cast());
     }
 
     /// `tanh` in place, 16 lanes at a time (the rational approximation of
@@ -110,7 +135,7 @@ impl Kernels {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::Epilogue;
+    use super::{Epilogue, Product};
 
     /// Rows of the result computed together in registers.
     const MR: usize = 6;
@@ -171,24 +196,12 @@ mod avx512 {
         }
     }
 
-    /// One `R × V·16` tile of [`rows`] (the last vector masked by `tail`).
-    #[allow(clippy::too_many_arguments)]
+    /// One `R × V·16` tile of [`rows`] at the corner `p` points to (the last vector masked by
+    /// `tail`; `p.rows` and `p.cols` are not read).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const R: usize, const V: usize>(
-        k: usize,
-        a: *const f32,
-        a_row: usize,
-        a_step: usize,
-        b: *const f32,
-        b_step: usize,
-        tail: __mmask16,
-        c: *mut f32,
-        c_row: usize,
-        init: *const f32,
-        accumulate: bool,
-        epilogue: Epilogue<f32>,
-    ) {
+    unsafe fn tile<const R: usize, const V: usize>(p: &Product<f32>, tail: __mmask16) {
+        let Product { k, a, a_row, a_step, b, b_step, c, c_row, init, accumulate, epilogue, .. } = *p;
         let mask = |j: usize| if j + 1 == V { tail } else { 0xffff };
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         if !init.is_null() {
@@ -240,43 +253,32 @@ mod avx512 {
 
     /// See [`super::Kernels::rows`]. Column blocks of 64 outside, row tiles of 6 inside, so one
     /// block of `B` (`k × 64`) stays in L1 while the rows of `A` stream past it.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        a_row: usize,
-        a_step: usize,
-        b: *const f32,
-        b_step: usize,
-        cols: usize,
-        c: *mut f32,
-        c_row: usize,
-        init: *const f32,
-        accumulate: bool,
-        epilogue: Epilogue<f32>,
-    ) {
+    pub(super) unsafe fn rows(p: Product<f32>) {
         let mut j0 = 0;
-        while j0 < cols {
-            let width = (cols - j0).min(16 * NV);
+        while j0 < p.cols {
+            let width = (p.cols - j0).min(16 * NV);
             let nv = width.div_ceil(16);
             let tail = lanes(width - 16 * (nv - 1));
-            let bj = b.add(j0);
-            let ij = if init.is_null() { init } else { init.add(j0) };
             let mut r0 = 0;
-            while r0 < rows {
-                let mr = (rows - r0).min(MR);
-                let (ar, cr) = (a.add(r0 * a_row), c.add(r0 * c_row + j0));
-                // the epilogue's operand at the tile's corner
-                let epi = match epilogue {
-                    Epilogue::TanhGrad { a, a_row } => Epilogue::TanhGrad { a: a.add(r0 * a_row + j0), a_row },
-                    e => e,
+            while r0 < p.rows {
+                let mr = (p.rows - r0).min(MR);
+                // the product moved to the tile's corner
+                let t = Product {
+                    a: p.a.add(r0 * p.a_row),
+                    b: p.b.add(j0),
+                    c: p.c.add(r0 * p.c_row + j0),
+                    init: if p.init.is_null() { p.init } else { p.init.add(j0) },
+                    epilogue: match p.epilogue {
+                        Epilogue::TanhGrad { a, a_row } => Epilogue::TanhGrad { a: a.add(r0 * a_row + j0), a_row },
+                        e => e,
+                    },
+                    ..p
                 };
                 macro_rules! dispatch {
                     ($($r:literal $v:literal),*) => {
                         match (mr, nv) {
-                            $(($r, $v) => tile::<$r, $v>(k, ar, a_row, a_step, bj, b_step, tail, cr, c_row, ij, accumulate, epi),)*
+                            $(($r, $v) => tile::<$r, $v>(&t, tail),)*
                             _ => unreachable!("tiles are at most {MR} × {NV}"),
                         }
                     };
@@ -370,23 +372,22 @@ mod tests {
                         1 => Epilogue::Tanh,
                         _ => Epilogue::TanhGrad { a: act.as_ptr(), a_row: act_row },
                     };
-                    unsafe {
-                        kern.rows(
-                            rows,
-                            k,
-                            a.as_ptr(),
-                            a_row,
-                            a_step,
-                            b.as_ptr(),
-                            b_step,
-                            cols,
-                            c.as_mut_ptr(),
-                            c_row,
-                            init_ptr,
-                            acc_on,
-                            epi,
-                        )
+                    let product = Product {
+                        rows,
+                        k,
+                        cols,
+                        a: a.as_ptr(),
+                        a_row,
+                        a_step,
+                        b: b.as_ptr(),
+                        b_step,
+                        c: c.as_mut_ptr(),
+                        c_row,
+                        init: init_ptr,
+                        accumulate: acc_on,
+                        epilogue: epi,
                     };
+                    unsafe { kern.rows(product) };
                     for r in 0..rows {
                         for j in 0..c_row {
                             let got = c[r * c_row + j] as f64;
@@ -418,7 +419,22 @@ mod tests {
         let one = [1f32];
         let b: Vec<f32> = (0..40 * 7).map(|v| v as f32).collect();
         let mut c = vec![0f32; 7];
-        unsafe { kern.rows(1, 40, one.as_ptr(), 0, 0, b.as_ptr(), 7, 7, c.as_mut_ptr(), 7, std::ptr::null(), false, Epilogue::None) };
+        let product = Product {
+            rows: 1,
+            k: 40,
+            cols: 7,
+            a: one.as_ptr(),
+            a_row: 0,
+            a_step: 0,
+            b: b.as_ptr(),
+            b_step: 7,
+            c: c.as_mut_ptr(),
+            c_row: 7,
+            init: std::ptr::null(),
+            accumulate: false,
+            epilogue: Epilogue::None,
+        };
+        unsafe { kern.rows(product) };
         for (j, v) in c.iter().enumerate() {
             assert_eq!(*v as f64, (0..40).map(|p| (p * 7 + j) as f64).sum::<f64>());
         }

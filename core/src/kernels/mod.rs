@@ -178,7 +178,21 @@ pub(crate) fn sample_linear<E: Real>(
             }
             let bias = scratch.as_ptr().add(i * o);
             let epilogue = if tanh { gemm::Epilogue::Tanh } else { gemm::Epilogue::None };
-            k.rows(n, i, h.as_ptr(), i, 1, scratch.as_ptr(), o, o, out.as_mut_ptr(), o, bias, false, epilogue);
+            k.rows(gemm::Product {
+                rows: n,
+                k: i,
+                cols: o,
+                a: h.as_ptr(),
+                a_row: i,
+                a_step: 1,
+                b: scratch.as_ptr(),
+                b_step: o,
+                c: out.as_mut_ptr(),
+                c_row: o,
+                init: bias,
+                accumulate: false,
+                epilogue,
+            });
         }
         return tanh;
     }
@@ -213,13 +227,44 @@ pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E],
         unsafe {
             let one = [E::one()];
             // the bias column: Σ_n g[n, u], as a one-row product with a broadcast 1
-            k.rows(1, n, one.as_ptr(), 0, 0, g.as_ptr(), o, o, scratch.as_mut_ptr(), o, std::ptr::null(), false, gemm::Epilogue::None);
-            if i >= o {
+            k.rows(gemm::Product {
+                rows: 1,
+                k: n,
+                cols: o,
+                a: one.as_ptr(),
+                a_row: 0,
+                a_step: 0,
+                b: g.as_ptr(),
+                b_step: o,
+                c: scratch.as_mut_ptr(),
+                c_row: o,
+                init: std::ptr::null(),
+                accumulate: false,
+                epilogue: gemm::Epilogue::None,
+            });
+            if n == 0 {
+                // no data: no chunk below would write the weights
+                dws[..o * (i + 1)].fill(E::zero());
+            } else if i >= o {
                 // vectors over the inputs: dws[u, p] = Σ_n g[n, u] h[n, p]
                 for n0 in (0..n).step_by(CHUNK) {
                     let len = (n - n0).min(CHUNK);
                     let (gp, hp) = (g.as_ptr().add(n0 * o), h.as_ptr().add(n0 * i));
-                    k.rows(o, len, gp, 1, o, hp, i, i, dws.as_mut_ptr(), i + 1, std::ptr::null(), n0 > 0, gemm::Epilogue::None);
+                    k.rows(gemm::Product {
+                        rows: o,
+                        k: len,
+                        cols: i,
+                        a: gp,
+                        a_row: 1,
+                        a_step: o,
+                        b: hp,
+                        b_step: i,
+                        c: dws.as_mut_ptr(),
+                        c_row: i + 1,
+                        init: std::ptr::null(),
+                        accumulate: n0 > 0,
+                        epilogue: gemm::Epilogue::None,
+                    });
                 }
             } else {
                 // vectors over the units (wider): the transpose into scratch, then scattered
@@ -228,7 +273,21 @@ pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E],
                 for n0 in (0..n).step_by(CHUNK) {
                     let len = (n - n0).min(CHUNK);
                     let (gp, hp) = (g.as_ptr().add(n0 * o), h.as_ptr().add(n0 * i));
-                    k.rows(i, len, hp, 1, i, gp, o, o, t, o, std::ptr::null(), n0 > 0, gemm::Epilogue::None);
+                    k.rows(gemm::Product {
+                        rows: i,
+                        k: len,
+                        cols: o,
+                        a: hp,
+                        a_row: 1,
+                        a_step: i,
+                        b: gp,
+                        b_step: o,
+                        c: t,
+                        c_row: o,
+                        init: std::ptr::null(),
+                        accumulate: n0 > 0,
+                        epilogue: gemm::Epilogue::None,
+                    });
                 }
                 for (p, row) in scratch[o..].chunks_exact(o).enumerate() {
                     for (u, v) in row.iter().enumerate() {
@@ -280,7 +339,23 @@ pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], 
             None => gemm::Epilogue::None,
         };
         // SAFETY: as below, and `tanh_of` holds n×i values; `k` exists only for f32.
-        unsafe { k.rows(n, o, g.as_ptr(), o, 1, ws.as_ptr(), i + 1, i, dh.as_mut_ptr(), i, std::ptr::null(), false, epilogue) };
+        unsafe {
+            k.rows(gemm::Product {
+                rows: n,
+                k: o,
+                cols: i,
+                a: g.as_ptr(),
+                a_row: o,
+                a_step: 1,
+                b: ws.as_ptr(),
+                b_step: i + 1,
+                c: dh.as_mut_ptr(),
+                c_row: i,
+                init: std::ptr::null(),
+                accumulate: false,
+                epilogue,
+            })
+        };
         return tanh_of.is_some();
     }
     // SAFETY: the slices hold n×o, o×(i+1) and n×i values; β = 0, so dh is not read.
@@ -489,11 +564,12 @@ mod sample_tests {
 
     /// The single-sample dense helpers in `f32` (AVX-512 kernels where the CPU has them) against
     /// the same helpers in `f64` (always `matrixmultiply`): every branch (narrow outputs as dot
-    /// products, the transposed weight gradient for `i < o`, data longer than one chunk).
+    /// products, the transposed weight gradient for `i < o`, data longer than one chunk, no data).
+    /// The f32 outputs start at 7 so that an entry left unwritten shows.
     #[test]
     fn f32_sample_helpers_match_f64() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for (n, i, o) in [(300usize, 100usize, 100usize), (7, 1, 50), (130, 50, 1), (33, 3, 4), (129, 20, 37), (5, 64, 16)] {
+        for (n, i, o) in [(300usize, 100usize, 100usize), (7, 1, 50), (130, 50, 1), (33, 3, 4), (129, 20, 37), (5, 64, 16), (0, 3, 5)] {
             let h: Vec<f64> = (0..n * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let ws: Vec<f64> = (0..o * (i + 1)).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let g: Vec<f64> = (0..n * o).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -502,13 +578,13 @@ mod sample_tests {
             let close = |what: &str, a: &[f32], b: &[f64], depth: usize| {
                 for (j, (x, y)) in a.iter().zip(b).enumerate() {
                     // f32 rounding of a sum of `depth` products of values in [-1, 1]
-                    assert!((*x as f64 - y).abs() < 2e-6 * depth as f64, "{what} {n}×{i}×{o}, entry {j}: {x} vs {y}");
+                    assert!((*x as f64 - y).abs() < 2e-6 * depth.max(1) as f64, "{what} {n}×{i}×{o}, entry {j}: {x} vs {y}");
                 }
             };
             let (mut s32, mut s64) = (Vec::new(), Vec::new());
             let kernels = gemm::Kernels::get::<f32>().is_some();
             for tanh in [false, true] {
-                let (mut out32, mut out64) = (vec![0f32; n * o], vec![0f64; n * o]);
+                let (mut out32, mut out64) = (vec![7f32; n * o], vec![0f64; n * o]);
                 let fused = sample_linear(n, i, o, &h32, &ws32, &mut out32, &mut s32, tanh);
                 assert_eq!(fused, tanh && kernels && o > 4, "which path fuses tanh");
                 assert!(!sample_linear(n, i, o, &h, &ws, &mut out64, &mut s64, tanh));
@@ -517,7 +593,7 @@ mod sample_tests {
                 }
                 close("linear", &out32, &out64, i + 1);
             }
-            let (mut dw32, mut dw64) = (vec![0f32; o * (i + 1)], vec![0f64; o * (i + 1)]);
+            let (mut dw32, mut dw64) = (vec![7f32; o * (i + 1)], vec![0f64; o * (i + 1)]);
             sample_weight_grad(n, i, o, &g32, &h32, &mut dw32, &mut s32);
             sample_weight_grad(n, i, o, &g, &h, &mut dw64, &mut s64);
             close("weight grad", &dw32, &dw64, n);
@@ -525,7 +601,7 @@ mod sample_tests {
             let prev: Vec<f64> = (0..n * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let prev32 = f(&prev);
             for tanh in [false, true] {
-                let (mut dh32, mut dh64) = (vec![0f32; n * i], vec![0f64; n * i]);
+                let (mut dh32, mut dh64) = (vec![7f32; n * i], vec![0f64; n * i]);
                 let fused = sample_input_grad(n, i, o, &g32, &ws32, &mut dh32, tanh.then_some(&prev32[..]));
                 assert_eq!(fused, tanh && kernels, "which path fuses the tanh derivative");
                 assert!(!sample_input_grad(n, i, o, &g, &ws, &mut dh64, tanh.then_some(&prev[..])));
