@@ -80,8 +80,18 @@ pub enum Error {
     #[error("sampler: {0}")]
     Sampler(String),
     /// A metric could not be computed.
-    #[error("metric: {0}")]
-    Metric(String),
+    #[error(transparent)]
+    Metric(#[from] MetricError),
+    /// An MCMC diagnostic (R-hat, ESS, MCSE) could not be computed.
+    #[error(transparent)]
+    Diagnostics(#[from] crate::num::diagnostics::DiagnosticsError),
+    /// A host dense linear-algebra operation failed.
+    #[error(transparent)]
+    Dense(#[from] crate::num::dense::DenseError),
+    /// A `testing` routine (a statistical assertion, a reference solution, SBC, a plot) could not
+    /// run or rejected its hypothesis; the message is the testing error's own.
+    #[error("{0}")]
+    Testing(String),
     /// A plotting error.
     #[error("plot {path}: {reason}")]
     Plot {
@@ -91,7 +101,7 @@ pub enum Error {
         reason: String,
     },
     /// A matrix that must be symmetric positive definite is not, numerically (see
-    /// [`crate::linalg`]).
+    /// [`crate::num::linalg`]).
     #[error("{what}: matrix {index} of the batch is not positive definite (Cholesky pivot {pivot})")]
     NotPositiveDefinite {
         /// The operation.
@@ -103,10 +113,93 @@ pub enum Error {
     },
 }
 
-impl From<crate::metrics::MetricError> for Error {
-    fn from(e: crate::metrics::MetricError) -> Self {
-        Error::Metric(e.to_string())
-    }
+/// What was wrong with the input of a metric.
+///
+/// ```
+/// use weightspace::metrics::{rmse, MetricError};
+///
+/// let err = rmse(&[1.0, 2.0], &[1.0]).unwrap_err();
+/// assert!(matches!(err, MetricError::LengthMismatch { expected: 2, got: 1, .. }));
+/// assert_eq!(err.to_string(), "rmse: `y` has 1 values, expected 2");
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricError {
+    /// An input slice (or a dimension) is empty.
+    #[error("{metric}: `{what}` is empty")]
+    Empty {
+        /// The metric that was called.
+        metric: &'static str,
+        /// The argument that is empty.
+        what: &'static str,
+    },
+    /// Two inputs that must match in length do not.
+    #[error("{metric}: `{what}` has {got} values, expected {expected}")]
+    LengthMismatch {
+        /// The metric that was called.
+        metric: &'static str,
+        /// The argument with the wrong length.
+        what: &'static str,
+        /// The length it should have.
+        expected: usize,
+        /// The length it has.
+        got: usize,
+    },
+    /// A value is NaN or infinite where a finite number is needed.
+    #[error("{metric}: `{what}[{index}]` is {value}, expected a finite number")]
+    NonFinite {
+        /// The metric that was called.
+        metric: &'static str,
+        /// The argument holding the value.
+        what: &'static str,
+        /// Its flat index.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// Fewer values than the metric needs.
+    #[error("{metric}: `{what}` has {got} values, needs at least {needed}")]
+    TooFew {
+        /// The metric that was called.
+        metric: &'static str,
+        /// The argument that is too short.
+        what: &'static str,
+        /// How many values are needed.
+        needed: usize,
+        /// How many were given.
+        got: usize,
+    },
+    /// A class label is not below `n_classes`.
+    #[error("{metric}: `labels[{index}]` is {label}, but there are only {n_classes} classes")]
+    LabelOutOfRange {
+        /// The metric that was called.
+        metric: &'static str,
+        /// Index of the point.
+        index: usize,
+        /// The label found.
+        label: usize,
+        /// Number of classes.
+        n_classes: usize,
+    },
+    /// A row of class probabilities has a negative entry or does not sum to one.
+    #[error("{metric}: row {row} of `probs` is not a probability vector: {reason}")]
+    NotAProbability {
+        /// The metric that was called.
+        metric: &'static str,
+        /// Index of the row (the point).
+        row: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Any other invalid argument (a variance that is not positive, a level outside (0, 1), ...).
+    #[error("{metric}: invalid `{what}`: {reason}")]
+    InvalidArgument {
+        /// The metric that was called.
+        metric: &'static str,
+        /// The argument.
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
 }
 
 /// `std::result::Result` with [`Error`].

@@ -135,7 +135,7 @@ impl Kernels {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Epilogue, Product};
+    use crate::kernels::gemm::{Epilogue, Product};
 
     /// Rows of the result computed together in registers.
     const MR: usize = 6;

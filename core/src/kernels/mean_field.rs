@@ -6,9 +6,9 @@
 //! activation (each a full copy of an `(S, N, H)` buffer) with one forward and one backward that
 //! keep the activations in their own buffers.
 //!
-//! The noise is drawn exactly as [`crate::guide::sample_mean_field`] draws it (one `u64` from the
+//! The noise is drawn exactly as `vi::guide::sample_mean_field` draws it (one `u64` from the
 //! caller's generator per layer, and one stream per weight sample seeded from it, see
-//! [`crate::guide::sample_noise`]), so for a given seed the fused and the composed path see the
+//! [`super::normal::sample_noise`]), so for a given seed the fused and the composed path see the
 //! same weights (tested), and each thread draws the noise of its own samples. On AVX-512 CPUs the
 //! products run on [`super::gemm`]'s kernels with tanh and its derivative fused into them.
 
@@ -17,10 +17,9 @@ use std::any::{Any, TypeId};
 use dfdx::prelude::*;
 use rand::Rng;
 
-use super::{act_backward, act_forward};
-use crate::arch::{Activation, Architecture};
-use crate::params::NormalView;
-use crate::prior::Taped;
+use super::activation::Activation;
+use super::activation::{act_backward, act_forward};
+use crate::num::Taped;
 use crate::{Error, Real, Result};
 
 /// Whether `D` is the CPU, where the fused kernels of this module run.
@@ -33,8 +32,9 @@ fn same<A: 'static, B: 'static>(a: A) -> B {
     *(Box::new(a) as Box<dyn Any>).downcast::<B>().expect("the caller checked that the types are equal")
 }
 
+/// One dense layer as the kernel sees it: `i` inputs, `o` outputs, bias folded in.
 #[derive(Clone, Copy)]
-struct Layer {
+pub(crate) struct Layer {
     i: usize,
     o: usize,
     act: Activation,
@@ -43,8 +43,28 @@ struct Layer {
 }
 
 impl Layer {
+    /// A layer with `d_in` inputs, `d_out` outputs and activation `act`.
+    pub(crate) fn new(d_in: usize, d_out: usize, act: Activation) -> Self {
+        Layer { i: d_in, o: d_out, act, keep_z: matches!(act, Activation::Silu | Activation::Gelu) }
+    }
+
     fn weights(&self) -> usize {
         self.o * (self.i + 1)
+    }
+}
+
+/// The guide of one layer: locations and log scales of its `o · (i + 1)` weights, row-major
+/// `(o, i + 1)` with the bias last in each row.
+pub(crate) struct LayerGuide<E: Dtype, D: Storage<E>> {
+    /// `μ`.
+    pub loc: Tensor<(usize,), E, D>,
+    /// `ln σ`.
+    pub log_scale: Tensor<(usize,), E, D>,
+}
+
+impl<E: Dtype, D: Storage<E>> Clone for LayerGuide<E, D> {
+    fn clone(&self) -> Self {
+        LayerGuide { loc: self.loc.clone(), log_scale: self.log_scale.clone() }
     }
 }
 
@@ -85,15 +105,18 @@ struct Saved<E: Real> {
     loc: Vec<Vec<E>>,
     /// Per layer: `σ`, `(o, i + 1)`.
     sd: Vec<Vec<E>>,
-    /// Per layer: the seed of its noise (see [`crate::guide::sample_noise`]).
+    /// Per layer: the seed of its noise (see [`super::normal::sample_noise`]).
     seeds: Vec<u64>,
     parts: Vec<Part<E>>,
 }
 
 /// The fused mean-field forward pass, or `None` off the CPU (the caller composes dfdx ops then).
+///
+/// The caller has checked that `params` holds one guide of `layers[l].o · (layers[l].i + 1)`
+/// entries per layer and that `x` has `layers[0].i` columns.
 pub(crate) fn forward<E: Real, D: Device<E>>(
-    arch: &Architecture,
-    params: &[NormalView<E, D>],
+    layers: &[Layer],
+    params: &[LayerGuide<E, D>],
     x: &Tensor<(usize, usize), E, D>,
     s: usize,
     rng: &mut impl Rng,
@@ -101,37 +124,30 @@ pub(crate) fn forward<E: Real, D: Device<E>>(
     if !is_cpu::<E, D>() {
         return None;
     }
-    let params: Vec<NormalView<E, Cpu>> =
-        params.iter().map(|p| NormalView { loc: same(p.loc.clone()), log_scale: same(p.log_scale.clone()) }).collect();
+    let params: Vec<LayerGuide<E, Cpu>> =
+        params.iter().map(|p| LayerGuide { loc: same(p.loc.clone()), log_scale: same(p.log_scale.clone()) }).collect();
     let x: Tensor<(usize, usize), E, Cpu> = same(x.clone());
-    Some(forward_cpu(arch, &params, &x, s, rng, None).map(same))
+    Some(forward_cpu(layers, &params, &x, s, rng, None).map(same))
 }
 
-fn forward_cpu<E: Real>(
-    arch: &Architecture,
-    params: &[NormalView<E, Cpu>],
+/// [`forward`] on the CPU; `threads` overrides the automatic choice (tests).
+pub(crate) fn forward_cpu<E: Real>(
+    layers: &[Layer],
+    params: &[LayerGuide<E, Cpu>],
     x: &Tensor<(usize, usize), E, Cpu>,
     s: usize,
     rng: &mut impl Rng,
     threads: Option<usize>,
 ) -> Result<Taped<(usize, usize, usize), E, Cpu>> {
-    let layers: Vec<Layer> = arch
-        .layers
-        .iter()
-        .map(|l| Layer { i: l.d_in, o: l.d_out, act: l.activation, keep_z: matches!(l.activation, Activation::Silu | Activation::Gelu) })
-        .collect();
-    if params.len() != layers.len() {
-        return Err(Error::Shape { what: "guide (layers)".into(), expected: layers.len().to_string(), got: params.len().to_string() });
-    }
-    for (spec, p) in arch.layers.iter().zip(params) {
-        let want = spec.num_weights();
-        if p.loc.shape().0 != want || p.log_scale.shape().0 != want {
-            return Err(Error::Shape {
-                what: format!("guide of layer `{}`", spec.name),
-                expected: format!("{want} locations and scales"),
-                got: format!("{} and {}", p.loc.shape().0, p.log_scale.shape().0),
-            });
-        }
+    let layers = layers.to_vec();
+    if params.len() != layers.len()
+        || params.iter().zip(&layers).any(|(p, l)| p.loc.shape().0 != l.weights() || p.log_scale.shape().0 != l.weights())
+    {
+        return Err(Error::Shape {
+            what: "fused mean-field guide".into(),
+            expected: format!("{:?} locations and scales", layers.iter().map(Layer::weights).collect::<Vec<_>>()),
+            got: format!("{:?}", params.iter().map(|p| (p.loc.shape().0, p.log_scale.shape().0)).collect::<Vec<_>>()),
+        });
     }
     let n = x.shape().0;
     let mut tape: Option<OwnedTape<E, Cpu>> = None;
@@ -168,7 +184,7 @@ fn forward_cpu<E: Real>(
     let out: Tensor<(usize, usize, usize), E, Cpu> = dev.tensor_from_vec(outv, (s, n, k));
     let mut tape = tape.expect("an architecture has at least one layer");
     let out_c = out.clone();
-    let targets: Vec<NormalView<E, Cpu>> = params.to_vec();
+    let targets: Vec<LayerGuide<E, Cpu>> = params.to_vec();
     tape.add_backward_op(move |grads: &mut Gradients<E, Cpu>| {
         grads.try_alloc_for(&out_c)?;
         for p in &targets {
@@ -205,7 +221,7 @@ pub(crate) fn kl_normal<E: Real, D: Device<E>>(inputs: [Taped<(usize, usize), E,
         ts.push(same(t));
     }
     let v: Vec<Vec<E>> = ts.iter().map(|t| t.as_vec()).collect();
-    let (half, two) = (E::from_f64(0.5).unwrap(), E::from_f64(2.0).unwrap());
+    let (half, two) = (crate::num::cast::from_f64::<E>(0.5), crate::num::cast::from_f64::<E>(2.0));
     let mut kl = E::zero();
     // per entry: d = m − μ, r = s²/σ², u = d²/σ²
     let mut cache = Vec::with_capacity(v[0].len());
@@ -312,7 +328,7 @@ impl<E: Real> Saved<E> {
                 let Layer { i, o, act, keep_z } = *layer;
                 let pw = layer.weights();
                 let es = &mut eps[l][si * pw..(si + 1) * pw];
-                crate::guide::sample_noise(self.seeds[l], *first + si, es);
+                super::normal::sample_noise(self.seeds[l], *first + si, es);
                 let ws = &mut w[l][si * pw..(si + 1) * pw];
                 for (((w, e), m), sd) in ws.iter_mut().zip(es.iter()).zip(&self.loc[l]).zip(&self.sd[l]) {
                     *w = *m + *sd * *e;
@@ -321,7 +337,7 @@ impl<E: Real> Saved<E> {
                 let out = &mut rest[0][si * n * o..(si + 1) * n * o];
                 let h: &[E] = if l == 0 { &self.x } else { &done[l - 1][si * n * i..(si + 1) * n * i] };
                 // tanh is applied in the product's registers where the kernel can
-                let fused = super::sample_linear(n, i, o, h, ws, out, &mut scratch, act == Activation::Tanh);
+                let fused = super::dense::sample_linear(n, i, o, h, ws, out, &mut scratch, act == Activation::Tanh);
                 if keep_z {
                     z[l][si * n * o..(si + 1) * n * o].copy_from_slice(out);
                 }
@@ -393,7 +409,7 @@ impl<E: Real> Saved<E> {
                 }
                 let h: &[E] = if l == 0 { &self.x } else { &part.a[l - 1][si * n * i..(si + 1) * n * i] };
                 let dws = &mut dw[..pw];
-                super::sample_weight_grad(n, i, o, gs, h, dws, &mut scratch);
+                super::dense::sample_weight_grad(n, i, o, gs, h, dws, &mut scratch);
                 let es = &part.eps[l][si * pw..(si + 1) * pw];
                 for ((((dl, ds), d), e), sd) in dloc[l].iter_mut().zip(dls[l].iter_mut()).zip(dws.iter()).zip(es).zip(&self.sd[l]) {
                     *dl += *d;
@@ -404,7 +420,7 @@ impl<E: Real> Saved<E> {
                     // the previous layer's tanh derivative is applied in the product's registers
                     let prev = &part.a[l - 1][si * n * i..(si + 1) * n * i];
                     let tanh_of = (self.layers[l - 1].act == Activation::Tanh).then_some(prev);
-                    through_act = super::sample_input_grad(n, i, o, gs, ws, &mut g2[..n * i], tanh_of);
+                    through_act = super::dense::sample_input_grad(n, i, o, gs, ws, &mut g2[..n * i], tanh_of);
                     std::mem::swap(&mut g, &mut g2);
                 }
             }
@@ -416,15 +432,7 @@ impl<E: Real> Saved<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
     use rand::SeedableRng;
-
-    const PRIOR: NormalSpec =
-        NormalSpec { loc: Param::Fixed(0.0), scale: Param::Fixed(1.0), per: Granularity::Layer, fan_in_scaled: false };
-
-    const fn layer(name: &'static str, d_in: usize, d_out: usize, activation: Activation) -> LayerSpec {
-        LayerSpec { name, d_in, d_out, activation, prior: PRIOR, bias_prior: None }
-    }
 
     /// The fused KL: its value against the closed form, its gradients (all four inputs) against
     /// central finite differences, in f64.
@@ -459,85 +467,6 @@ mod tests {
                 };
                 let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
                 assert!((gk[j] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "input {k}, entry {j}: {} vs {fd}", gk[j]);
-            }
-        }
-    }
-
-    /// The fused op against `sample_mean_field` + `network::forward` (dfdx ops and the per-layer
-    /// dense op): same values and same gradients of every location and log scale, for every
-    /// activation (each in a hidden and in the output layer), with one and with three threads.
-    /// In f64 both paths use `matrixmultiply`; in f32 (on AVX-512 CPUs) the fused op applies tanh
-    /// and its derivative inside the products and the composed path does not, and the widths
-    /// (20 and 17) take every kernel branch.
-    #[test]
-    fn fused_mean_field_forward_matches_the_composed_path() {
-        check_fused_against_composed::<f64>(1e-12, 1e-10);
-        // f32: rounding of sums over at most 20 terms, and the tanh approximation (a few ulp)
-        check_fused_against_composed::<f32>(2e-5, 1e-4);
-    }
-
-    fn check_fused_against_composed<E: Real>(tol_value: f64, tol_grad: f64)
-    where
-        Cpu: Device<E>,
-    {
-        let dev = Cpu::default();
-        let acts = [
-            Activation::Identity,
-            Activation::Tanh,
-            Activation::Relu,
-            Activation::Sigmoid,
-            Activation::Softplus,
-            Activation::Silu,
-            Activation::Gelu,
-        ];
-        let e = |v: f64| E::from_f64(v).unwrap();
-        let f = |v: E| v.to_f64().unwrap();
-        for act in acts {
-            let layers: &'static [LayerSpec] =
-                Box::leak(vec![layer("a", 2, 20, act), layer("b", 20, 17, Activation::Tanh), layer("c", 17, 3, act)].into_boxed_slice());
-            let arch = Architecture {
-                name: "T",
-                layers,
-                likelihood_name: "y",
-                likelihood: LikelihoodSpec::Gaussian { scale: Param::Fixed(1.0), upper: None },
-            };
-            let mut init = rand::rngs::StdRng::seed_from_u64(7);
-            let params: Vec<NormalView<E, Cpu>> = layers
-                .iter()
-                .map(|l| {
-                    let p = l.num_weights();
-                    let loc: Vec<E> = (0..p).map(|_| e(init.gen_range(-0.5..0.5))).collect();
-                    let ls: Vec<E> = (0..p).map(|_| e(init.gen_range(-2.0..-0.5))).collect();
-                    NormalView { loc: dev.tensor_from_vec(loc, (p,)), log_scale: dev.tensor_from_vec(ls, (p,)) }
-                })
-                .collect();
-            let xv: Vec<E> = (0..14).map(|_| e(init.gen_range(-2.0..2.0))).collect();
-            let x = dev.tensor_from_vec(xv, (7usize, 2usize));
-            let s = 5;
-            // a loss with different weights per output entry, so that every path of the backward matters
-            let mix: Vec<E> = (0..s * 7 * 3).map(|_| e(init.gen_range(-1.0..1.0))).collect();
-            let mix = dev.tensor_from_vec(mix, (s, 7usize, 3usize));
-            let reference = {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-                let w = crate::guide::sample_mean_field(&arch, &params, s, &mut rng, true).unwrap();
-                let out = crate::network::forward(&arch, w, &x).unwrap();
-                let v = out.as_vec();
-                let g = (out * mix.clone()).sum().backward();
-                (v, params.iter().map(|p| (g.get(&p.loc).as_vec(), g.get(&p.log_scale).as_vec())).collect::<Vec<_>>())
-            };
-            for threads in [1, 3] {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-                let out = forward_cpu(&arch, &params, &x, s, &mut rng, Some(threads)).unwrap();
-                let v = out.as_vec();
-                for (a, b) in v.iter().zip(&reference.0) {
-                    assert!((f(*a) - f(*b)).abs() < tol_value * (1.0 + f(*b).abs()), "{act:?}, {threads} threads: output {a} vs {b}");
-                }
-                let g = (out * mix.clone()).sum().backward();
-                for (p, (rl, rs)) in params.iter().zip(&reference.1) {
-                    for (a, b) in g.get(&p.loc).as_vec().iter().zip(rl).chain(g.get(&p.log_scale).as_vec().iter().zip(rs)) {
-                        assert!((f(*a) - f(*b)).abs() < tol_grad * (1.0 + f(*b).abs()), "{act:?}, {threads} threads: gradient {a} vs {b}");
-                    }
-                }
             }
         }
     }

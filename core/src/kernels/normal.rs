@@ -13,7 +13,8 @@
 //! that is 8·10⁻⁹. Single draws ([`crate::Real::sample_standard_normal`]) and all `f64` draws use
 //! the ziggurat of `rand_distr`, which costs several times as much per draw.
 
-use rand::RngCore;
+use dfdx::prelude::{Device, Shape, Tensor};
+use rand::{Rng, RngCore};
 
 /// Draws per block.
 const BLOCK: usize = 32;
@@ -132,7 +133,7 @@ mod avx512 {
 
     /// One block, 16 lanes at a time.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block(bits: &[u32; super::BLOCK], z: &mut [f32; super::BLOCK]) {
+    pub(super) unsafe fn block(bits: &[u32; crate::kernels::normal::BLOCK], z: &mut [f32; crate::kernels::normal::BLOCK]) {
         let c = _mm512_set1_ps;
         let b1 = _mm512_loadu_si512(bits.as_ptr().cast());
         let b2 = _mm512_loadu_si512(bits.as_ptr().add(16).cast());
@@ -200,6 +201,41 @@ mod avx512 {
         let co = _mm512_fmadd_ps(_mm512_mul_ps(pc, z), z, _mm512_fmadd_ps(z, c(-0.5), c(1.0)));
         (s, co)
     }
+}
+
+/// Draws `n` standard-normal values on the host and moves them to `dev` in one transfer.
+///
+/// The draws come from a xoshiro256++ generator seeded from `rng` (one `u64` per call): fast,
+/// reproducible from the caller's seed, and drawn directly in the dtype `E`. `f32` draws come from
+/// a bulk Box–Muller transform of 24-bit uniforms, so they never exceed `√(48 ln 2) ≈ 5.77` in
+/// absolute value (the normal's mass beyond is 8·10⁻⁹); `f64` draws from `rand_distr`'s ziggurat.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// let dev = Cpu::default();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let eps: Tensor<(usize, usize), f32, Cpu> = weightspace::guide::standard_normal(&dev, &mut rng, (64usize, 64usize));
+/// let v = eps.as_vec();
+/// let mean = v.iter().sum::<f32>() / v.len() as f32;
+/// assert!(mean.abs() < 4.5 / 64.0); // 4.5 standard errors of the mean of 4096 draws
+/// assert!(v.iter().all(|z| z.abs() < 5.78));
+/// ```
+pub fn standard_normal<E: crate::Real, D: Device<E>, S: Shape>(dev: &D, rng: &mut impl Rng, shape: S) -> Tensor<S, E, D> {
+    use rand::SeedableRng;
+    let n = shape.num_elements();
+    let mut fast = rand::rngs::SmallRng::seed_from_u64(rng.next_u64());
+    let mut v = vec![E::zero(); n];
+    E::fill_standard_normal(&mut fast, &mut v);
+    dev.tensor_from_vec(v, shape)
+}
+
+/// Fills `out` with the standard-normal noise of weight sample `sample` of a layer whose draw was
+/// seeded with `seed`: a xoshiro256++ stream seeded from `seed + sample`, so that every sample's
+/// noise can be drawn on its own (on any thread) and still be the same for a given seed.
+pub(crate) fn sample_noise<E: crate::Real>(seed: u64, sample: usize, out: &mut [E]) {
+    use rand::SeedableRng;
+    let mut fast = rand::rngs::SmallRng::seed_from_u64(seed.wrapping_add(sample as u64));
+    E::fill_standard_normal(&mut fast, out);
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! | [`check_two_sample`] | `x` and `y` have one distribution | energy distance | permutations (seeded) |
 //!
 //! For correlated draws (MCMC) pass [`Draws::chains`] / [`VectorDraws::chains`]: the standard
-//! errors then use the ESS of [`super::diagnostics::ess_mean`] computed on the chains of the
+//! errors then use the ESS of [`crate::num::diagnostics::ess_mean`] computed on the chains of the
 //! relevant statistic (the draws, their squared deviations, or their cross-products), as in
 //! Vehtari et al. (2021). The KS and energy tests assume independent draws: thin MCMC output to
 //! about one draw per effective sample first.
@@ -68,9 +68,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use thiserror::Error;
 
-use super::dense::Matrix;
-use super::diagnostics::{ess_mean, DiagnosticsError};
-use super::special::{kolmogorov_sf, student_t_cdf, student_t_quantile};
+use crate::num::dense::Matrix;
+use crate::num::diagnostics::{ess_mean, DiagnosticsError};
+use crate::num::special::{kolmogorov_sf, student_t_cdf, student_t_quantile};
 
 /// The record of one statistical test.
 ///
@@ -223,6 +223,12 @@ pub enum InferenceTestError {
         #[source]
         source: DiagnosticsError,
     },
+}
+
+impl From<InferenceTestError> for crate::Error {
+    fn from(e: InferenceTestError) -> Self {
+        crate::Error::Testing(e.to_string())
+    }
 }
 
 type Result<T> = std::result::Result<T, InferenceTestError>;
@@ -431,7 +437,7 @@ fn t_outcome(test: &'static str, estimate: f64, expected: f64, se: f64, ess: f64
 /// Tests `E[x] = expected` with a t-test whose standard error is the MCSE `sd / √ESS`.
 ///
 /// For independent draws ESS = n and this is the one-sample t-test; for chains the ESS is
-/// estimated ([`super::diagnostics::ess_mean`]). Needs at least 2 independent draws, or chains
+/// estimated ([`crate::num::diagnostics::ess_mean`]). Needs at least 2 independent draws, or chains
 /// of at least 6 draws each.
 ///
 /// ```
@@ -867,8 +873,8 @@ pub fn assert_two_sample(x: &[Vec<f64>], y: &[Vec<f64>], alpha: f64, settings: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::num::special::normal_cdf;
     use crate::testing::reference::Gaussian;
-    use crate::testing::special::normal_cdf;
     use rand::Rng;
     use rand_distr::StandardNormal;
 

@@ -11,7 +11,7 @@
 //! | [`diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021) |
 //! | [`plot`] | PNG rank histograms and reliability diagrams |
 //! | [`dense`], [`special`] | the small linear algebra and special functions underneath |
-//! | [`crate::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
+//! | [`crate::predict::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
 //!
 //! # How to write an inference test
 //!
@@ -148,12 +148,16 @@
 //! with the exact posterior sampler and with an over-confident one, and prints both p-values.
 
 pub mod assert;
-pub mod dense;
-pub mod diagnostics;
 pub mod plot;
 pub mod reference;
 pub mod sbc;
-pub mod special;
+
+/// Dense host matrices (re-exported from the numerics layer).
+pub use crate::num::dense;
+/// MCMC diagnostics (re-exported from the numerics layer).
+pub use crate::num::diagnostics;
+/// Special functions (re-exported from the numerics layer).
+pub use crate::num::special;
 
 pub use assert::{
     assert_covariance, assert_ks, assert_mean, assert_two_sample, assert_variance, check_covariance, check_ks, check_mean,

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use thiserror::Error;
 
-use super::sbc::SbcReport;
-use crate::metrics::ReliabilityBin;
+use crate::predict::metrics::ReliabilityBin;
 
 /// Why a plot could not be written.
 ///
@@ -46,6 +45,12 @@ pub enum PlotError {
     },
 }
 
+impl From<PlotError> for crate::Error {
+    fn from(e: PlotError) -> Self {
+        crate::Error::Testing(e.to_string())
+    }
+}
+
 fn drawing<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
     move |e| PlotError::Drawing { path: path.to_path_buf(), message: e.to_string() }
 }
@@ -57,20 +62,12 @@ fn drawing<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
 /// grey band is its 99% binomial interval: a calibrated sampler's bars stay mostly inside it.
 /// The image is 320×240 pixels per panel.
 ///
-/// ```
-/// use weightspace_core::testing::plot::write_rank_histogram_png;
-/// use weightspace_core::testing::sbc::SbcReport;
-///
-/// let report = SbcReport::from_ranks(vec![(0..100).map(|r| r % 20).collect()], 19, 5)?;
-/// let path = std::env::temp_dir().join("weightspace_doc_ranks.png");
-/// write_rank_histogram_png(&report, &path)?;
-/// assert!(std::fs::metadata(&path)?.len() > 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn write_rank_histogram_png(report: &SbcReport, path: impl AsRef<Path>) -> Result<(), PlotError> {
-    let path = path.as_ref();
-    let n_params = report.n_params();
-    if n_params == 0 || report.n_replicates() == 0 {
+/// `histograms[p][b]` are the counts of parameter `p`'s ranks (in `0..=n_draws`) in bin `b`, over
+/// `replicates` replicates. Users call it through
+/// [`SbcReport::write_rank_histogram_png`](super::sbc::SbcReport::write_rank_histogram_png).
+pub(crate) fn write_rank_histogram_png(histograms: &[Vec<usize>], n_draws: usize, replicates: usize, path: &Path) -> Result<(), PlotError> {
+    let n_params = histograms.len();
+    if n_params == 0 || replicates == 0 {
         return Err(PlotError::Empty { what: "the SBC report" });
     }
     let cols = (n_params as f64).sqrt().ceil() as usize;
@@ -78,14 +75,14 @@ pub fn write_rank_histogram_png(report: &SbcReport, path: impl AsRef<Path>) -> R
     let root = BitMapBackend::new(path, (320 * cols as u32, 240 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(drawing(path))?;
     let panels = root.split_evenly((rows, cols));
-    let values = (report.n_draws + 1) as f64;
-    let total = report.n_replicates() as f64;
-    for (p, hist) in report.histograms.iter().enumerate() {
+    let values = (n_draws + 1) as f64;
+    let total = replicates as f64;
+    for (p, hist) in histograms.iter().enumerate() {
         let n_bins = hist.len();
         // expected count and 99% band per bin (bins may differ in width)
         let mut width = vec![0usize; n_bins];
-        for r in 0..=report.n_draws {
-            width[r * n_bins / (report.n_draws + 1)] += 1;
+        for r in 0..=n_draws {
+            width[r * n_bins / (n_draws + 1)] += 1;
         }
         let expect: Vec<(f64, f64)> = width
             .iter()
@@ -172,6 +169,7 @@ pub fn write_reliability_diagram_png(bins: &[ReliabilityBin], path: impl AsRef<P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::sbc::SbcReport;
 
     fn is_png(path: &Path) -> bool {
         std::fs::read(path).map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n")).unwrap_or(false)
@@ -184,9 +182,9 @@ mod tests {
         let ranks = vec![(0..200).map(|r| r % 100).collect(), (0..200).map(|r| r % 7).collect()];
         let report = SbcReport::from_ranks(ranks, 99, 10).unwrap();
         let p = dir.join("ranks.png");
-        write_rank_histogram_png(&report, &p).unwrap();
+        report.write_rank_histogram_png(&p).unwrap();
         assert!(is_png(&p));
-        let bins = crate::metrics::reliability_diagram(&[0.8, 0.2, 0.55, 0.45], 2, &[0, 1], 10).unwrap();
+        let bins = crate::predict::metrics::reliability_diagram(&[0.8, 0.2, 0.55, 0.45], 2, &[0, 1], 10).unwrap();
         let p = dir.join("rel.png");
         write_reliability_diagram_png(&bins, &p).unwrap();
         assert!(is_png(&p));

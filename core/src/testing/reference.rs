@@ -31,8 +31,8 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use thiserror::Error;
 
-use super::dense::{Cholesky, DenseError, Matrix};
-use crate::metrics::logsumexp;
+use crate::num::dense::{Cholesky, DenseError, Matrix};
+use crate::predict::metrics::logsumexp;
 
 /// Why a reference could not be built or evaluated.
 ///
@@ -65,6 +65,12 @@ pub enum ReferenceError {
         /// Why it is invalid.
         reason: String,
     },
+}
+
+impl From<ReferenceError> for crate::Error {
+    fn from(e: ReferenceError) -> Self {
+        crate::Error::Testing(e.to_string())
+    }
 }
 
 type Result<T> = std::result::Result<T, ReferenceError>;
@@ -170,7 +176,7 @@ impl Gaussian {
     /// Marginal CDF of coordinate `i` at `x` (for one-dimensional distribution tests).
     pub fn marginal_cdf(&self, i: usize, x: f64) -> f64 {
         let sd = self.covariance[(i, i)].sqrt();
-        super::special::normal_cdf((x - self.mean[i]) / sd)
+        crate::num::special::normal_cdf((x - self.mean[i]) / sd)
     }
 
     /// One draw `mean + L z`, `z ~ N(0, I)`.

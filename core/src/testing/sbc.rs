@@ -40,7 +40,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use thiserror::Error;
 
 use super::assert::TestOutcome;
-use super::special::chi_square_sf;
+use crate::num::special::chi_square_sf;
 
 /// The boundary to an inference routine under test: given simulated data, return posterior
 /// draws of the scalar parameters.
@@ -169,6 +169,12 @@ pub enum SbcError {
     },
 }
 
+impl From<SbcError> for crate::Error {
+    fn from(e: SbcError) -> Self {
+        crate::Error::Testing(e.to_string())
+    }
+}
+
 /// Ranks and uniformity tests of an SBC run.
 ///
 /// ```
@@ -291,10 +297,24 @@ impl SbcReport {
         }
     }
 
-    /// Writes a rank-histogram PNG (one panel per parameter); see
-    /// [`super::plot::write_rank_histogram_png`].
+    /// Writes a rank-histogram PNG.
+    ///
+    /// Panels are laid out in a grid, one per parameter, left to right and top to bottom. In each,
+    /// blue bars are the bin counts, the black line is the expected count under uniformity, and the
+    /// grey band is its 99% binomial interval: a calibrated sampler's bars stay mostly inside it.
+    /// The image is 320×240 pixels per panel.
+    ///
+    /// ```
+    /// use weightspace::testing::SbcReport;
+    ///
+    /// let report = SbcReport::from_ranks(vec![(0..100).map(|r| r % 20).collect()], 19, 5)?;
+    /// let path = std::env::temp_dir().join("weightspace_doc_ranks.png");
+    /// report.write_rank_histogram_png(&path)?;
+    /// assert!(std::fs::metadata(&path)?.len() > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_rank_histogram_png(&self, path: impl AsRef<std::path::Path>) -> Result<(), super::plot::PlotError> {
-        super::plot::write_rank_histogram_png(self, path)
+        super::plot::write_rank_histogram_png(&self.histograms, self.n_draws, self.n_replicates(), path.as_ref())
     }
 }
 

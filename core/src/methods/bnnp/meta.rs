@@ -1,0 +1,322 @@
+//! Meta-learning: learn the prior, the inference networks and the noise across many tasks.
+//!
+//! The details are in the docs of [`MetaLearner`].
+
+use std::path::PathBuf;
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::guide::{AmortisedGuide, ForwardOptions};
+use super::objective::{split_task, task_terms, TaskObjective};
+use super::params::{linear_lr, Adam, AdamSettings};
+use super::tasks::TaskSource;
+use crate::vi::prior::Taped;
+use crate::{Error, Real, Result};
+
+/// Where and how often [`MetaLearner::run`] writes checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpointing {
+    /// File to (over)write, in safetensors format.
+    pub path: PathBuf,
+    /// Write every this many steps, and after the last one.
+    pub every: usize,
+}
+
+/// Settings of a [`MetaLearner`]. Plain data: override with `..Default::default()`.
+///
+/// ```
+/// use weightspace::bnnp::{MetaConfig, TaskObjective};
+/// let cfg = MetaConfig { steps: 500, objective: TaskObjective::PpAvi { beta: 0.1 }, ..Default::default() };
+/// assert_eq!(cfg.tasks_per_step, 5);
+/// assert_eq!(cfg.lr_end, Some(1e-4));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaConfig {
+    /// Optimisation steps. Default 1000.
+    pub steps: usize,
+    /// Tasks averaged per step. Default 5 (the paper's batch).
+    pub tasks_per_step: usize,
+    /// Weight samples per task. Default 8 (the paper uses 32 for its 1-D experiments).
+    pub samples: usize,
+    /// Adam settings; `adam.lr` is the initial learning rate. Default 3e-3.
+    pub adam: AdamSettings,
+    /// Decay the learning rate linearly to this value by the last step (`None`: constant).
+    /// Default 1e-4.
+    pub lr_end: Option<f64>,
+    /// The per-task objective. Default PP-AVI with `β = 1`.
+    pub objective: TaskObjective,
+    /// Range of the context fraction `p ~ U[lo, hi]` of each task's random split. Default
+    /// `(0.1, 0.5)`.
+    pub context_fraction: (f64, f64),
+    /// Fold each task's context in chunks of this many points (see
+    /// [`ForwardOptions::chunk`]). Default `None`.
+    pub chunk: Option<usize>,
+    /// Seed for tasks, splits and Monte-Carlo noise.
+    pub seed: u64,
+    /// Show a progress bar (on stderr; hidden when it is not a terminal).
+    pub progress: bool,
+    /// Record the terms every this many steps (and at the last step). Default 10.
+    pub record_every: usize,
+    /// Periodic checkpoints. Default none.
+    pub checkpoint: Option<Checkpointing>,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            tasks_per_step: 5,
+            samples: 8,
+            adam: AdamSettings { lr: 3e-3, ..Default::default() },
+            lr_end: Some(1e-4),
+            objective: TaskObjective::default(),
+            context_fraction: (0.1, 0.5),
+            chunk: None,
+            seed: 0,
+            progress: true,
+            record_every: 10,
+            checkpoint: None,
+        }
+    }
+}
+
+impl MetaConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::config("MetaConfig::steps", 0, "at least one step is needed"));
+        }
+        if self.tasks_per_step == 0 {
+            return Err(Error::config("MetaConfig::tasks_per_step", 0, "at least one task per step is needed"));
+        }
+        if self.samples == 0 {
+            return Err(Error::config("MetaConfig::samples", 0, "at least one weight sample is needed"));
+        }
+        if !(self.adam.lr.is_finite() && self.adam.lr > 0.0) {
+            return Err(Error::config("MetaConfig::adam.lr", self.adam.lr, "must be finite and > 0"));
+        }
+        if let Some(end) = self.lr_end {
+            if !(end.is_finite() && end >= 0.0) {
+                return Err(Error::config("MetaConfig::lr_end", end, "must be finite and >= 0"));
+            }
+        }
+        let (lo, hi) = self.context_fraction;
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 1.0) {
+            return Err(Error::config("MetaConfig::context_fraction", format!("({lo}, {hi})"), "needs 0 <= lo <= hi <= 1"));
+        }
+        if self.record_every == 0 {
+            return Err(Error::config("MetaConfig::record_every", 0, "must be >= 1"));
+        }
+        if let Some(c) = &self.checkpoint {
+            if c.every == 0 {
+                return Err(Error::config("Checkpointing::every", 0, "must be >= 1"));
+            }
+        }
+        if self.chunk == Some(0) {
+            return Err(Error::config("MetaConfig::chunk", 0, "chunks need at least one point"));
+        }
+        self.objective.validate()
+    }
+}
+
+/// Task-averaged terms of one meta-training step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetaRecord {
+    /// Step index.
+    pub step: usize,
+    /// Mean objective over the step's tasks.
+    pub objective: f64,
+    /// Mean expected context log-likelihood.
+    pub ctx_ell: f64,
+    /// Mean log joint target predictive.
+    pub tgt_lpp: f64,
+    /// Mean KL.
+    pub kl: f64,
+    /// Noise sd after the step.
+    pub noise: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// What [`MetaLearner::run`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaReport {
+    /// Recorded steps.
+    pub history: Vec<MetaRecord>,
+    /// Steps taken.
+    pub steps: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl MetaReport {
+    /// Mean objective over the last `k` records.
+    pub fn final_objective(&self, k: usize) -> f64 {
+        let tail = &self.history[self.history.len().saturating_sub(k.max(1))..];
+        tail.iter().map(|r| r.objective).sum::<f64>() / tail.len().max(1) as f64
+    }
+}
+
+/// A progress bar for meta-learning loops (on stderr; hidden when disabled or when stderr is not
+/// a terminal). A thin wrapper, so custom meta-learners need no extra dependency.
+#[derive(Debug, Clone)]
+pub struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    /// A bar over `steps` steps, labelled `prefix`; `enabled = false` hides it.
+    pub fn new(steps: usize, enabled: bool, prefix: &str) -> Self {
+        let bar = if enabled { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(prefix.to_string());
+        Self(bar)
+    }
+    /// Advances by one step.
+    pub fn inc(&self) {
+        self.0.inc(1);
+    }
+    /// Sets the position.
+    pub fn set_position(&self, step: usize) {
+        self.0.set_position(step as u64);
+    }
+    /// Sets the message shown after the bar.
+    pub fn message(&self, msg: String) {
+        self.0.set_message(msg);
+    }
+    /// Prints a line above the bar.
+    pub fn println(&self, line: String) {
+        self.0.println(line);
+    }
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+    /// Leaves the bar where it stopped (after an error).
+    pub fn abandon(&self) {
+        self.0.abandon();
+    }
+}
+
+/// The standard meta-learning loop: learns the prior, the inference networks and the noise across
+/// many tasks.
+///
+/// [`MetaLearner`] is the standard loop: per step it draws `tasks_per_step` tasks from a
+/// [`TaskSource`], splits each at random into context and targets, averages the chosen
+/// [`TaskObjective`]'s loss over the tasks and takes one Adam step with a linearly decaying learning
+/// rate. Custom meta-learners are built from the same pieces: [`split_task`](super::split_task),
+/// [`task_terms`](super::task_terms), [`Adam`], [`linear_lr`] and
+/// [`AmortisedGuide::save`](super::AmortisedGuide::save).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 8, Relu>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<8, 1>, #[likelihood(upper = 0.2)] noise: Gaussian<Learned<0.05>> }
+/// let dev = Cpu::default();
+/// let mut guide = Net::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 20), ..Default::default() });
+/// let mut meta = MetaLearner::new(MetaConfig { steps: 5, progress: false, record_every: 1, ..Default::default() })?;
+/// let report = meta.run(&mut guide, &mut tasks)?;
+/// assert_eq!(report.history.len(), 5);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct MetaLearner<E: Dtype, D: Storage<E>> {
+    cfg: MetaConfig,
+    opt: Adam<E, D>,
+    rng: StdRng,
+    step: usize,
+}
+
+impl<E: Real, D: Device<E>> MetaLearner<E, D> {
+    /// A learner at step 0.
+    pub fn new(cfg: MetaConfig) -> Result<Self> {
+        cfg.validate()?;
+        let opt = Adam::new(cfg.adam);
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Ok(Self { cfg, opt, rng, step: 0 })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MetaConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    /// One step: draw, split and evaluate `tasks_per_step` tasks, then one Adam update. On a
+    /// non-finite loss or gradient the guide keeps its previous parameters and
+    /// [`Error::Diverged`] is returned.
+    pub fn step(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaRecord> {
+        let cfg = &self.cfg;
+        let lr = linear_lr(cfg.adam.lr, cfg.lr_end, self.step, cfg.steps);
+        self.opt.settings.lr = lr;
+        let dev = guide.store().device().clone();
+        let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk };
+        let t = cfg.tasks_per_step;
+        let mut total: Option<Taped<(), E, D>> = None;
+        let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr };
+        for _ in 0..t {
+            let task = source.next_task(&dev, &mut self.rng)?;
+            let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut self.rng)?;
+            let terms = task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut self.rng)?;
+            rec.objective += terms.objective / t as f64;
+            rec.ctx_ell += terms.ctx_ell / t as f64;
+            rec.tgt_lpp += terms.tgt_lpp / t as f64;
+            rec.kl += terms.kl / t as f64;
+            let l = terms.loss * crate::num::cast::from_f64::<E>(1.0 / t as f64);
+            total = crate::vi::prior::add_term(total, l);
+        }
+        if !rec.objective.is_finite() {
+            return Err(Error::Diverged { step: self.step, what: format!("objective ({})", rec.objective) });
+        }
+        let mut grads = total.expect("at least one task").backward();
+        let backup = guide.store().clone();
+        self.opt.step(guide.store_mut(), &mut grads)?;
+        if !guide.store().all_finite() {
+            *guide.store_mut() = backup;
+            return Err(Error::Diverged { step: self.step, what: "a parameter after the Adam update".into() });
+        }
+        rec.noise = guide.noise_scale();
+        self.step += 1;
+        Ok(rec)
+    }
+
+    /// Runs the remaining steps (up to `steps`), with a progress bar and checkpoints.
+    pub fn run(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaReport> {
+        let start = std::time::Instant::now();
+        let steps = self.cfg.steps;
+        let bar = Progress::new(steps, self.cfg.progress, "meta");
+        bar.set_position(self.step);
+        let mut history = Vec::new();
+        let first = self.step;
+        while self.step < steps {
+            let rec = match self.step(guide, source) {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e);
+                }
+            };
+            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps {
+                bar.message(format!("objective {:.2}  σ_y {:.3}", rec.objective, rec.noise));
+                history.push(rec);
+            }
+            if let Some(c) = &self.cfg.checkpoint {
+                if self.step.is_multiple_of(c.every) || self.step == steps {
+                    guide.save(&c.path)?;
+                }
+            }
+            bar.inc();
+        }
+        bar.finish();
+        Ok(MetaReport { history, steps: self.step - first, seconds: start.elapsed().as_secs_f64() })
+    }
+}

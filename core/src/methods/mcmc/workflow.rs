@@ -1,0 +1,428 @@
+//! The SYM-MCMC workflow (Wiese et al. 2023; ALGORITHMS.md §4) as one call: `ρ` chains from
+//! random initialisations, `W` warm-up steps and a few draws per chain, pooled and canonicalised,
+//! then the posterior predictive, the mean test LPPD and convergence diagnostics.
+
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+
+use super::chees::{sample_many_chains, ManyChainRun, ManyChainSettings};
+use super::nuts::{sample_nuts, NutsSettings};
+use super::target::{BnnPosterior, NoisePrior};
+use super::GaussianWeightPrior;
+use crate::model::arch::Architecture;
+use crate::model::bnn::{Bnn, Weights};
+use crate::model::data::Dataset;
+use crate::num::diagnostics::{ess_bulk, rhat};
+use crate::vi::bnn_ext::BnnExt;
+use crate::{Error, Real, Result};
+
+/// Maps weight samples to one representative of their symmetry class (the reference set `S₁`).
+///
+/// The symmetry module provides the exact tanh canonicalisation (sign flips, then sorting by
+/// bias); [`NoCanonicalisation`] is the identity. Closures `Fn(&Architecture, &Weights) ->
+/// Result<Weights>` implement it too.
+pub trait Canonicalise<E: Real, D: Device<E>> {
+    /// Canonicalises every sample of `weights`; must not change the network function.
+    fn canonicalise(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>>;
+}
+
+/// The identity map: a stand-in until a real canonicalisation is plugged in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCanonicalisation;
+
+impl<E: Real, D: Device<E>> Canonicalise<E, D> for NoCanonicalisation {
+    fn canonicalise(&self, _arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>> {
+        Ok(weights.clone())
+    }
+}
+
+impl<E: Real, D: Device<E>, F: Fn(&Architecture, &Weights<E, D>) -> Result<Weights<E, D>>> Canonicalise<E, D> for F {
+    fn canonicalise(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>> {
+        self(arch, weights)
+    }
+}
+
+/// Which sampler runs the chains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainSampler {
+    /// All chains together in the batched ChEES-HMC sampler (the fast path).
+    ManyChain(ManyChainSettings),
+    /// Each chain on its own with NUTS (nuts-rs), one after the other, as in the paper.
+    Nuts(NutsSettings),
+}
+
+/// How chains start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChainInit {
+    /// Every coordinate (weights and `ln σ`) uniform on `(−a, a)`.
+    Uniform(f64),
+    /// Weights from the prior (the model's, or [`SymMcmcSettings::weight_prior`]), `ln σ = 0`.
+    Prior,
+}
+
+/// Settings of [`sym_mcmc`].
+///
+/// ```
+/// use weightspace::mcmc::SymMcmcSettings;
+/// let s = SymMcmcSettings::default();
+/// assert_eq!((s.chains, s.warmup, s.draws_per_chain), (1274, 1024, 1));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymMcmcSettings {
+    /// Number of chains `ρ` (see [`super::chains_needed`]). Default 1274.
+    pub chains: usize,
+    /// Warm-up steps per chain `W`. Default 1024.
+    pub warmup: usize,
+    /// Draws kept per chain. Default 1.
+    pub draws_per_chain: usize,
+    /// The sampler; its own warm-up and draw counts are overridden by the two fields above.
+    /// Default the many-chain sampler with its defaults.
+    pub sampler: ChainSampler,
+    /// Initialisation. Default `Uniform(2.0)`.
+    pub init: ChainInit,
+    /// Noise treatment. Default HalfNormal(1).
+    pub noise: NoisePrior,
+    /// The weight prior; `None` (the default) uses the model's own priors. Set it to sample under
+    /// a meta-learned prior ([`crate::methods::bnnp::AmortisedGuide::weight_prior`]); [`ChainInit::Prior`]
+    /// then draws from it too.
+    pub weight_prior: Option<GaussianWeightPrior>,
+    /// Threads for the fused CPU log density (0: all cores). Default 1.
+    pub threads: usize,
+    /// Seed (initial positions, sampler seeds).
+    pub seed: u64,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl Default for SymMcmcSettings {
+    fn default() -> Self {
+        Self {
+            chains: 1274,
+            warmup: 1024,
+            draws_per_chain: 1,
+            sampler: ChainSampler::ManyChain(ManyChainSettings::default()),
+            init: ChainInit::Uniform(2.0),
+            noise: NoisePrior::default(),
+            weight_prior: None,
+            threads: 1,
+            seed: 0,
+            progress: false,
+        }
+    }
+}
+
+/// Mean test LPPD with its standard error over test points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lppd {
+    /// `(1/n) Σ_i ln((1/S) Σ_s p(y_i | θ_s))`, by logsumexp, no point dropped.
+    pub mean: f64,
+    /// Standard error of `mean` over test points.
+    pub se: f64,
+    /// Per-point values.
+    pub pointwise: Vec<f64>,
+}
+
+/// Mean LPPD from a row-major `(S, N)` matrix of log-likelihoods (logsumexp over samples; a
+/// sample whose likelihood underflows only contributes zero, and no point is dropped).
+///
+/// ```
+/// use weightspace::mcmc::lppd;
+/// // two samples, two points: ln((e^{-1} + e^{-3})/2) and ln((e^{-2} + e^{-2})/2)
+/// let l = lppd(&[-1.0, -2.0, -3.0, -2.0], 2, 2)?;
+/// let p0 = ((-1f64).exp() + (-3f64).exp()).ln() - 2f64.ln();
+/// assert!((l.pointwise[0] - p0).abs() < 1e-12 && (l.pointwise[1] + 2.0).abs() < 1e-12);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn lppd(loglik: &[f64], s: usize, n: usize) -> Result<Lppd> {
+    let pointwise = crate::predict::metrics::pointwise_log_predictive_density(loglik, s, n)?;
+    let (mean, se) = if n >= 2 { crate::predict::metrics::mean_and_se(&pointwise)? } else { (pointwise[0], f64::NAN) };
+    Ok(Lppd { mean, se, pointwise })
+}
+
+/// Convergence diagnostics over chains (needs at least 4 draws per chain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainDiagnostics {
+    /// Largest rank-normalised split R-hat of the network outputs at the evaluation inputs.
+    pub max_rhat_function: f64,
+    /// Smallest bulk ESS of those outputs.
+    pub min_ess_function: f64,
+    /// Largest R-hat of the canonicalised weights (and `ln σ`).
+    pub max_rhat_weights: f64,
+    /// Smallest bulk ESS of the canonicalised weights.
+    pub min_ess_weights: f64,
+}
+
+/// Posterior predictive of a Gaussian model at some inputs, with each draw's own σ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PosteriorPredictive {
+    /// Predictive mean per input.
+    pub mean: Vec<f64>,
+    /// Predictive standard deviation (network spread plus noise) per input.
+    pub std: Vec<f64>,
+    /// Standard deviation of the network output alone.
+    pub f_std: Vec<f64>,
+}
+
+/// Which sampler produced a [`SymMcmcRun`], with its own report.
+#[derive(Debug, Clone)]
+pub enum SamplerReport {
+    /// The batched sampler's report (its draws are also in [`SymMcmcRun::draws`]).
+    ManyChain(Box<ManyChainRun>),
+    /// Per chain: divergences after warm-up, mean tree depth, final step size.
+    Nuts(Vec<(usize, f64, f64)>),
+}
+
+/// The output of [`sym_mcmc`].
+#[derive(Debug, Clone)]
+pub struct SymMcmcRun {
+    /// Raw draws `[chain][draw]` (positions: weights, then `ln σ` when sampled).
+    pub draws: Vec<Vec<Vec<f64>>>,
+    /// The same draws with canonicalised weights.
+    pub canonical: Vec<Vec<Vec<f64>>>,
+    /// Number of weights in a position.
+    pub num_weights: usize,
+    /// Whether `ln σ` is the last coordinate.
+    pub samples_noise: bool,
+    /// Divergences after warm-up, over all chains.
+    pub divergences: usize,
+    /// Positions evaluated (gradient evaluations) over the run.
+    pub gradient_evaluations: u64,
+    /// Seconds spent sampling (not canonicalising).
+    pub seconds: f64,
+    /// The sampler's own report.
+    pub report: SamplerReport,
+}
+
+/// Runs the SYM-MCMC workflow on `model` and training data `train`, canonicalising the pooled
+/// draws with `canon`. The model's own priors are used (so learned or meta-learned prior
+/// parameters carry over); the noise gets [`SymMcmcSettings::noise`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, NoCanonicalisation, SymMcmcSettings};
+/// #[bnn]
+/// struct F1 { #[layer(prior = Normal(0.0, 1.0))] hidden: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let table = weightspace::mcmc::data::sinusoidal(60, 0).standardise().0;
+/// let (train, test) = table.split(0.8, 0)?;
+/// let (train, test) = (train.to_dataset::<f32, _>(&dev)?, test.to_dataset::<f32, _>(&dev)?);
+/// let model = F1::<f32, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 16, warmup: 200, draws_per_chain: 4, ..Default::default() };
+/// let run = sym_mcmc(&model, &train, &settings, &NoCanonicalisation)?;
+/// let lppd = run.lppd(&model, &test)?;
+/// assert!(lppd.mean.is_finite() && lppd.se > 0.0);
+/// assert_eq!(run.pooled().len(), 64);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    model: &M,
+    train: &Dataset<E, D>,
+    settings: &SymMcmcSettings,
+    canon: &impl Canonicalise<E, D>,
+) -> Result<SymMcmcRun> {
+    if settings.chains == 0 {
+        return Err(Error::config("SymMcmcSettings::chains", 0, "at least one chain is needed"));
+    }
+    if settings.draws_per_chain == 0 {
+        return Err(Error::config("SymMcmcSettings::draws_per_chain", 0, "at least one draw per chain is needed"));
+    }
+    let mut post = BnnPosterior::new(model, train, settings.noise)?.threads(settings.threads);
+    if let Some(prior) = &settings.weight_prior {
+        post = post.with_weight_prior(prior.clone())?;
+    }
+    let dim = super::target::BatchLogDensity::dim(&post);
+    let p = post.num_weights();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
+    let init: Vec<Vec<f64>> = match settings.init {
+        ChainInit::Uniform(a) => {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(Error::config("ChainInit::Uniform", a, "the half-width must be positive and finite"));
+            }
+            (0..settings.chains).map(|_| (0..dim).map(|_| rng.gen_range(-a..a)).collect()).collect()
+        }
+        ChainInit::Prior => {
+            let w = match &settings.weight_prior {
+                Some(prior) => (0..settings.chains).map(|_| prior.sample(&mut rng)).collect(),
+                None => model.sample_prior(settings.chains, &mut rng)?.to_flat(),
+            };
+            w.into_iter()
+                .map(|mut r| {
+                    r.resize(dim, 0.0);
+                    r
+                })
+                .collect()
+        }
+    };
+    let start = Instant::now();
+    let (draws, divergences, report) = match &settings.sampler {
+        ChainSampler::ManyChain(mc) => {
+            let s =
+                ManyChainSettings { warmup: settings.warmup, draws: settings.draws_per_chain, progress: settings.progress, ..mc.clone() };
+            let mut run = sample_many_chains(&mut post, init, &s)?;
+            let draws = std::mem::take(&mut run.draws);
+            let div = run.total_divergences();
+            (draws, div, SamplerReport::ManyChain(Box::new(run)))
+        }
+        ChainSampler::Nuts(ns) => {
+            let bar =
+                if settings.progress { indicatif::ProgressBar::new(settings.chains as u64) } else { indicatif::ProgressBar::hidden() };
+            let mut draws = Vec::with_capacity(settings.chains);
+            let mut per = Vec::with_capacity(settings.chains);
+            let mut div = 0;
+            for (ci, x0) in init.iter().enumerate() {
+                let s = NutsSettings {
+                    warmup: settings.warmup,
+                    draws: settings.draws_per_chain,
+                    seed: ns.seed.wrapping_add(ci as u64),
+                    progress: false,
+                    ..ns.clone()
+                };
+                let run = sample_nuts(&mut post, x0, &s)?;
+                div += run.divergences();
+                per.push((run.divergences(), run.mean_tree_depth(), run.step_size().unwrap_or(f64::NAN)));
+                draws.push(run.draws);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            (draws, div, SamplerReport::Nuts(per))
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    // pool, canonicalise the weights (keeping ln σ), and split back into chains
+    let pooled: Vec<Vec<f64>> = draws.iter().flatten().cloned().collect();
+    let w = post.weights(&pooled)?;
+    let cw = canon.canonicalise(M::ARCH, &w)?.to_flat();
+    if cw.len() != pooled.len() {
+        return Err(Error::Shape {
+            what: "canonicalised weights".into(),
+            expected: format!("{} samples", pooled.len()),
+            got: format!("{} samples", cw.len()),
+        });
+    }
+    let mut it = cw.into_iter().zip(&pooled).map(|(mut c, raw)| {
+        c.extend_from_slice(&raw[p..]);
+        c
+    });
+    let canonical = draws.iter().map(|ch| ch.iter().map(|_| it.next().expect("same count")).collect()).collect();
+    Ok(SymMcmcRun {
+        draws,
+        canonical,
+        num_weights: p,
+        samples_noise: post.samples_noise(),
+        divergences,
+        gradient_evaluations: post.evaluations(),
+        seconds,
+        report,
+    })
+}
+
+impl SymMcmcRun {
+    /// Every canonicalised draw, pooled over chains.
+    pub fn pooled(&self) -> Vec<Vec<f64>> {
+        self.canonical.iter().flatten().cloned().collect()
+    }
+
+    /// Mean test LPPD (± s.e. over test points) of the pooled draws, each with its own σ.
+    pub fn lppd<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, test: &Dataset<E, D>) -> Result<Lppd> {
+        let pooled = self.pooled();
+        let ll = self.posterior(model, test)?.pointwise_log_lik(&pooled, test)?;
+        lppd(&ll, pooled.len(), test.len())
+    }
+
+    /// Posterior predictive at inputs `x` (Gaussian likelihoods).
+    pub fn predictive<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, data: &Dataset<E, D>) -> Result<PosteriorPredictive> {
+        let pooled = self.pooled();
+        let post = self.posterior(model, data)?;
+        let f = post.outputs(&pooled, &data.x)?;
+        let (s, n) = (pooled.len(), data.len());
+        let k = M::ARCH.d_out();
+        let noise_var = pooled.iter().map(|p| post.sigma(p).unwrap_or(0.0).powi(2)).sum::<f64>() / s as f64;
+        let mut mean = vec![0.0; n * k];
+        let mut m2 = vec![0.0; n * k];
+        for si in 0..s {
+            for j in 0..n * k {
+                let v = f[si * n * k + j];
+                let delta = v - mean[j];
+                mean[j] += delta / (si + 1) as f64;
+                m2[j] += delta * (v - mean[j]);
+            }
+        }
+        let f_std: Vec<f64> = m2.iter().map(|v| (v / s as f64).sqrt()).collect();
+        let std = f_std.iter().map(|v| (v * v + noise_var).sqrt()).collect();
+        Ok(PosteriorPredictive { mean, std, f_std })
+    }
+
+    /// R-hat and bulk ESS of the network outputs at `data`'s inputs and of the canonicalised
+    /// weights, over chains. Needs at least 4 draws per chain (the SYM-MCMC default of one draw per
+    /// chain gives none: an error then).
+    pub fn diagnostics<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, data: &Dataset<E, D>) -> Result<ChainDiagnostics> {
+        let per = self.canonical.first().map_or(0, |c| c.len());
+        if per < 4 {
+            return Err(Error::config("draws_per_chain", per, "R-hat and ESS need at least 4 draws per chain"));
+        }
+        let post = self.posterior(model, data)?;
+        let n = data.len() * M::ARCH.d_out();
+        let outs: Vec<Vec<f64>> = self.canonical.iter().map(|ch| post.outputs(ch, &data.x)).collect::<Result<_>>()?;
+        let stat = |series: &dyn Fn(usize, usize) -> f64, q: usize| -> Result<(f64, f64)> {
+            let (mut rmax, mut emin) = (0.0f64, f64::INFINITY);
+            for j in 0..q {
+                let chains: Vec<Vec<f64>> = (0..self.canonical.len()).map(|c| (0..per).map(|t| series(c, t * q + j)).collect()).collect();
+                let r = rhat(&chains)?;
+                let e = ess_bulk(&chains)?;
+                rmax = rmax.max(r);
+                emin = emin.min(e);
+            }
+            Ok((rmax, emin))
+        };
+        let (rf, ef) = stat(&|c, idx| outs[c][idx], n)?;
+        let dim = self.canonical[0][0].len();
+        let (rw, ew) = stat(&|c, idx| self.canonical[c][idx / dim][idx % dim], dim)?;
+        Ok(ChainDiagnostics { max_rhat_function: rf, min_ess_function: ef, max_rhat_weights: rw, min_ess_weights: ew })
+    }
+
+    fn posterior<'a, E: Real, D: Device<E>, M: Bnn<E, D>>(
+        &self,
+        model: &'a M,
+        data: &'a Dataset<E, D>,
+    ) -> Result<BnnPosterior<'a, E, D, M>> {
+        let noise = if self.samples_noise { NoisePrior::HalfNormal(1.0) } else { NoisePrior::Fixed };
+        BnnPosterior::new(model, data, noise)
+    }
+}
+
+/// The symmetry module's canonicalisations (exact rule or the paper's data-driven variant) as the
+/// workflow's canonicalisation step.
+///
+/// ```
+/// use weightspace::mcmc::Canonicalise;
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct F1 { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+/// let dev = Cpu::default();
+/// let model = F1::<f64, Cpu>::new(&dev);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = model.sample_prior(5, &mut rng)?;
+/// let c = Canonicalisation::Exact.canonicalise(F1::<f64, Cpu>::ARCH, &w)?;
+/// // canonical hidden biases are non-negative and sorted
+/// for row in c.to_flat() {
+///     let b: Vec<f64> = (0..3).map(|u| row[u * 2 + 1]).collect();
+///     assert!(b.windows(2).all(|p| p[0] <= p[1]) && b[0] >= 0.0);
+/// }
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+impl<E: Real, D: Device<E>> Canonicalise<E, D> for crate::methods::symmetry::Canonicalisation {
+    fn canonicalise(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>> {
+        let group = crate::methods::symmetry::SymmetryGroup::of(arch);
+        match self {
+            crate::methods::symmetry::Canonicalisation::Exact => group.canonicalise(weights),
+            rule => {
+                let out = group.canonicalise_batch(&weights.to_flat(), rule)?;
+                let dev =
+                    weights.layers.first().map(|t| t.device().clone()).ok_or_else(|| crate::Error::Empty { what: "weights".into() })?;
+                Weights::from_flat(&dev, arch, &out.samples)
+            }
+        }
+    }
+}

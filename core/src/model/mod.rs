@@ -1,0 +1,9 @@
+//! Layer 2, the model description: the runtime architecture ([`arch`]), the parameter views
+//! ([`params`]), the [`Bnn`](bnn::Bnn) trait that `#[bnn]` implements and the weight-sample
+//! container ([`bnn`]), datasets ([`data`]) and checkpoints ([`checkpoint`]).
+
+pub mod arch;
+pub mod bnn;
+pub mod checkpoint;
+pub mod data;
+pub mod params;
