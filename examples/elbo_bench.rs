@@ -1,5 +1,5 @@
 //! Times one full mean-field SVI step (ELBO estimate + gradient + Adam update) on a 1-H-H-1 tanh BNN,
-//! the same model as `shared/peers/numpyro_bnn_svi.py`: N(0,1) priors on every weight and bias, a
+//! the same model as `benches/peers/numpyro_bnn_svi.py`: N(0,1) priors on every weight and bias, a
 //! fixed noise of 0.1, K weight samples per step, f32 on the CPU.
 //!
 //! ```text

@@ -1,5 +1,5 @@
 //! Many-chain benchmark: the f1 (1×3 tanh) SYM-MCMC workflow on the sinusoidal data, 1274 chains
-//! × 1024 warm-up steps × 1 draw, as in `shared/peers/blackjax_chees_chains.py` (BlackJAX ChEES-HMC)
+//! × 1024 warm-up steps × 1 draw, as in `benches/peers/blackjax_chees_chains.py` (BlackJAX ChEES-HMC)
 //! and `numpyro_multichain_nuts.py` (NumPyro NUTS).
 //!
 //! ```text

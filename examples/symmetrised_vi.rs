@@ -51,7 +51,7 @@ net!(Net64, 64);
 
 const SEEDS: [u64; 3] = [0, 1, 2];
 
-/// The sinusoidal task of ALGORITHMS.md §4: x ~ U(0, 8), y = sin x + N(0, 0.3²); inputs are
+/// The sinusoidal task of docs/methods.md §4: x ~ U(0, 8), y = sin x + N(0, 0.3²); inputs are
 /// standardised with the training mean and sd.
 fn task(n_train: usize, n_test: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2024);

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Side-by-side SVI step timing: weightspace's elbo_bench against NumPyro (../shared/peers/numpyro_bnn_svi.py)
-# on the same model, in the same run. Needs a Python venv with jax and numpyro:
-#   python3 -m venv .peers && .peers/bin/pip install jax jaxlib numpyro
+# Side-by-side SVI step timing: weightspace's elbo_bench against NumPyro (benches/peers/numpyro_bnn_svi.py)
+# on the same model, in the same run, alternating the two. Needs the peers' Python venv (benches/peers/README.md):
+#   python3 -m venv .peers && .peers/bin/pip install -r benches/peers/requirements.txt
+# PY (default .peers/bin/python) and PEER (default benches/peers/numpyro_bnn_svi.py) override the two.
 # Usage: scripts/bench_svi.sh [repeats]   (default 3; the median of the repeats is reported)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.peers/bin/python}
-PEER=${PEER:-../shared/peers/numpyro_bnn_svi.py}
+PEER=${PEER:-benches/peers/numpyro_bnn_svi.py}
 R=${1:-3}
 cargo build --release --example elbo_bench -q
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

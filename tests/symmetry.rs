@@ -276,7 +276,7 @@ struct Deep16 {
 
 #[test]
 fn order_log_order_and_enumeration() {
-    // ALGORITHMS.md §4: 48 for one hidden layer of 3; about 10^54 for three layers of 16
+    // docs/methods.md §4: 48 for one hidden layer of 3; about 10^54 for three layers of 16
     let g3 = SymmetryGroup::of(Tiny3::<f64, Cpu>::ARCH);
     assert_eq!(g3.order(), Some(48));
     assert!((g3.log_order() - 48f64.ln()).abs() < 1e-12);

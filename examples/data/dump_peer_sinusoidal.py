@@ -1,8 +1,9 @@
-"""Writes the peers' sinusoidal split (shared/peers/*.py: numpy seed 0, 150 points, 80/20, standardised
-with the training statistics) as CSV rows `x,y`, for `cargo run --release --example mcmc_bench --
+"""Writes the peers' sinusoidal split (benches/peers/*_chains.py, *_nuts.py: numpy seed 0, 150 points, 80/20,
+standardised with the training statistics) as CSV rows `x,y`, for `cargo run --release --example mcmc_bench --
 --train train.csv --test test.csv`, so that weightspace and the peers sample the same data.
 
-Usage: python dump_peer_sinusoidal.py OUT_DIR
+Usage (needs numpy, e.g. the venv of benches/peers/README.md):
+    .peers/bin/python examples/data/dump_peer_sinusoidal.py OUT_DIR
 """
 import sys
 import numpy as np

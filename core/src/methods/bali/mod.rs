@@ -8,7 +8,7 @@
 //! and repeats.
 //!
 //! Only the paper's abstract (and the opening of its introduction) could be read, so the algorithm
-//! below is a reconstruction consistent with it (`ALGORITHMS.md` §2). Every choice it makes is
+//! below is a reconstruction consistent with it (`docs/methods.md` §2). Every choice it makes is
 //! listed under [Choices](#choices) and is a knob of [`BaliConfig`].
 //!
 //! # The update

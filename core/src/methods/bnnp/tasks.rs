@@ -1,6 +1,6 @@
 //! Task sources for meta-learning: in-memory collections and generators of 1-D regression tasks.
 //!
-//! The generators follow ALGORITHMS.md §1: every task draws `n ~ U{lo..hi−1}` inputs
+//! The generators follow docs/methods.md §1: every task draws `n ~ U{lo..hi−1}` inputs
 //! `x ~ U(range)` (defaults `n ∈ {40..99}`), then noisy targets from its own random function.
 
 use rand::rngs::StdRng;

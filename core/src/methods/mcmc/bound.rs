@@ -1,5 +1,5 @@
 //! How many independent chains are needed to visit every functionally distinct mode: the
-//! generalised coupon collector with Markov's inequality (SYM-MCMC, ALGORITHMS.md §4).
+//! generalised coupon collector with Markov's inequality (SYM-MCMC, docs/methods.md §4).
 
 use crate::{Error, Result};
 

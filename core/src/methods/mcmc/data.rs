@@ -1,5 +1,5 @@
 //! The SYM-MCMC regression benchmarks as host tables: the sinusoidal and regression2d generators
-//! of ALGORITHMS.md §4, standardisation and an 80/20 split.
+//! of docs/methods.md §4, standardisation and an 80/20 split.
 //!
 //! The diabetes data (442 × 10) are not generated; the `symmetry_mcmc` example reads them from a
 //! crate that ships all 442 rows and builds a [`Table`] with [`Table::new`].

@@ -1,5 +1,5 @@
 //! MCMC over BNN weights: NUTS, a batched many-chain sampler, and the symmetry-aware SYM-MCMC
-//! workflow (ALGORITHMS.md §4).
+//! workflow (docs/methods.md §4).
 //!
 //! | piece | what it is |
 //! | --- | --- |

@@ -1,4 +1,4 @@
-//! The SYM-MCMC workflow (Wiese et al. 2023; ALGORITHMS.md §4) as one call: `ρ` chains from
+//! The SYM-MCMC workflow (Wiese et al. 2023; docs/methods.md §4) as one call: `ρ` chains from
 //! random initialisations, `W` warm-up steps and a few draws per chain, pooled and canonicalised,
 //! then the posterior predictive, the mean test LPPD and convergence diagnostics.
 

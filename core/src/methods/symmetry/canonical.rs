@@ -42,7 +42,7 @@ pub enum Similarity {
     Gaussian,
 }
 
-/// Knobs of the data-driven canonicalisation (SYM-MCMC, Wiese et al. 2023, §4 of ALGORITHMS.md).
+/// Knobs of the data-driven canonicalisation (SYM-MCMC, Wiese et al. 2023, docs/methods.md §4).
 ///
 /// Hidden layers are processed in reverse order. For each, the unit vectors are
 /// `(b_i, W_l[i, :], W_{l+1}[:, i])` across all samples.
