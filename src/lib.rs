@@ -33,8 +33,21 @@
 //! ```
 #![warn(missing_docs)]
 
-pub use weightspace_core::*;
 pub use weightspace_macros::bnn;
+
+// The public surface, one explicit list (the same items as weightspace-core's root).
+pub use weightspace_core::{dfdx, Error, MetricError, Real, Result, Taped};
+pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Weights};
+pub use weightspace_core::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
+pub use weightspace_core::{LikelihoodParams, NormalView, PriorView};
+pub use weightspace_core::{elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective};
+pub use weightspace_core::{forward_mean_field, sample_guide, standard_normal, MeanFieldInit};
+pub use weightspace_core::{band_plot, probability_map, BandPlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
+// namespaces: metrics, batched linear algebra, the methods and the test toolkit
+pub use weightspace_core::{bali, bnnp, linalg, mcmc, metrics, symmetry, testing};
+
+#[doc(hidden)]
+pub use weightspace_core::__private;
 
 /// Everything a user needs, in one import: the macro, the traits, the entry points and the dfdx
 /// device types.

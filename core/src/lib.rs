@@ -18,18 +18,52 @@ mod predict;
 pub mod testing;
 mod vi;
 
-pub use error::{Error, Result};
-pub use methods::{bali, bnnp, mcmc, symmetry};
-pub use model::{arch, checkpoint, data, params};
-pub use num::linalg;
-pub use predict::{metrics, plot, predictive};
-pub use vi::{elbo, fit, guide, likelihood, network, prior};
+// The public surface: one explicit list (the facade re-exports the same items).
 
+// the foundation
+pub use error::{Error, MetricError, Result};
+pub use num::{Real, Taped};
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
 
-pub use num::Real;
+// the model description
+pub use model::arch::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
+pub use model::bnn::{Bnn, MeanFieldGuide, Weights};
+pub use model::checkpoint::{load, save};
+pub use model::data::{Dataset, Targets};
+pub use model::params::{LikelihoodParams, NormalView, PriorView};
+
+// variational inference
 pub use vi::bnn_ext::BnnExt;
+pub use vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
+pub use vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
+pub use vi::guide::{sample_guide, standard_normal, MeanFieldInit};
+pub use vi::network::forward_mean_field;
+
+// prediction
+pub use predict::plot::{band_plot, probability_map, BandPlot};
+pub use predict::predictive::{Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
+
+/// Metrics on predictions given as plain `f64` slices: log predictive density, RMSE, NLL,
+/// accuracy, calibration, interval coverage. Each checks its input and returns a [`MetricError`]
+/// naming the problem.
+pub mod metrics {
+    pub use crate::predict::metrics::{
+        accuracy, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage,
+        gaussian_negative_log_likelihood, interval_coverage, log_mean_exp, logsumexp, mean_and_se, mean_log_predictive_density,
+        pointwise_log_predictive_density, reliability_diagram, rmse, ReliabilityBin, PROB_SUM_TOLERANCE,
+    };
+    pub use crate::MetricError;
+}
+
+/// Batched symmetric-positive-definite linear algebra on the tape, on every device: Cholesky,
+/// solves, inverses and log-determinants with exact first-order gradients.
+pub mod linalg {
+    pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
+}
+
+// the methods, each with its own explicit list
+pub use methods::{bali, bnnp, mcmc, symmetry};
 
 /// Everything a user of the library needs, in one import.
 pub mod prelude {
@@ -38,7 +72,7 @@ pub mod prelude {
     pub use crate::model::bnn::{Bnn, MeanFieldGuide, Weights};
     pub use crate::model::checkpoint::{load, save};
     pub use crate::model::data::Dataset;
-    pub use crate::predict::predictive::{Predictive, PredictiveConfig, PredictiveSummary};
+    pub use crate::predict::predictive::{Predictive, PredictiveSummary};
     pub use crate::vi::bnn_ext::BnnExt;
     pub use crate::vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
     pub use crate::vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};

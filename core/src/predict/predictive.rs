@@ -3,7 +3,7 @@
 //!
 //! Per input point, [`PredictiveSummary`] holds the exact predictive mean and standard deviation
 //! (running moments over all samples), quantiles from a uniform reservoir of at most
-//! [`PredictiveConfig::keep`] samples (exact when `samples ≤ keep`), and for classifiers the mean
+//! [`Predictive::keep`] samples (exact when `samples ≤ keep`), and for classifiers the mean
 //! class probabilities. [`Predictive::evaluate`] adds test metrics computed in the same stream: the
 //! mean log predictive density (a streamed logsumexp over samples; no point is ever dropped), RMSE,
 //! accuracy and ECE.
@@ -16,33 +16,79 @@ use crate::model::bnn::{Bnn, MeanFieldGuide, Weights};
 use crate::model::data::{Dataset, Targets};
 use crate::{Error, Real, Result};
 
-/// A source of weight samples: a guide, the prior, or stored draws (e.g. from MCMC).
+/// A source of weight samples for [`Predictive::run`] and [`Predictive::evaluate`]: a mean-field
+/// guide (`&guide`), a BALI posterior, a learned prior, a symmetrised guide, or anything else that
+/// can draw weights of an architecture. A `&mut` to a source is a source too.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::WeightSource;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// /// Always the same weights `w = 2, b = 0`.
+/// struct Fixed2;
+/// impl WeightSource<f64, Cpu> for Fixed2 {
+///     fn draw(&mut self, _arch: &Architecture, s: usize, _rng: &mut rand::rngs::StdRng) -> weightspace::Result<Weights<f64, Cpu>> {
+///         let dev = Cpu::default();
+///         Ok(Weights { layers: vec![dev.tensor_from_vec([2.0, 0.0].repeat(s), (s, 1usize, 2usize))] })
+///     }
+/// }
+/// let dev = Cpu::default();
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let x = dev.tensor_from_vec(vec![1.0, 3.0], (2usize, 1usize));
+/// let pred = Predictive::new(10).run(&model, Fixed2, &x)?;
+/// assert_eq!(pred.mean, vec![2.0, 6.0]);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait WeightSource<E: Real, D: Device<E>> {
-    /// Draws `s` weight samples.
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>>;
+    /// Draws `s` weight samples of the architecture `arch`.
+    fn draw(&mut self, arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>>;
 }
 
-/// Samples from a mean-field guide.
-pub struct GuideSource<'a, G>(pub &'a Architecture, pub &'a G);
-
-impl<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>> WeightSource<E, D> for GuideSource<'_, G> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
-        crate::vi::guide::sample_guide(self.0, self.1, s, rng)
+impl<E: Real, D: Device<E>, T: WeightSource<E, D> + ?Sized> WeightSource<E, D> for &mut T {
+    fn draw(&mut self, arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+        (**self).draw(arch, s, rng)
     }
 }
 
-/// Samples from a model's prior.
-pub struct PriorSource<'a, M>(pub &'a M);
+/// A mean-field guide draws from itself.
+impl<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>> WeightSource<E, D> for &G {
+    fn draw(&mut self, arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+        crate::vi::guide::sample_guide(arch, *self, s, rng)
+    }
+}
+
+/// Draws from a model's prior (what [`Predictive::run_prior`] streams).
+struct PriorSource<'a, M>(&'a M);
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> WeightSource<E, D> for PriorSource<'_, M> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+    fn draw(&mut self, _arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
         crate::vi::prior::sample_prior(self.0, s, rng)
     }
 }
 
-/// Settings of a predictive run.
+/// A predictive run: its settings (plain data, `..Default::default()` or [`Predictive::new`]) and
+/// the three ways to run it: [`run`](Predictive::run) (the predictive of a weight source at given
+/// inputs), [`run_prior`](Predictive::run_prior) (the prior predictive) and
+/// [`evaluate`](Predictive::evaluate) (test metrics of a weight source).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let model = Lin::<f32, Cpu>::new(&dev);
+/// let x = dev.tensor_from_vec(vec![0.0f32, 1.0, 2.0], (3usize, 1usize));
+/// let prior = Predictive { chunk: 100, ..Predictive::new(2000) }.run_prior(&model, &x)?;
+/// // prior predictive sd of y at x=2: sqrt(2² + 1 + 0.1²) ≈ 2.24
+/// assert!((prior.std[2] - 5.01f64.sqrt()).abs() < 0.15);
+/// let guide = model.mean_field();
+/// let post = Predictive::new(100).run(&model, &guide, &x)?;
+/// assert_eq!(post.mean.len(), 3);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct PredictiveConfig {
+pub struct Predictive {
     /// Total weight samples. Default 1000.
     pub samples: usize,
     /// Weight samples per chunk; memory is `O(chunk · N · d_out)`. Default 128.
@@ -60,7 +106,7 @@ pub struct PredictiveConfig {
     pub progress: bool,
 }
 
-impl Default for PredictiveConfig {
+impl Default for Predictive {
     fn default() -> Self {
         Self { samples: 1000, chunk: 128, quantiles: vec![0.025, 0.5, 0.975], keep: 1000, include_noise: true, seed: 0, progress: false }
     }
@@ -177,96 +223,38 @@ impl LogMeanExp {
     }
 }
 
-/// Builder for predictive runs.
-///
-/// ```
-/// use weightspace::prelude::*;
-/// #[bnn]
-/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
-/// let dev = Cpu::default();
-/// let model = Lin::<f32, Cpu>::new(&dev);
-/// let x = dev.tensor_from_vec(vec![0.0f32, 1.0, 2.0], (3usize, 1usize));
-/// let prior = Predictive::new(2000).chunk(100).run_prior(&model, &x)?;
-/// // prior predictive sd of y at x=2: sqrt(2² + 1 + 0.1²) ≈ 2.24
-/// assert!((prior.std[2] - 5.01f64.sqrt()).abs() < 0.15);
-/// # Ok::<(), weightspace::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct Predictive {
-    /// Settings.
-    pub cfg: PredictiveConfig,
-}
-
 impl Predictive {
     /// `samples` weight samples, other settings default.
     pub fn new(samples: usize) -> Self {
-        Self { cfg: PredictiveConfig { samples, ..Default::default() } }
-    }
-    /// From full settings.
-    pub fn with_config(cfg: PredictiveConfig) -> Self {
-        Self { cfg }
-    }
-    /// Samples per chunk.
-    pub fn chunk(mut self, chunk: usize) -> Self {
-        self.cfg.chunk = chunk;
-        self
-    }
-    /// Quantile levels.
-    pub fn quantiles(mut self, levels: &[f64]) -> Self {
-        self.cfg.quantiles = levels.to_vec();
-        self
-    }
-    /// Seed.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.cfg.seed = seed;
-        self
+        Self { samples, ..Default::default() }
     }
 
-    /// Posterior predictive under a mean-field guide.
+    /// The predictive at inputs `x` `(N, d_in)` of the weights that `source` draws: a mean-field
+    /// guide (`&guide`), a BALI posterior, MCMC draws, ...
     pub fn run<E: Real, D: Device<E>, M: Bnn<E, D>>(
         &self,
         model: &M,
-        guide: &M::Guide,
+        mut source: impl WeightSource<E, D>,
         x: &Tensor<(usize, usize), E, D>,
     ) -> Result<PredictiveSummary> {
-        Ok(self.stream(model, &mut GuideSource(M::ARCH, guide), x, None)?.0)
+        Ok(self.stream(model, &mut source, x, None)?.0)
     }
 
-    /// Prior predictive.
+    /// The prior predictive at inputs `x`.
     pub fn run_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(&self, model: &M, x: &Tensor<(usize, usize), E, D>) -> Result<PredictiveSummary> {
         Ok(self.stream(model, &mut PriorSource(model), x, None)?.0)
     }
 
-    /// Predictive under any weight source (e.g. MCMC draws).
-    pub fn run_source<E: Real, D: Device<E>, M: Bnn<E, D>>(
-        &self,
-        model: &M,
-        source: &mut impl WeightSource<E, D>,
-        x: &Tensor<(usize, usize), E, D>,
-    ) -> Result<PredictiveSummary> {
-        Ok(self.stream(model, source, x, None)?.0)
-    }
-
-    /// Posterior predictive metrics of a guide on test data.
+    /// Predictive metrics on test data of the weights that `source` draws (see [`run`](Self::run)).
     pub fn evaluate<E: Real, D: Device<E>, M: Bnn<E, D>>(
         &self,
         model: &M,
-        guide: &M::Guide,
-        test: &Dataset<E, D>,
-    ) -> Result<PredictiveMetrics> {
-        self.evaluate_source(model, &mut GuideSource(M::ARCH, guide), test)
-    }
-
-    /// Predictive metrics under any weight source.
-    pub fn evaluate_source<E: Real, D: Device<E>, M: Bnn<E, D>>(
-        &self,
-        model: &M,
-        source: &mut impl WeightSource<E, D>,
+        mut source: impl WeightSource<E, D>,
         test: &Dataset<E, D>,
     ) -> Result<PredictiveMetrics> {
         test.check_for(M::ARCH)?;
-        let (summary, lpd) = self.stream(model, source, &test.x, Some(test))?;
-        let pointwise_lpd = lpd.expect("requested");
+        let (summary, lpd) = self.stream(model, &mut source, &test.x, Some(test))?;
+        let Some(pointwise_lpd) = lpd else { unreachable!("stream computes the LPD when given test data") };
         let (mean_lpd, mean_lpd_se) = crate::predict::metrics::mean_and_se(&pointwise_lpd)?;
         let (mut rmse, mut accuracy, mut ece, mut coverage_95) = (None, None, None, None);
         match &test.targets {
@@ -290,17 +278,17 @@ impl Predictive {
         x: &Tensor<(usize, usize), E, D>,
         test: Option<&Dataset<E, D>>,
     ) -> Result<(PredictiveSummary, Option<Vec<f64>>)> {
-        let cfg = &self.cfg;
+        let cfg = self;
         let arch = M::ARCH;
         crate::vi::network::check_input(arch, x)?;
         if cfg.samples == 0 {
-            return Err(Error::config("PredictiveConfig::samples", 0, "at least one weight sample is needed"));
+            return Err(Error::config("Predictive::samples", 0, "at least one weight sample is needed"));
         }
         if cfg.chunk == 0 {
-            return Err(Error::config("PredictiveConfig::chunk", 0, "must be >= 1"));
+            return Err(Error::config("Predictive::chunk", 0, "must be >= 1"));
         }
         if let Some(&q) = cfg.quantiles.iter().find(|q| !(**q > 0.0 && **q < 1.0)) {
-            return Err(Error::config("PredictiveConfig::quantiles", q, "levels must lie strictly between 0 and 1"));
+            return Err(Error::config("Predictive::quantiles", q, "levels must lie strictly between 0 and 1"));
         }
         let n = x.shape().0;
         let k = arch.d_out();
@@ -321,7 +309,7 @@ impl Predictive {
         let mut seen = 0usize;
         while seen < cfg.samples {
             let c = cfg.chunk.min(cfg.samples - seen);
-            let w = source.draw(c, &mut rng)?;
+            let w = source.draw(arch, c, &mut rng)?;
             let f = crate::vi::network::forward(arch, w, x)?;
             if let (Some(acc), Some(data)) = (lme.as_mut(), test) {
                 let ll = crate::vi::likelihood::log_lik(&arch.likelihood, model.likelihood_params(), false, f.retaped(), data)?;

@@ -71,6 +71,23 @@ pub trait BnnExt<E: Real, D: Device<E>>: Bnn<E, D> {
     fn noise_scale(&self) -> Option<f64> {
         crate::vi::likelihood::noise_value(&Self::ARCH.likelihood, self.likelihood_params())
     }
+
+    /// Sets the Gaussian likelihood's noise scale `σ_y` (stored as `ln σ`, or `logit(σ / upper)`
+    /// when bounded). `Err` for other likelihoods and for a `σ` outside `(0, upper)`.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood(upper = 2.0)] noise: Gaussian<Learned<0.5>> }
+    /// let mut model = Lin::<f64, Cpu>::new(&Cpu::default());
+    /// model.set_noise_scale(0.25)?;
+    /// assert!((model.noise_scale().unwrap() - 0.25).abs() < 1e-12);
+    /// assert!(model.set_noise_scale(3.0).is_err());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    fn set_noise_scale(&mut self, sigma: f64) -> Result<()> {
+        crate::vi::likelihood::set_noise_scale(self, sigma)
+    }
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> BnnExt<E, D> for M {}

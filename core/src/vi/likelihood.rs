@@ -6,7 +6,8 @@ use crate::model::arch::LikelihoodSpec;
 use crate::model::data::Dataset;
 use crate::model::params::LikelihoodParams;
 use crate::vi::prior::{param, Taped};
-use crate::{Real, Result};
+use crate::model::bnn::Bnn;
+use crate::{Error, Real, Result};
 
 /// The Gaussian noise scale `σ` (taped when learned and `trace`); `None` for other likelihoods.
 pub fn noise_scale<E: Real, D: Device<E>>(spec: &LikelihoodSpec, p: &LikelihoodParams<E, D>, trace: bool) -> Option<Taped<(), E, D>> {
@@ -62,4 +63,60 @@ pub fn log_lik<E: Real, D: Device<E>>(
             (f * y1 - sp).sum::<_, Axis<2>>()
         }
     })
+}
+
+/// Writes a Gaussian noise scale `σ` into a model's likelihood parameter (`raw = ln σ`, or
+/// `logit(σ / upper)` when bounded), found by its path `"{likelihood}.raw"`.
+///
+/// Users call it as [`BnnExt::set_noise_scale`](crate::BnnExt::set_noise_scale).
+pub(crate) fn set_noise_scale<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &mut M, sigma: f64) -> Result<()> {
+    use dfdx::nn::tensor_collection::{RecursiveWalker, TensorVisitor, ViewTensorMut, ViewTensorName};
+    let raw = match M::ARCH.likelihood {
+        LikelihoodSpec::Gaussian { upper: Some(ub), .. } => {
+            if !(sigma > 0.0 && sigma < ub) {
+                return Err(Error::config("noise scale", sigma, "must lie strictly between 0 and the declared upper bound"));
+            }
+            let p = sigma / ub;
+            (p / (1.0 - p)).ln()
+        }
+        LikelihoodSpec::Gaussian { upper: None, .. } => {
+            if !(sigma.is_finite() && sigma > 0.0) {
+                return Err(Error::config("noise scale", sigma, "must be finite and > 0"));
+            }
+            sigma.ln()
+        }
+        _ => return Err(Error::config("noise scale", sigma, "only a Gaussian likelihood has a noise scale")),
+    };
+    struct Setter {
+        path: String,
+        raw: f64,
+        found: usize,
+    }
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Setter {
+        type Viewer = (ViewTensorMut, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            (t, name): (&mut Tensor<S, E, D>, String),
+        ) -> std::result::Result<Option<Tensor<S, E, D>>, D::Err> {
+            if name == self.path && t.shape().num_elements() == 1 {
+                *t = t.device().tensor_from_vec(vec![crate::num::cast::from_f64::<E>(self.raw)], *t.shape());
+                self.found += 1;
+            }
+            Ok(None)
+        }
+    }
+    let mut setter = Setter { path: format!("{}.raw", M::ARCH.likelihood_name), raw, found: 0 };
+    M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut setter }).map_err(Error::device)?;
+    if setter.found != 1 {
+        return Err(Error::Shape {
+            what: format!("likelihood parameter `{}`", setter.path),
+            expected: "exactly one tensor".into(),
+            got: format!("{} tensors", setter.found),
+        });
+    }
+    Ok(())
 }

@@ -239,14 +239,9 @@ impl<E: Real, D: Device<E>> BaliPosterior<E, D> {
     }
 }
 
+/// Pass the posterior by value or as `&mut posterior`.
 impl<E: Real, D: Device<E>> WeightSource<E, D> for BaliPosterior<E, D> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
-        self.sample(s, rng)
-    }
-}
-
-impl<E: Real, D: Device<E>> WeightSource<E, D> for &BaliPosterior<E, D> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+    fn draw(&mut self, _arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
         self.sample(s, rng)
     }
 }

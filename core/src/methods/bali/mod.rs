@@ -548,7 +548,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
             if !s.is_finite() {
                 return Err(diverged("noise scale".into()));
             }
-            set_noise_scale(model, s)?;
+            crate::vi::likelihood::set_noise_scale(model, s)?;
             noise_std = Some(s);
         }
         self.layers = layers;
@@ -662,68 +662,3 @@ pub fn fit_bali<E: Real, D: Device<E>, M: Bnn<E, D>>(
     Ok((bali.posterior, BaliReport { history, steps: bali.steps, seconds: start.elapsed().as_secs_f64() }))
 }
 
-/// Writes a Gaussian noise scale `σ` into a model's likelihood parameter (`raw = ln σ`, or
-/// `logit(σ / upper)` when bounded), found by its path `"{likelihood}.raw"`.
-///
-/// ```
-/// use weightspace::prelude::*;
-/// #[bnn]
-/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood(upper = 2.0)] noise: Gaussian<Learned<0.5>> }
-/// let dev = Cpu::default();
-/// let mut model = Lin::<f64, Cpu>::new(&dev);
-/// weightspace::bali::set_noise_scale(&mut model, 0.25)?;
-/// let s = weightspace::likelihood::noise_value(&Lin::<f64, Cpu>::ARCH.likelihood, &model.noise).unwrap();
-/// assert!((s - 0.25).abs() < 1e-12);
-/// # Ok::<(), weightspace::Error>(())
-/// ```
-pub fn set_noise_scale<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &mut M, sigma: f64) -> Result<()> {
-    use dfdx::nn::tensor_collection::{RecursiveWalker, TensorVisitor, ViewTensorMut, ViewTensorName};
-    let raw = match M::ARCH.likelihood {
-        LikelihoodSpec::Gaussian { upper: Some(ub), .. } => {
-            if !(sigma > 0.0 && sigma < ub) {
-                return Err(Error::config("noise scale", sigma, "must lie strictly between 0 and the declared upper bound"));
-            }
-            let p = sigma / ub;
-            (p / (1.0 - p)).ln()
-        }
-        LikelihoodSpec::Gaussian { upper: None, .. } => {
-            if !(sigma.is_finite() && sigma > 0.0) {
-                return Err(Error::config("noise scale", sigma, "must be finite and > 0"));
-            }
-            sigma.ln()
-        }
-        _ => return Err(Error::config("noise scale", sigma, "only a Gaussian likelihood has a noise scale")),
-    };
-    struct Setter {
-        path: String,
-        raw: f64,
-        found: usize,
-    }
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Setter {
-        type Viewer = (ViewTensorMut, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _: TensorOptions<S, E, D>,
-            (t, name): (&mut Tensor<S, E, D>, String),
-        ) -> std::result::Result<Option<Tensor<S, E, D>>, D::Err> {
-            if name == self.path && t.shape().num_elements() == 1 {
-                *t = t.device().tensor_from_vec(vec![crate::num::cast::from_f64::<E>(self.raw)], *t.shape());
-                self.found += 1;
-            }
-            Ok(None)
-        }
-    }
-    let mut setter = Setter { path: format!("{}.raw", M::ARCH.likelihood_name), raw, found: 0 };
-    M::iter_tensors(&mut RecursiveWalker { m: (model, String::new()), f: &mut setter }).map_err(Error::device)?;
-    if setter.found != 1 {
-        return Err(Error::Shape {
-            what: format!("likelihood parameter `{}`", setter.path),
-            expected: "exactly one tensor".into(),
-            got: format!("{} tensors", setter.found),
-        });
-    }
-    Ok(())
-}

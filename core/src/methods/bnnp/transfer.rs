@@ -186,7 +186,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for LearnedPriorElb
 pub struct LearnedPriorSource<'a, E: Dtype, D: Storage<E>>(pub &'a AmortisedGuide<E, D>);
 
 impl<E: Real, D: Device<E>> crate::predict::predictive::WeightSource<E, D> for LearnedPriorSource<'_, E, D> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+    fn draw(&mut self, _arch: &crate::model::arch::Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
         self.0.prior().sample(self.0.store(), s, rng)
     }
 }

@@ -632,7 +632,7 @@ impl<'a, G> SymmetrisedGuide<'a, G> {
 }
 
 impl<E: Real, D: Device<E>, G: GuideLogDensity<E, D>> crate::predict::predictive::WeightSource<E, D> for SymmetrisedGuide<'_, G> {
-    fn draw(&mut self, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
+    fn draw(&mut self, _arch: &crate::model::arch::Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>> {
         self.sample(s, rng)
     }
 }
