@@ -24,8 +24,11 @@
 //!
 //! ```text
 //! cargo run --release --example bali_uci                 # the full protocol
-//! cargo run --release --example bali_uci -- --splits 2 --epochs 3   # a smoke run
+//! cargo run --release --example bali_uci -- --splits 2 --epochs 3   # a short run
+//! cargo run --release --example bali_uci -- --quick   # smoke run: 2 splits, 2 epochs, 300 wine rows, K = 20
 //! ```
+
+mod common;
 
 use std::time::Instant;
 
@@ -57,25 +60,21 @@ struct IrisNet {
 }
 
 type E = f32;
-const K: usize = 200;
 const BATCH: usize = 32;
 
 struct Args {
     splits: usize,
     epochs: usize,
+    /// Predictive samples.
+    k: usize,
+    /// Use only the first this many wine rows (`--quick`).
+    wine_rows: Option<usize>,
 }
 
 fn args() -> Args {
-    let mut a = Args { splits: 20, epochs: 40 };
-    let v: Vec<String> = std::env::args().collect();
-    for w in v.windows(2) {
-        match w[0].as_str() {
-            "--splits" => a.splits = w[1].parse().expect("--splits N"),
-            "--epochs" => a.epochs = w[1].parse().expect("--epochs N"),
-            _ => {}
-        }
-    }
-    a
+    let a = common::Args::parse("[--quick] [--splits N] [--epochs N]", &[], &["--splits", "--epochs"], 0);
+    let (splits, epochs, k, wine_rows) = if a.quick() { (2, 2, 20, Some(300)) } else { (20, 40, 200, None) };
+    Args { splits: a.get("--splits", splits), epochs: a.get("--epochs", epochs), k, wine_rows }
 }
 
 /// Column means and standard deviations of row-major `rows × cols` data.
@@ -109,6 +108,7 @@ struct Tracked<'a, M> {
     step: usize,
     per_epoch: usize,
     test: &'a Dataset<E, Cpu>,
+    k: usize,
     log_sd: f64,
     nll: Vec<f64>,
     _m: std::marker::PhantomData<M>,
@@ -124,7 +124,7 @@ impl<M: Bnn<E, Cpu>> Objective<E, Cpu, M> for Tracked<'_, M> {
         rng: &mut rand::rngs::StdRng,
     ) -> weightspace::Result<ElboEstimate<E, Cpu>> {
         if self.step > 0 && self.step.is_multiple_of(self.per_epoch) {
-            let m = Predictive::new(K).seed(self.step as u64).evaluate(model, guide, self.test)?;
+            let m = Predictive::new(self.k).seed(self.step as u64).evaluate(model, guide, self.test)?;
             self.nll.push(-m.mean_lpd + self.log_sd);
         }
         self.step += 1;
@@ -139,7 +139,14 @@ struct Outcome {
     seconds: f64,
 }
 
-fn bali_wine(train: &Dataset<E, Cpu>, test: &Dataset<E, Cpu>, y_sd: f64, epochs: usize, seed: u64) -> weightspace::Result<Outcome> {
+fn bali_wine(
+    train: &Dataset<E, Cpu>,
+    test: &Dataset<E, Cpu>,
+    y_sd: f64,
+    epochs: usize,
+    k: usize,
+    seed: u64,
+) -> weightspace::Result<Outcome> {
     let start = Instant::now();
     let dev = Cpu::default();
     let mut model = WineNet::<E, Cpu>::new(&dev);
@@ -148,11 +155,11 @@ fn bali_wine(train: &Dataset<E, Cpu>, test: &Dataset<E, Cpu>, y_sd: f64, epochs:
     let mut curve = Vec::with_capacity(epochs);
     for _ in 0..epochs {
         bali.epoch(&mut model, train)?;
-        let m = Predictive::new(K).seed(seed).evaluate_source(&model, &mut bali.posterior(), test)?;
+        let m = Predictive::new(k).seed(seed).evaluate_source(&model, &mut bali.posterior(), test)?;
         curve.push(-m.mean_lpd + y_sd.ln());
     }
     let post: &BaliPosterior<E, Cpu> = bali.posterior();
-    let m = Predictive::new(K).seed(seed + 1).evaluate_source(&model, &mut &*post, test)?;
+    let m = Predictive::new(k).seed(seed + 1).evaluate_source(&model, &mut &*post, test)?;
     Ok(Outcome {
         rmse: m.rmse.unwrap_or(f64::NAN) * y_sd,
         ll: m.mean_lpd - y_sd.ln(),
@@ -161,7 +168,14 @@ fn bali_wine(train: &Dataset<E, Cpu>, test: &Dataset<E, Cpu>, y_sd: f64, epochs:
     })
 }
 
-fn mfvi_wine(train: &Dataset<E, Cpu>, test: &Dataset<E, Cpu>, y_sd: f64, epochs: usize, seed: u64) -> weightspace::Result<Outcome> {
+fn mfvi_wine(
+    train: &Dataset<E, Cpu>,
+    test: &Dataset<E, Cpu>,
+    y_sd: f64,
+    epochs: usize,
+    k: usize,
+    seed: u64,
+) -> weightspace::Result<Outcome> {
     let start = Instant::now();
     let dev = Cpu::default();
     let mut model = WineNet::<E, Cpu>::new(&dev);
@@ -178,9 +192,9 @@ fn mfvi_wine(train: &Dataset<E, Cpu>, test: &Dataset<E, Cpu>, y_sd: f64, epochs:
         progress: false,
         ..Default::default()
     };
-    let mut obj = Tracked { inner: elbo, step: 0, per_epoch, test, log_sd: y_sd.ln(), nll: Vec::new(), _m: std::marker::PhantomData };
+    let mut obj = Tracked { inner: elbo, step: 0, per_epoch, test, k, log_sd: y_sd.ln(), nll: Vec::new(), _m: std::marker::PhantomData };
     fit_objective(&mut model, &mut guide, train, &cfg, &mut obj)?;
-    let m = Predictive::new(K).seed(seed + 1).evaluate(&model, &guide, test)?;
+    let m = Predictive::new(k).seed(seed + 1).evaluate(&model, &guide, test)?;
     let mut curve = obj.nll;
     curve.push(-m.mean_lpd + y_sd.ln());
     Ok(Outcome {
@@ -213,10 +227,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- red wine quality: 1599 × 11, target = quality score
     let wine = linfa_datasets::winequality();
-    let (n, d) = (wine.records.nrows(), wine.records.ncols());
-    let x_all: Vec<f64> = wine.records.iter().copied().collect();
-    let y_all: Vec<f64> = wine.targets.iter().map(|&q| q as f64).collect();
-    println!("red wine quality: {n} points, {d} features; {} splits, {} epochs, K = {K} predictive samples", args.splits, args.epochs);
+    let (n, d) = (args.wine_rows.map_or(wine.records.nrows(), |r| r.min(wine.records.nrows())), wine.records.ncols());
+    let x_all: Vec<f64> = wine.records.iter().copied().take(n * d).collect();
+    let y_all: Vec<f64> = wine.targets.iter().map(|&q| q as f64).take(n).collect();
+    let k = args.k;
+    println!("red wine quality: {n} points, {d} features; {} splits, {} epochs, K = {k} predictive samples", args.splits, args.epochs);
     let (mut bali_out, mut mfvi_out) = (Vec::new(), Vec::new());
     for split in 0..args.splits {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + split as u64);
@@ -230,8 +245,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (ym, ys) = stats(&ytr, 1);
         let train = Dataset::<E, _>::regression(&dev, &normalise(&xtr, d, &xm, &xs), d, &normalise(&ytr, 1, &ym, &ys), 1)?;
         let test = Dataset::<E, _>::regression(&dev, &normalise(&xte, d, &xm, &xs), d, &normalise(&yte, 1, &ym, &ys), 1)?;
-        let b = bali_wine(&train, &test, ys[0], args.epochs, split as u64)?;
-        let v = mfvi_wine(&train, &test, ys[0], args.epochs, split as u64)?;
+        let b = bali_wine(&train, &test, ys[0], args.epochs, k, split as u64)?;
+        let v = mfvi_wine(&train, &test, ys[0], args.epochs, k, split as u64)?;
         println!(
             "split {split:>2}: BALI rmse {:.3} ll {:.3} ({:.1} s) | MFVI rmse {:.3} ll {:.3} ({:.1} s)",
             b.rmse, b.ll, b.seconds, v.rmse, v.ll, v.seconds
@@ -296,7 +311,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         };
         let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &cfg)?;
-        let b = Predictive::new(K).evaluate_source(&model, &mut &post, &test)?;
+        let b = Predictive::new(k).evaluate_source(&model, &mut &post, &test)?;
         let mut vmodel = IrisNet::<E, Cpu>::new(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
         let steps = args.epochs * (train.len() / BATCH);
@@ -311,7 +326,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         };
         fit(&mut vmodel, &mut guide, &train, &fcfg)?;
-        let v = Predictive::new(K).evaluate(&vmodel, &guide, &test)?;
+        let v = Predictive::new(k).evaluate(&vmodel, &guide, &test)?;
         rows.push([
             b.accuracy.unwrap_or(f64::NAN),
             -b.mean_lpd,

@@ -9,7 +9,10 @@
 //! ```text
 //! cargo run --release --example bnnp_bench
 //! cargo run --release --example bnnp_bench -- --steps 3 --peak-gflops 147
+//! cargo run --release --example bnnp_bench -- --quick   # smoke run: 1 step, 2 tasks × 20 points, S = 4
 //! ```
+
+mod common;
 
 use rand::SeedableRng;
 use weightspace::bnnp::*;
@@ -79,19 +82,20 @@ fn load_average() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|s| s.parse::<f64>().ok());
-    let steps = arg("--steps").unwrap_or(5.0) as usize;
+    let args = common::Args::parse("[--quick] [--steps N] [--peak-gflops G]", &[], &["--steps", "--peak-gflops"], 0);
+    // the paper's setting, or with --quick a smoke run of the same step: steps, tasks, points per task, samples
+    let (steps, n_tasks, points, samples) = if args.quick() { (1, 2, 20, 4) } else { (5, 5, 70, 32) };
+    let steps: usize = args.get("--steps", steps);
     // f32 FLOP bound of this machine: 2 cores × 2.3 GHz × 2 AVX-512 FMA units × 16 lanes × 2
-    let peak = arg("--peak-gflops").unwrap_or(2.0 * 2.3 * 2.0 * 16.0 * 2.0);
+    let peak: f64 = args.get("--peak-gflops", 2.0 * 2.3 * 2.0 * 16.0 * 2.0);
     let dev = Cpu::default();
     let mut guide = Net64::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let tasks = TaskCollection::generate(&Sawtooth { n_range: (70, 71), ..Default::default() }, 5, &dev, &mut rng)?;
+    let tasks = TaskCollection::generate(&Sawtooth { n_range: (points, points + 1), ..Default::default() }, n_tasks, &dev, &mut rng)?;
     let cfg = MetaConfig {
         steps: steps + 1,
-        tasks_per_step: 5,
-        samples: 32,
+        tasks_per_step: n_tasks,
+        samples,
         context_fraction: (0.3, 0.3),
         progress: false,
         ..Default::default()
@@ -106,10 +110,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let per_step = t.elapsed().as_secs_f64() / steps as f64;
     let cpu_per_step = cpu_seconds().zip(cpu0).map(|(b, a)| (b - a) / steps as f64);
-    let (nc, nt) = (21, 49);
-    let flops = 5.0 * task_flops(&[1, 64, 64, 1], 32, nc, nt);
+    // 30 % context: 21 of 70 points
+    let nc = (0.3 * points as f64).round() as usize;
+    let nt = points - nc;
+    let flops = n_tasks as f64 * task_flops(&[1, 64, 64, 1], samples, nc, nt);
     let gflops = flops / per_step / 1e9;
-    println!("one meta-training step: 5 tasks × 70 points ({nc} context), [64, 64] ReLU BNN, S = 32");
+    println!("one meta-training step: {n_tasks} tasks × {points} points ({nc} context), [64, 64] ReLU BNN, S = {samples}");
     println!(
         "  {:.3} s per step = {:.2} steps/s (wall clock; 1-minute load average {:.1} on {} cores)",
         per_step,

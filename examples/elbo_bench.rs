@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! cargo run --release --example elbo_bench -- --hidden 50 --n 128 --samples 8 --steps 2000
+//! cargo run --release --example elbo_bench -- --quick   # smoke run: --hidden 25 --n 32 --samples 2 --steps 50
 //! ```
 //! Widths are compile-time in weightspace, so `--hidden` takes one of 25, 50, 100, 200.
 //! The last line is `elbo_bench hidden=H n=N samples=K us_per_step=<float>`.
+
+mod common;
 
 use weightspace::dfdx::tensor::Cache;
 use weightspace::prelude::*;
@@ -31,13 +34,6 @@ bench_net!(Net50, 50);
 bench_net!(Net100, 100);
 bench_net!(Net200, 200);
 
-fn arg(args: &[String], key: &str, default: usize) -> Result<usize, String> {
-    match args.iter().position(|a| a == key) {
-        None => Ok(default),
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("{key} needs a positive integer")),
-    }
-}
-
 fn time_steps<M: Bnn<f32, Cpu>>(model: &mut M, data: &Dataset<f32, Cpu>, samples: usize, steps: usize) -> Result<f64, Error> {
     let mut guide = weightspace::guide::init_mean_field(model, MeanFieldInit::default())?;
     let cfg = |steps| FitConfig {
@@ -54,13 +50,20 @@ fn time_steps<M: Bnn<f32, Cpu>>(model: &mut M, data: &Dataset<f32, Cpu>, samples
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let hidden = arg(&args, "--hidden", 50)?;
-    let n = arg(&args, "--n", 128)?;
-    let samples = arg(&args, "--samples", 8)?;
-    let steps = arg(&args, "--steps", 2000)?;
+    let args = common::Args::parse(
+        "[--quick] [--hidden 25|50|100|200] [--n N] [--samples K] [--steps N] [--no-cache]",
+        &["--no-cache"],
+        &["--hidden", "--n", "--samples", "--steps"],
+        0,
+    );
+    // defaults: the benchmark, or with --quick a smoke run
+    let (hidden, n, samples, steps) = if args.quick() { (25, 32, 2, 50) } else { (50, 128, 8, 2000) };
+    let hidden: usize = args.get("--hidden", hidden);
+    let n: usize = args.get("--n", n);
+    let samples: usize = args.get("--samples", samples);
+    let steps: usize = args.get("--steps", steps);
     let dev = Cpu::default();
-    if !args.iter().any(|a| a == "--no-cache") {
+    if !args.flag("--no-cache") {
         // dfdx's allocation cache: buffers freed by one step are reused by the next
         dev.enable_cache();
     }

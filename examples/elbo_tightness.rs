@@ -16,6 +16,8 @@
 //!
 //! The last line is `elbo_tightness log_z=<f> bnnp_elbo=<f> mfvi_elbo=<f>`.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use weightspace::bnnp::*;
 use weightspace::prelude::*;
@@ -46,7 +48,7 @@ fn log_mean_exp(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = common::Args::parse("[--quick]", &[], &[], 0).quick();
     let budget = if quick {
         Budget { log_z_samples: 100_000, bnnp_steps: 2_000, mfvi_steps: 3_000, eval_samples: 4_000 }
     } else {

@@ -7,11 +7,14 @@
 //!
 //! ```text
 //! cargo run --release --example inference_test_demo [OUTPUT_DIR]
+//! cargo run --release --example inference_test_demo -- --quick   # smoke run: 40 replicates × 19 draws, 5 bins
 //! ```
 //!
 //! Rank histograms are written to `OUTPUT_DIR` (default `target/inference_test_demo`). The last
 //! two lines printed are `sbc sampler=exact p_value=<float>` and
 //! `sbc sampler=overconfident p_value=<float>`.
+
+mod common;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -38,8 +41,12 @@ fn problem(targets: Vec<f64>) -> BlrProblem {
 
 /// Runs SBC with a sampler that draws from the exact posterior with its covariance multiplied
 /// by `covariance_scale` (1 is exact; 0.25 halves every posterior standard deviation).
-fn sbc(covariance_scale: f64) -> Result<SbcReport, Box<dyn std::error::Error>> {
-    let settings = SbcSettings { n_replicates: 200, n_draws: 99, n_bins: 10, seed: 2024 };
+fn sbc(covariance_scale: f64, quick: bool) -> Result<SbcReport, Box<dyn std::error::Error>> {
+    let settings = if quick {
+        SbcSettings { n_replicates: 40, n_draws: 19, n_bins: 5, seed: 2024 }
+    } else {
+        SbcSettings { n_replicates: 200, n_draws: 99, n_bins: 10, seed: 2024 }
+    };
     let standard = Gaussian::standard(2);
     let prior = |rng: &mut dyn RngCore| -> Vec<f64> { standard.sample(rng) };
     let noise = Gaussian::standard(1);
@@ -55,11 +62,12 @@ fn sbc(covariance_scale: f64) -> Result<SbcReport, Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_dir = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/inference_test_demo"));
+    let args = common::Args::parse("[--quick] [OUTPUT_DIR]", &[], &[], 1);
+    let out_dir: PathBuf = args.positional(0, PathBuf::from("target/inference_test_demo"));
     std::fs::create_dir_all(&out_dir)?;
 
-    let exact = sbc(1.0)?;
-    let overconfident = sbc(0.25)?;
+    let exact = sbc(1.0, args.quick())?;
+    let overconfident = sbc(0.25, args.quick())?;
 
     for (name, report) in [("exact", &exact), ("overconfident", &overconfident)] {
         let path = out_dir.join(format!("sbc_ranks_{name}.png"));

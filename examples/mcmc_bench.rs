@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example mcmc_bench -- [--chains 1274] [--warmup 1024] [--threads 1]
 //!     [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]
+//! cargo run --release --example mcmc_bench -- --quick   # smoke run: 16 chains × 64 warm-up steps, 40 generated points
 //! ```
 //!
 //! With `--train/--test` it reads the peers' exact split (CSV rows `x,y`, already standardised with
@@ -13,6 +14,8 @@
 //! y = sin x + N(0, 0.3²), 80/20 split, standardised with the training statistics as the peers do.
 //! Model: N(0, 1) priors on every weight, σ ~ HalfNormal(1) sampled as ln σ, chains from U(−2, 2).
 //! The last line is machine-readable.
+
+mod common;
 
 use std::time::Instant;
 
@@ -30,42 +33,50 @@ struct F1 {
     noise: Gaussian<Learned<1.0>>,
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn read_csv(path: &str) -> Table {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+fn read_csv(path: &str) -> Result<Table, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Vec<f64> = line.split(',').map(|s| s.trim().parse().expect("a number")).collect();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Vec<f64> =
+            line.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().map_err(|e| format!("{path}:{}: {e}", i + 1))?;
+        if v.len() != 2 {
+            return Err(format!("{path}:{}: expected two columns x,y", i + 1).into());
+        }
         x.push(v[0]);
         y.push(v[1]);
     }
-    Table::new(x, 1, y).expect("a valid table")
+    Ok(Table::new(x, 1, y)?)
 }
 
-fn main() -> weightspace::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let chains: usize = arg(&args, "--chains", 1274);
-    let warmup: usize = arg(&args, "--warmup", 1024);
-    let threads: usize = arg(&args, "--threads", 1);
-    let seed: u64 = arg(&args, "--seed", 0);
-    let (train, test, source) = match (args.iter().position(|a| a == "--train"), args.iter().position(|a| a == "--test")) {
-        (Some(i), Some(j)) => (read_csv(&args[i + 1]), read_csv(&args[j + 1]), "peer split (csv)"),
-        _ => {
-            let raw = weightspace::mcmc::data::sinusoidal(150, seed);
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = common::Args::parse(
+        "[--quick] [--chains 1274] [--warmup 1024] [--threads 1] [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]",
+        &["--diag", "--per-chain"],
+        &["--chains", "--warmup", "--threads", "--train", "--test", "--seed"],
+        0,
+    );
+    // the benchmark, or with --quick a smoke run: chains, warm-up steps, generated points
+    let (chains, warmup, points) = if args.quick() { (16, 64, 40) } else { (1274, 1024, 150) };
+    let chains: usize = args.get("--chains", chains);
+    let warmup: usize = args.get("--warmup", warmup);
+    let threads: usize = args.get("--threads", 1);
+    let seed: u64 = args.get("--seed", 0);
+    let (train, test, source) = match (args.value("--train"), args.value("--test")) {
+        (Some(tr), Some(te)) => (read_csv(tr)?, read_csv(te)?, "peer split (csv)"),
+        (None, None) => {
+            let raw = weightspace::mcmc::data::sinusoidal(points, seed);
             let (tr, te) = raw.split(0.8, seed)?;
             let (tr, stats) = tr.standardise();
             (tr, te.apply(&stats), "generated")
         }
+        _ => args.fail("--train and --test go together"),
     };
     let dev = Cpu::default();
     let (train, test) = (train.to_dataset::<f32, _>(&dev)?, test.to_dataset::<f32, _>(&dev)?);
     let model = F1::<f32, Cpu>::new(&dev);
     let mc = ManyChainSettings {
-        diagonal_mass_matrix: args.iter().any(|a| a == "--diag"),
-        step_size: if args.iter().any(|a| a == "--per-chain") { StepSizeAdaptation::PerChain } else { StepSizeAdaptation::Shared },
+        diagonal_mass_matrix: args.flag("--diag"),
+        step_size: if args.flag("--per-chain") { StepSizeAdaptation::PerChain } else { StepSizeAdaptation::Shared },
         seed,
         ..Default::default()
     };

@@ -13,6 +13,8 @@
 //! cargo run --release --example meta_custom -- --quick
 //! ```
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use weightspace::bnnp::*;
 use weightspace::prelude::*;
@@ -46,7 +48,7 @@ impl TaskSource<f32, Cpu> for Mixture {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = common::Args::parse("[--quick]", &[], &[], 0).quick();
     let steps = if quick { 40 } else { 1500 };
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

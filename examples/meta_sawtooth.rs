@@ -20,6 +20,8 @@
 //! cargo run --release --example meta_sawtooth -- --steps 20000
 //! ```
 
+mod common;
+
 use rand::SeedableRng;
 use weightspace::bnnp::*;
 use weightspace::plot::{band_plot, BandPlot};
@@ -91,13 +93,9 @@ fn mfvi(ctx: &Dataset<f32, Cpu>, noise_raw: f32, learned: Option<&G>, steps: usi
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let steps = args.iter().position(|a| a == "--steps").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(if quick {
-        60
-    } else {
-        3000
-    });
+    let args = common::Args::parse("[--quick] [--steps N]", &[], &["--steps"], 0);
+    let quick = args.quick();
+    let steps = args.get("--steps", if quick { 60 } else { 3000 });
     let (held_out, mf_steps) = if quick { (3, 100) } else { (10, 600) };
     std::fs::create_dir_all("target/weightspace")?;
     let dev = Cpu::default();

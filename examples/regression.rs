@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! cargo run --release --example regression
+//! cargo run --release --example regression -- --quick   # smoke run
 //! ```
+
+mod common;
 
 use rand::{Rng, SeedableRng};
 use weightspace::plot::{band_plot, BandPlot};
@@ -29,10 +32,13 @@ fn sample(rng: &mut impl Rng, n: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let quick = common::Args::parse("[--quick]", &[], &[], 0).quick();
+    // sizes: points (train and test), steps, ELBO samples, predictive samples (test, grid)
+    let (n, steps, samples, k, k_grid) = if quick { (40, 300, 2, 100, 200) } else { (200, 8000, 8, 1000, 2000) };
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let (x, y) = sample(&mut rng, 200);
-    let (xt, yt) = sample(&mut rng, 200);
+    let (x, y) = sample(&mut rng, n);
+    let (xt, yt) = sample(&mut rng, n);
     let train = Dataset::regression(&dev, &x, 1, &y, 1)?;
     let test = Dataset::regression(&dev, &xt, 1, &yt, 1)?;
 
@@ -40,10 +46,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // means start at a draw from the prior (jitter 1) so the hidden units differ from the outset
     let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: 1 })?;
     let cfg = FitConfig {
-        steps: 8000,
+        steps,
         lr: 2e-2,
         lr_end: Some(1e-3),
-        elbo: ElboConfig { samples: 8, ..Default::default() },
+        elbo: ElboConfig { samples, ..Default::default() },
+        progress: !quick,
         ..Default::default()
     };
     let report = fit(&mut model, &mut guide, &train, &cfg)?;
@@ -57,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         weightspace::likelihood::noise_value(&SineNet::<f32, Cpu>::ARCH.likelihood, &model.noise).unwrap_or(f64::NAN)
     );
 
-    let m = Predictive::new(1000).evaluate(&model, &guide, &test)?;
+    let m = Predictive::new(k).evaluate(&model, &guide, &test)?;
     println!(
         "test: rmse {:.3}  mean log predictive density {:.3} ± {:.3}  95% coverage {:.3}",
         m.rmse.unwrap_or(f64::NAN),
@@ -69,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the picture: predictive band over a grid, with a few posterior function draws
     let grid: Vec<f64> = (0..300).map(|i| -6.0 + 12.0 * i as f64 / 299.0).collect();
     let xg = dev.tensor_from_vec(grid.iter().map(|&v| v as f32).collect(), (grid.len(), 1usize));
-    let pred = Predictive::new(2000).quantiles(&[0.025, 0.975]).run(&model, &guide, &xg)?;
+    let pred = Predictive::new(k_grid).quantiles(&[0.025, 0.975]).run(&model, &guide, &xg)?;
     let draws = weightspace::guide::sample_guide(SineNet::<f32, Cpu>::ARCH, &guide, 8, &mut rng)?;
     let f = model.forward(draws, &xg)?.as_vec();
     let samples: Vec<Vec<f64>> = f.chunks(grid.len()).map(|c| c.iter().map(|&v| v as f64).collect()).collect();

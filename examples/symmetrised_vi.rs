@@ -23,7 +23,10 @@
 //! ```text
 //! cargo run --release --example symmetrised_vi            # 3 seeds, 4000 steps, K = 64
 //! cargo run --release --example symmetrised_vi -- 500 16  # steps, K (a quick run)
+//! cargo run --release --example symmetrised_vi -- --quick   # smoke run: 1 seed, 30 steps, K = 4, small data and evaluations
 //! ```
+
+mod common;
 
 use rand::{Rng, SeedableRng};
 use weightspace::prelude::*;
@@ -49,7 +52,22 @@ net!(Net4, 4);
 net!(Net16, 16);
 net!(Net64, 64);
 
-const SEEDS: [u64; 3] = [0, 1, 2];
+/// Sizes of one run besides the steps and `K`.
+#[derive(Clone, Copy)]
+struct Budget {
+    seeds: &'static [u64],
+    n_train: usize,
+    n_test: usize,
+    /// Repetitions of the end-of-training estimates.
+    reps: usize,
+    /// Monte-Carlo samples per end-of-training estimate (ELBO and information term).
+    eval_samples: usize,
+    /// Samples of the test predictive.
+    predictive: usize,
+}
+
+const FULL: Budget = Budget { seeds: &[0, 1, 2], n_train: 150, n_test: 500, reps: 50, eval_samples: 64, predictive: 1000 };
+const QUICK: Budget = Budget { seeds: &[0], n_train: 40, n_test: 50, reps: 2, eval_samples: 8, predictive: 50 };
 
 /// The sinusoidal task of docs/methods.md §4: x ~ U(0, 8), y = sin x + N(0, 0.3²); inputs are
 /// standardised with the training mean and sd.
@@ -82,6 +100,7 @@ fn run<M: Bnn<f32, Cpu>>(
     steps: usize,
     k: usize,
     seed: u64,
+    budget: Budget,
 ) -> Result<Outcome> {
     let group = SymmetryGroup::of(M::ARCH);
     let elbo_cfg = ElboConfig { samples: 8, ..Default::default() };
@@ -105,18 +124,18 @@ fn run<M: Bnn<f32, Cpu>>(
     let secs_sym = t.elapsed().as_secs_f64();
 
     // precise end-of-training figures
-    let eval = SymmetrisedElbo { elbo: ElboConfig { samples: 64, ..Default::default() }, ..objective };
+    let eval = SymmetrisedElbo { elbo: ElboConfig { samples: budget.eval_samples, ..Default::default() }, ..objective };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 1000);
-    let reps = 50;
+    let reps = budget.reps;
     let (mut plain_of_plain, mut ik_of_plain, mut sym_of_sym, mut plain_of_sym) = (0.0, 0.0, 0.0, 0.0);
     for _ in 0..reps {
         plain_of_plain += weightspace::elbo::elbo(&m_plain, &q_plain, train, n, &eval.elbo, &mut rng)?.elbo / reps as f64;
-        ik_of_plain += information(&group, &q_plain, eval.bound, 64, &mut rng)?.value / reps as f64;
+        ik_of_plain += information(&group, &q_plain, eval.bound, budget.eval_samples, &mut rng)?.value / reps as f64;
         let s = symmetrised_elbo(&m_sym, &q_sym, train, n, &eval, &mut rng)?;
         sym_of_sym += s.estimate.elbo / reps as f64;
         plain_of_sym += s.plain_elbo / reps as f64;
     }
-    let predictive = Predictive::new(1000).seed(seed);
+    let predictive = Predictive::new(budget.predictive).seed(seed);
     let lppd_plain = predictive.evaluate(&m_plain, &q_plain, test)?.mean_lpd;
     let mut sym = SymmetrisedGuide::new(&group, &q_sym);
     let lppd_sym = predictive.evaluate_source(&m_sym, &mut sym, test)?.mean_lpd;
@@ -134,13 +153,15 @@ fn run<M: Bnn<f32, Cpu>>(
     );
     // small groups: the exact information term, and training with it
     if group.order().is_some_and(|o| o <= 4096) {
-        let exact_of_plain =
-            (0..10).map(|_| information(&group, &q_plain, InfoBound::Exact, 64, &mut rng).map(|e| e.value)).sum::<Result<f64>>()? / 10.0;
+        let exact_of_plain = (0..10)
+            .map(|_| information(&group, &q_plain, InfoBound::Exact, budget.eval_samples, &mut rng).map(|e| e.value))
+            .sum::<Result<f64>>()?
+            / 10.0;
         let mut m_ex = model0.clone();
         let mut q_ex = m_ex.mean_field_with(init)?;
         let mut exact = SymmetrisedElbo { elbo: elbo_cfg, ..SymmetrisedElbo::new(group.clone(), InfoBound::Exact) };
         fit_objective(&mut m_ex, &mut q_ex, train, &cfg, &mut exact)?;
-        let eval_ex = SymmetrisedElbo { elbo: ElboConfig { samples: 64, ..Default::default() }, ..exact };
+        let eval_ex = SymmetrisedElbo { elbo: ElboConfig { samples: budget.eval_samples, ..Default::default() }, ..exact };
         let (mut sym_ex, mut info_ex) = (0.0, 0.0);
         for _ in 0..reps {
             let s = symmetrised_elbo(&m_ex, &q_ex, train, n, &eval_ex, &mut rng)?;
@@ -157,14 +178,20 @@ fn run<M: Bnn<f32, Cpu>>(
     Ok(Outcome { elbo_plain: plain_of_plain, elbo_sym: sym_of_sym, lppd_plain, lppd_sym })
 }
 
-fn width<M: Bnn<f32, Cpu>>(new: impl Fn(&Cpu) -> M, steps: usize, k: usize, data: &(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)) -> Result<()> {
+fn width<M: Bnn<f32, Cpu>>(
+    new: impl Fn(&Cpu) -> M,
+    steps: usize,
+    k: usize,
+    data: &(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>),
+    budget: Budget,
+) -> Result<()> {
     let dev = Cpu::default();
     let train = Dataset::<f32, _>::regression(&dev, &data.0, 1, &data.1, 1)?;
     let test = Dataset::<f32, _>::regression(&dev, &data.2, 1, &data.3, 1)?;
     let model = new(&dev);
     let group = SymmetryGroup::of(M::ARCH);
     eprintln!("width {}: ln|G| = {:.1}, ln K = {:.2}", M::ARCH.layers[0].d_out, group.log_order(), (k as f64).ln());
-    let outs = SEEDS.iter().map(|&s| run(&model, &train, &test, steps, k, s)).collect::<Result<Vec<_>>>()?;
+    let outs = budget.seeds.iter().map(|&s| run(&model, &train, &test, steps, k, s, budget)).collect::<Result<Vec<_>>>()?;
     let mean = |f: fn(&Outcome) -> f64| outs.iter().map(f).sum::<f64>() / outs.len() as f64;
     println!(
         "symmetrised_vi width={} elbo_plain={:.3} elbo_sym={:.3} lppd_plain={:.4} lppd_sym={:.4}",
@@ -178,13 +205,17 @@ fn width<M: Bnn<f32, Cpu>>(new: impl Fn(&Cpu) -> M, steps: usize, k: usize, data
 }
 
 fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let steps = args.first().copied().unwrap_or(4000);
-    let k = args.get(1).copied().unwrap_or(64);
-    let data = task(150, 500);
-    eprintln!("sinusoidal task: 150 training points, 500 test points; {steps} steps, K = {k}, seeds {SEEDS:?}");
-    width(Net4::<f32, Cpu>::new, steps, k, &data)?;
-    width(Net16::<f32, Cpu>::new, steps, k, &data)?;
-    width(Net64::<f32, Cpu>::new, steps, k, &data)?;
+    let args = common::Args::parse("[--quick] [STEPS [K]]", &[], &[], 2);
+    let budget = if args.quick() { QUICK } else { FULL };
+    let steps: usize = args.positional(0, if args.quick() { 30 } else { 4000 });
+    let k: usize = args.positional(1, if args.quick() { 4 } else { 64 });
+    let data = task(budget.n_train, budget.n_test);
+    eprintln!(
+        "sinusoidal task: {} training points, {} test points; {steps} steps, K = {k}, seeds {:?}",
+        budget.n_train, budget.n_test, budget.seeds
+    );
+    width(Net4::<f32, Cpu>::new, steps, k, &data, budget)?;
+    width(Net16::<f32, Cpu>::new, steps, k, &data, budget)?;
+    width(Net64::<f32, Cpu>::new, steps, k, &data, budget)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! cargo run --release --example symmetry_mcmc -- --dataset sinusoidal|regression2d|diabetes \
 //!     --arch f1|f2 --chains 1274 --warmup 1024 [--draws 1] [--threads 1] [--seed 0] [--no-single] \
 //!     [--sampler chees|nuts] [--per-chain] [--diag]
+//! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 8 chains × 50 warm-up steps, 40 sinusoidal points
 //! ```
 //!
 //! - f1 is a 1×3 tanh MLP, f2 a 3×16 tanh MLP; N(0, 1) priors on every weight, σ ~ HalfNormal(1).
@@ -22,6 +23,9 @@
 //! - diabetes is the classic 442 × 10 set, read from the `smartcore` crate, which ships all 442
 //!   rows (linfa-datasets' loader drops the first one).
 
+mod common;
+
+use common::Args;
 use weightspace::mcmc::data::Table;
 use weightspace::mcmc::*;
 use weightspace::prelude::*;
@@ -55,10 +59,6 @@ macro_rules! nets {
 
 nets!(F1In1, F2In1, 1; F1In2, F2In2, 2; F1In10, F2In10, 10);
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// The classic diabetes data: 442 rows, 10 (already scaled) features, the disease-progression
 /// target.
 fn diabetes() -> Table {
@@ -86,20 +86,21 @@ struct Outcome {
     seconds: f64,
 }
 
-fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f32, Cpu>, args: &[String]) -> weightspace::Result<Outcome> {
-    let chains: usize = arg(args, "--chains", 1274);
-    let warmup: usize = arg(args, "--warmup", 1024);
-    let draws: usize = arg(args, "--draws", 1);
-    let seed: u64 = arg(args, "--seed", 0);
-    let sampler = match arg(args, "--sampler", "chees".to_string()).as_str() {
+fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f32, Cpu>, args: &Args) -> weightspace::Result<Outcome> {
+    let chains: usize = args.get("--chains", if args.quick() { 8 } else { 1274 });
+    let warmup: usize = args.get("--warmup", if args.quick() { 50 } else { 1024 });
+    let draws: usize = args.get("--draws", 1);
+    let seed: u64 = args.get("--seed", 0);
+    let sampler = match args.value("--sampler").unwrap_or("chees") {
         // the paper's own method: every chain on its own with NUTS
         "nuts" => ChainSampler::Nuts(NutsSettings { seed, ..Default::default() }),
-        _ => ChainSampler::ManyChain(ManyChainSettings {
-            step_size: if args.iter().any(|a| a == "--per-chain") { StepSizeAdaptation::PerChain } else { StepSizeAdaptation::Shared },
-            diagonal_mass_matrix: args.iter().any(|a| a == "--diag"),
+        "chees" => ChainSampler::ManyChain(ManyChainSettings {
+            step_size: if args.flag("--per-chain") { StepSizeAdaptation::PerChain } else { StepSizeAdaptation::Shared },
+            diagonal_mass_matrix: args.flag("--diag"),
             seed,
             ..Default::default()
         }),
+        other => args.fail(&format!("--sampler {other}: use chees or nuts")),
     };
     let name = match sampler {
         ChainSampler::Nuts(_) => "NUTS per chain",
@@ -110,9 +111,9 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
         warmup,
         draws_per_chain: draws,
         sampler,
-        threads: arg(args, "--threads", 1),
+        threads: args.get("--threads", 1),
         seed,
-        progress: true,
+        progress: !args.quick(),
         ..Default::default()
     };
     let run = sym_mcmc(model, train, &settings, &Canonicalisation::Exact)?;
@@ -130,7 +131,7 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
     } else {
         println!("  diagnostics: R-hat/ESS need >= 4 draws per chain (use --draws 4)");
     }
-    let single = if args.iter().any(|a| a == "--no-single") {
+    let single = if args.flag("--no-single") {
         None
     } else {
         let s = SymMcmcSettings {
@@ -158,14 +159,22 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
 }
 
 fn main() -> weightspace::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let dataset: String = arg(&args, "--dataset", "sinusoidal".to_string());
-    let arch: String = arg(&args, "--arch", "f1".to_string());
-    let chains: usize = arg(&args, "--chains", 1274);
-    let seed: u64 = arg(&args, "--seed", 0);
+    let args = Args::parse(
+        "[--quick] [--dataset sinusoidal|regression2d|diabetes] [--arch f1|f2] [--chains 1274] [--warmup 1024] [--draws 1] \
+         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag]",
+        &["--no-single", "--per-chain", "--diag"],
+        &["--dataset", "--arch", "--chains", "--warmup", "--draws", "--threads", "--seed", "--sampler"],
+        0,
+    );
+    let quick = args.quick();
+    let dataset: String = args.get("--dataset", "sinusoidal".to_string());
+    let arch: String = args.get("--arch", "f1".to_string());
+    let chains: usize = args.get("--chains", if quick { 8 } else { 1274 });
+    let seed: u64 = args.get("--seed", 0);
+    // the paper's sizes, or with --quick fewer rows of the generated data sets (diabetes stays whole)
     let table = match dataset.as_str() {
-        "sinusoidal" => weightspace::mcmc::data::sinusoidal(150, seed),
-        "regression2d" => weightspace::mcmc::data::regression2d(256, seed),
+        "sinusoidal" => weightspace::mcmc::data::sinusoidal(if quick { 40 } else { 150 }, seed),
+        "regression2d" => weightspace::mcmc::data::regression2d(if quick { 64 } else { 256 }, seed),
         "diabetes" => diabetes(),
         other => {
             return Err(weightspace::Error::InvalidConfig {

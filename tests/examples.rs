@@ -1,0 +1,247 @@
+//! Smoke runs of every example at `--quick` size: each must exit with status 0, print its
+//! machine-readable `key=value` summary line with finite numbers, and write the files it writes.
+//!
+//! `cargo test` builds the examples (into `target/<profile>/examples/`) before it runs the
+//! integration tests, so `cargo test --workspace --release` runs these against fresh binaries. A
+//! narrower `cargo test --release --test examples` does not build them: run
+//! `cargo build --release --examples` first (a missing or stale binary fails with that advice).
+//!
+//! Each example runs in its own scratch directory under `CARGO_TARGET_TMPDIR`, so the files it
+//! writes to `target/weightspace/` (relative to its working directory) land there and do not
+//! overwrite the figures of a full run in the workspace's `target/weightspace/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The example binary `name`, next to this test binary: tests live in `target/<profile>/deps/`,
+/// examples in `target/<profile>/examples/`.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary in target/<profile>/deps");
+    let path = profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let build = "build the examples first: `cargo build --release --examples` (plain `cargo test --release` builds them too)";
+    let built = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(_) => panic!("example binary {} is missing; {build}", path.display()),
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for source in [root.join("examples").join(format!("{name}.rs")), root.join("examples/common/mod.rs")] {
+        let changed = std::fs::metadata(&source).and_then(|m| m.modified()).expect("example source");
+        assert!(changed <= built, "example binary {} is older than {}; {build}", path.display(), source.display());
+    }
+    path
+}
+
+/// A fresh, empty working directory for one run.
+fn scratch(run: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples").join(run);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("clearing the scratch directory");
+    }
+    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
+    dir
+}
+
+/// Runs example `name` with `--quick` and `extra` arguments in `dir`; asserts exit status 0 and
+/// returns its stdout.
+fn run_in(dir: &Path, name: &str, extra: &[&str]) -> String {
+    let bin = binary(name);
+    let command = [name, "--quick"].iter().chain(extra).copied().collect::<Vec<_>>().join(" ");
+    let start = Instant::now();
+    let out = Command::new(&bin)
+        .arg("--quick")
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // visible with `--nocapture`
+    eprintln!("example `{command}`: {:.2} s", start.elapsed().as_secs_f64());
+    assert!(out.status.success(), "`{command}` failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+    stdout
+}
+
+/// Runs example `name` with `--quick` in a fresh scratch directory; returns its stdout and the
+/// directory.
+fn run(name: &str) -> (String, PathBuf) {
+    let dir = scratch(name);
+    (run_in(&dir, name, &[]), dir)
+}
+
+/// The `key=value` pairs of the last stdout line that starts with `prefix`.
+fn summary<'a>(stdout: &'a str, prefix: &str) -> HashMap<&'a str, &'a str> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with `{prefix}` in the output:\n{stdout}"));
+    line.split_whitespace().filter_map(|w| w.split_once('=')).collect()
+}
+
+/// Asserts that `keys` are present and finite numbers; returns their values in order.
+fn finite(fields: &HashMap<&str, &str>, keys: &[&str]) -> Vec<f64> {
+    keys.iter()
+        .map(|k| {
+            let v = fields.get(k).unwrap_or_else(|| panic!("`{k}=` missing from {fields:?}"));
+            let x: f64 = v.parse().unwrap_or_else(|_| panic!("`{k}={v}` is not a number"));
+            assert!(x.is_finite(), "`{k}={v}` is not finite");
+            x
+        })
+        .collect()
+}
+
+/// Asserts that the run in `dir` wrote the non-empty files `paths` (relative to `dir`).
+fn wrote(dir: &Path, paths: &[&str]) {
+    for p in paths {
+        let len = std::fs::metadata(dir.join(p)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{p} was not written (looked in {})", dir.display());
+    }
+}
+
+#[test]
+fn bali_uci() {
+    let (out, _) = run("bali_uci");
+    let s = summary(&out, "bali_uci dataset=wine ");
+    finite(&s, &["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "epochs"]);
+}
+
+#[test]
+fn bnnp_bench() {
+    let (out, _) = run("bnnp_bench");
+    let s = summary(&out, "bnnp_bench ");
+    let v = finite(&s, &["steps_per_s", "gflop_per_step", "gflops"]);
+    assert!(v.iter().all(|&x| x > 0.0), "{s:?}");
+}
+
+#[test]
+fn classification() {
+    let (out, dir) = run("classification");
+    let s = summary(&out, "classification ");
+    let v = finite(&s, &["accuracy", "nll", "ece"]);
+    assert!((0.0..=1.0).contains(&v[0]), "accuracy {}", v[0]);
+    wrote(&dir, &["target/weightspace/classification.png"]);
+}
+
+#[test]
+fn elbo_bench() {
+    let (out, _) = run("elbo_bench");
+    let s = summary(&out, "elbo_bench ");
+    assert!(finite(&s, &["us_per_step"])[0] > 0.0, "{s:?}");
+}
+
+#[test]
+fn elbo_tightness() {
+    let (out, _) = run("elbo_tightness");
+    let s = summary(&out, "elbo_tightness ");
+    finite(&s, &["log_z", "bnnp_elbo", "mfvi_elbo"]);
+}
+
+#[test]
+fn inference_test_demo() {
+    let (out, dir) = run("inference_test_demo");
+    for sampler in ["exact", "overconfident"] {
+        let s = summary(&out, &format!("sbc sampler={sampler} "));
+        let p = finite(&s, &["p_value"])[0];
+        assert!((0.0..=1.0).contains(&p), "{sampler}: p_value {p}");
+    }
+    wrote(&dir, &["target/inference_test_demo/sbc_ranks_exact.png", "target/inference_test_demo/sbc_ranks_overconfident.png"]);
+}
+
+#[test]
+fn mcmc_bench() {
+    let (out, _) = run("mcmc_bench");
+    assert!(out.contains("data: generated"), "{out}");
+    let s = summary(&out, "mcmc_bench ");
+    finite(&s, &["seconds", "total_seconds", "lppd", "se"]);
+}
+
+/// The `--train/--test` CSV path, with two tiny files.
+#[test]
+fn mcmc_bench_csv() {
+    let dir = scratch("mcmc_bench_csv");
+    let rows =
+        |n: usize, off: f64| (0..n).map(|i| format!("{:.3},{:.3}\n", i as f64 * 0.1 - off, (i as f64 * 0.1).sin())).collect::<String>();
+    std::fs::write(dir.join("train.csv"), rows(24, 1.0)).expect("writing train.csv");
+    std::fs::write(dir.join("test.csv"), rows(8, 0.5)).expect("writing test.csv");
+    let out = run_in(&dir, "mcmc_bench", &["--train", "train.csv", "--test", "test.csv"]);
+    assert!(out.contains("data: peer split (csv), 24 train / 8 test points"), "{out}");
+    finite(&summary(&out, "mcmc_bench "), &["lppd", "se"]);
+}
+
+#[test]
+fn meta_custom() {
+    let (out, dir) = run("meta_custom");
+    let s = summary(&out, "meta_custom ");
+    assert_eq!(s.get("objective_restored_equal"), Some(&"true"), "the checkpoint did not round-trip: {s:?}");
+    wrote(&dir, &["target/weightspace/meta_custom.safetensors"]);
+}
+
+#[test]
+fn meta_sawtooth() {
+    let (out, dir) = run("meta_sawtooth");
+    let s = summary(&out, "meta_sawtooth ");
+    for nc in [1, 2, 4, 8] {
+        finite(&s, &[&format!("nc{nc}_bnnp"), &format!("nc{nc}_mfvi"), &format!("nc{nc}_mfvi_learned")]);
+    }
+    let pngs =
+        ["prior_initial", "prior_learned", "posterior_bnnp", "posterior_mfvi"].map(|p| format!("target/weightspace/meta_sawtooth_{p}.png"));
+    wrote(&dir, &pngs.each_ref().map(String::as_str));
+}
+
+#[test]
+fn regression() {
+    let (out, dir) = run("regression");
+    let s = summary(&out, "regression ");
+    finite(&s, &["rmse", "lpd", "gap_sd", "data_sd"]);
+    wrote(&dir, &["target/weightspace/regression.png"]);
+}
+
+#[test]
+fn symmetrised_vi() {
+    let (out, _) = run("symmetrised_vi");
+    for width in [4, 16, 64] {
+        let s = summary(&out, &format!("symmetrised_vi width={width} "));
+        finite(&s, &["elbo_plain", "elbo_sym", "lppd_plain", "lppd_sym"]);
+    }
+}
+
+#[test]
+fn symmetry_mcmc() {
+    let (out, _) = run("symmetry_mcmc");
+    let s = summary(&out, "symmetry_mcmc dataset=sinusoidal arch=f1 ");
+    finite(&s, &["lppd", "se", "lppd_single", "seconds"]);
+}
+
+/// Every example in `examples/` has a test above, and a flag it does not know is an error.
+#[test]
+fn all_examples_covered_and_unknown_flags_rejected() {
+    let tested = [
+        "bali_uci",
+        "bnnp_bench",
+        "classification",
+        "elbo_bench",
+        "elbo_tightness",
+        "inference_test_demo",
+        "mcmc_bench",
+        "meta_custom",
+        "meta_sawtooth",
+        "regression",
+        "symmetrised_vi",
+        "symmetry_mcmc",
+    ];
+    let mut found: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+        .expect("examples/")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    found.sort();
+    assert_eq!(found, tested, "examples/ and the list of smoke-tested examples differ: add a test for the new example");
+    for name in tested {
+        let out = Command::new(binary(name)).arg("--no-such-flag").output().expect("starting the example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} --no-such-flag: {}\n{stderr}", out.status);
+        assert!(stderr.contains("unknown argument `--no-such-flag`") && stderr.contains("usage:"), "{name}: {stderr}");
+    }
+}
