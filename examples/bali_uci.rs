@@ -35,9 +35,9 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use weightspace::bali::{Bali, BaliConfig, BaliPosterior};
-use weightspace::elbo::{ElboEstimate, Objective};
 use weightspace::metrics::mean_and_se;
 use weightspace::prelude::*;
+use weightspace::{ElboEstimate, Objective};
 
 #[bnn]
 struct WineNet {
@@ -124,7 +124,7 @@ impl<M: Bnn<E, Cpu>> Objective<E, Cpu, M> for Tracked<'_, M> {
         rng: &mut rand::rngs::StdRng,
     ) -> weightspace::Result<ElboEstimate<E, Cpu>> {
         if self.step > 0 && self.step.is_multiple_of(self.per_epoch) {
-            let m = Predictive::new(self.k).seed(self.step as u64).evaluate(model, guide, self.test)?;
+            let m = Predictive { seed: self.step as u64, ..Predictive::new(self.k) }.evaluate(model, guide, self.test)?;
             self.nll.push(-m.mean_lpd + self.log_sd);
         }
         self.step += 1;
@@ -155,11 +155,11 @@ fn bali_wine(
     let mut curve = Vec::with_capacity(epochs);
     for _ in 0..epochs {
         bali.epoch(&mut model, train)?;
-        let m = Predictive::new(k).seed(seed).evaluate_source(&model, &mut bali.posterior(), test)?;
+        let m = Predictive { seed, ..Predictive::new(k) }.evaluate(&model, bali.posterior().clone(), test)?;
         curve.push(-m.mean_lpd + y_sd.ln());
     }
     let post: &BaliPosterior<E, Cpu> = bali.posterior();
-    let m = Predictive::new(k).seed(seed + 1).evaluate_source(&model, &mut &*post, test)?;
+    let m = Predictive { seed: seed + 1, ..Predictive::new(k) }.evaluate(&model, post.clone(), test)?;
     Ok(Outcome {
         rmse: m.rmse.unwrap_or(f64::NAN) * y_sd,
         ll: m.mean_lpd - y_sd.ln(),
@@ -194,7 +194,7 @@ fn mfvi_wine(
     };
     let mut obj = Tracked { inner: elbo, step: 0, per_epoch, test, k, log_sd: y_sd.ln(), nll: Vec::new(), _m: std::marker::PhantomData };
     fit_objective(&mut model, &mut guide, train, &cfg, &mut obj)?;
-    let m = Predictive::new(k).seed(seed + 1).evaluate(&model, &guide, test)?;
+    let m = Predictive { seed: seed + 1, ..Predictive::new(k) }.evaluate(&model, &guide, test)?;
     let mut curve = obj.nll;
     curve.push(-m.mean_lpd + y_sd.ln());
     Ok(Outcome {
@@ -311,7 +311,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         };
         let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &cfg)?;
-        let b = Predictive::new(k).evaluate_source(&model, &mut &post, &test)?;
+        let b = Predictive::new(k).evaluate(&model, post.clone(), &test)?;
         let mut vmodel = IrisNet::<E, Cpu>::new(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
         let steps = args.epochs * (train.len() / BATCH);

@@ -10,8 +10,8 @@
 mod common;
 
 use rand::{Rng, SeedableRng};
-use weightspace::plot::probability_map;
 use weightspace::prelude::*;
+use weightspace::probability_map;
 
 #[bnn]
 struct MoonNet {

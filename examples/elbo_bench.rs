@@ -35,7 +35,7 @@ bench_net!(Net100, 100);
 bench_net!(Net200, 200);
 
 fn time_steps<M: Bnn<f32, Cpu>>(model: &mut M, data: &Dataset<f32, Cpu>, samples: usize, steps: usize) -> Result<f64, Error> {
-    let mut guide = weightspace::guide::init_mean_field(model, MeanFieldInit::default())?;
+    let mut guide = model.mean_field_with(MeanFieldInit::default())?;
     let cfg = |steps| FitConfig {
         steps,
         lr: 1e-3,

@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // curriculum: contexts shrink from 30–70 % to 10–50 % of each task
         let lo = 0.3 - 0.2 * progress;
         let opts = ForwardOptions { samples: 4, chunk: Some(24), ..Default::default() };
-        let mut total: Option<weightspace::prior::Taped<(), f32, Cpu>> = None;
+        let mut total: Option<weightspace::Taped<(), f32, Cpu>> = None;
         let mut value = 0.0;
         for _ in 0..4 {
             let task = source.next_task(&dev, &mut rng)?;

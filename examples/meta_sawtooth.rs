@@ -24,8 +24,8 @@ mod common;
 
 use rand::SeedableRng;
 use weightspace::bnnp::*;
-use weightspace::plot::{band_plot, BandPlot};
 use weightspace::prelude::*;
+use weightspace::{band_plot, BandPlot};
 
 /// The network: two ReLU layers of 32 units; the noise is learned (at most 0.5).
 #[bnn]
@@ -188,7 +188,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(pts),
     )?;
     let (m, q) = mfvi(&ctx, noise_raw, None, mf_steps, 0)?;
-    let draws = weightspace::guide::sample_guide(SawNet::<f32, Cpu>::ARCH, &q, 200, &mut rng)?;
+    let draws = weightspace::sample_guide(SawNet::<f32, Cpu>::ARCH, &q, 200, &mut rng)?;
     plot(
         "target/weightspace/meta_sawtooth_posterior_mfvi.png",
         "mean-field VI, standard prior: posterior given 4 points",

@@ -10,8 +10,8 @@
 mod common;
 
 use rand::{Rng, SeedableRng};
-use weightspace::plot::{band_plot, BandPlot};
 use weightspace::prelude::*;
+use weightspace::{band_plot, BandPlot};
 
 /// One tanh hidden layer whose prior scale is learned; the output layer is fan-in scaled.
 #[bnn]
@@ -59,10 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fit: {} steps in {:.1} s; final ELBO {:.2} = E[log lik] {:.2} - KL {:.2}",
         report.steps, report.seconds, last.elbo, last.expected_log_lik, last.kl
     );
-    println!(
-        "learned noise sd {:.3}",
-        weightspace::likelihood::noise_value(&SineNet::<f32, Cpu>::ARCH.likelihood, &model.noise).unwrap_or(f64::NAN)
-    );
+    println!("learned noise sd {:.3}", model.noise_scale().unwrap_or(f64::NAN));
 
     let m = Predictive::new(k).evaluate(&model, &guide, &test)?;
     println!(
@@ -76,8 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the picture: predictive band over a grid, with a few posterior function draws
     let grid: Vec<f64> = (0..300).map(|i| -6.0 + 12.0 * i as f64 / 299.0).collect();
     let xg = dev.tensor_from_vec(grid.iter().map(|&v| v as f32).collect(), (grid.len(), 1usize));
-    let pred = Predictive::new(k_grid).quantiles(&[0.025, 0.975]).run(&model, &guide, &xg)?;
-    let draws = weightspace::guide::sample_guide(SineNet::<f32, Cpu>::ARCH, &guide, 8, &mut rng)?;
+    let pred = Predictive { quantiles: vec![0.025, 0.975], ..Predictive::new(k_grid) }.run(&model, &guide, &xg)?;
+    let draws = weightspace::sample_guide(SineNet::<f32, Cpu>::ARCH, &guide, 8, &mut rng)?;
     let f = model.forward(draws, &xg)?.as_vec();
     let samples: Vec<Vec<f64>> = f.chunks(grid.len()).map(|c| c.iter().map(|&v| v as f64).collect()).collect();
     let gap_sd = pred.f_std[150];

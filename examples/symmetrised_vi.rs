@@ -129,16 +129,16 @@ fn run<M: Bnn<f32, Cpu>>(
     let reps = budget.reps;
     let (mut plain_of_plain, mut ik_of_plain, mut sym_of_sym, mut plain_of_sym) = (0.0, 0.0, 0.0, 0.0);
     for _ in 0..reps {
-        plain_of_plain += weightspace::elbo::elbo(&m_plain, &q_plain, train, n, &eval.elbo, &mut rng)?.elbo / reps as f64;
+        plain_of_plain += weightspace::elbo(&m_plain, &q_plain, train, n, &eval.elbo, &mut rng)?.elbo / reps as f64;
         ik_of_plain += information(&group, &q_plain, eval.bound, budget.eval_samples, &mut rng)?.value / reps as f64;
         let s = symmetrised_elbo(&m_sym, &q_sym, train, n, &eval, &mut rng)?;
         sym_of_sym += s.estimate.elbo / reps as f64;
         plain_of_sym += s.plain_elbo / reps as f64;
     }
-    let predictive = Predictive::new(budget.predictive).seed(seed);
+    let predictive = Predictive { seed, ..Predictive::new(budget.predictive) };
     let lppd_plain = predictive.evaluate(&m_plain, &q_plain, test)?.mean_lpd;
     let mut sym = SymmetrisedGuide::new(&group, &q_sym);
-    let lppd_sym = predictive.evaluate_source(&m_sym, &mut sym, test)?.mean_lpd;
+    let lppd_sym = predictive.evaluate(&m_sym, &mut sym, test)?.mean_lpd;
     // how many hidden units still do something: posterior-mean outgoing weight above 0.05 in size
     let active = |q: &M::Guide| -> usize {
         let out = q.layer_params()[1].loc.as_vec();

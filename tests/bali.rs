@@ -325,7 +325,7 @@ fn bali_matches_mean_field_vi_in_few_epochs() {
     let mut model = Wave::<f32, Cpu>::new(&dev);
     let (post, report) =
         fit_bali(&mut model, &train, &BaliConfig { epochs, batch_size: Some(32), progress: false, ..Default::default() }).unwrap();
-    let bali = Predictive::new(400).evaluate_source(&model, &mut &post, &test).unwrap();
+    let bali = Predictive::new(400).evaluate(&model, post.clone(), &test).unwrap();
     println!(
         "test NLL: BALI {:.4} ± {:.4} after {epochs} epochs ({} updates, {:.2} s); MFVI {:.4} ± {:.4} after 3000 steps; train NLL per epoch {:?}",
         -bali.mean_lpd,
@@ -370,7 +370,7 @@ fn classifier_separates_three_blobs() {
     let mut model = Blobs::<f32, Cpu>::new(&dev);
     let cfg = BaliConfig { epochs: 20, batch_size: Some(32), alpha: 0.3, damping: 1.0, progress: false, ..Default::default() };
     let (post, _) = fit_bali(&mut model, &train, &cfg).unwrap();
-    let m = Predictive::new(200).evaluate_source(&model, &mut &post, &test).unwrap();
+    let m = Predictive::new(200).evaluate(&model, post.clone(), &test).unwrap();
     println!("blobs: accuracy {:?}, NLL {:.3}, ECE {:?}", m.accuracy, -m.mean_lpd, m.ece);
     // the blobs overlap by less than 2 % (centres ≥ 3.2 sd apart): a working classifier is above 90 %
     assert!(m.accuracy.unwrap() > 0.9, "{:?}", m.accuracy);

@@ -589,7 +589,7 @@ fn prior_transfer_to_mean_field_and_samplers() {
     // at its initial values the learned prior is the model's own N(0, I/(d_in+1)): the KLs agree
     let mut obj = LearnedPriorElbo::new(&guide, 4).unwrap();
     let mut rng = Rng64::seed_from_u64(1);
-    let ours = weightspace::elbo::Objective::estimate(&mut obj, &model, &mf, &data, 8, &mut rng).unwrap();
+    let ours = weightspace::Objective::estimate(&mut obj, &model, &mf, &data, 8, &mut rng).unwrap();
     let mut rng = Rng64::seed_from_u64(1);
     let reference = elbo(&model, &mf, &data, 8, &ElboConfig { samples: 4, ..Default::default() }, &mut rng).unwrap();
     assert!((ours.kl - reference.kl).abs() < 1e-9, "KL {} vs {}", ours.kl, reference.kl);

@@ -255,7 +255,7 @@ fn typed_weights_keep_the_tape() {
     let model = Net::new(&dev);
     let guide = model.mean_field();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let w = weightspace::guide::sample_mean_field(Net::ARCH, &guide.layer_params(), 4, &mut rng, true).unwrap();
+    let w = weightspace::rsample_guide(Net::ARCH, &guide, 4, &mut rng).unwrap();
     let flat_shapes: Vec<(usize, usize, usize)> = w.layers.iter().map(|t| *t.shape()).collect();
     let typed = SineNetWeights::from_weights(w).unwrap();
     assert_eq!(typed.hidden2.shape().0, 4);

@@ -41,9 +41,6 @@ impl LogDensity for Correlated {
 }
 
 impl BatchLogDensity for Correlated {
-    fn dim(&self) -> usize {
-        2
-    }
     fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
         for (c, l) in lp.iter_mut().enumerate() {
             *l = correlated_logp(&x[2 * c..2 * c + 2], &mut g[2 * c..2 * c + 2]);
@@ -224,7 +221,7 @@ fn fused_log_density_matches_the_generic_path_and_finite_differences() {
     for noise in [NoisePrior::HalfNormal(0.8), NoisePrior::Fixed] {
         let mut fused = BnnPosterior::new(&model, &data, noise).unwrap().threads(2);
         let mut generic = BnnPosterior::new(&model, &data, noise).unwrap().generic();
-        let d = BatchLogDensity::dim(&fused);
+        let d = fused.dim();
         assert_eq!(d, 4 * 3 + 5 + usize::from(noise != NoisePrior::Fixed));
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let c = 40;
@@ -258,9 +255,6 @@ fn fused_log_density_matches_the_generic_path_and_finite_differences() {
 struct Cliff;
 
 impl BatchLogDensity for Cliff {
-    fn dim(&self) -> usize {
-        1
-    }
     fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
         for (i, l) in lp.iter_mut().enumerate() {
             *l = if x[i] > 3.0 { f64::NAN } else { -0.5 * x[i] * x[i] };
@@ -361,7 +355,7 @@ fn workflow_runs_end_to_end_with_a_pluggable_canonicalisation() {
     let model = F1::<f32, Cpu>::new(&dev);
     // a stand-in canonicalisation that counts its calls: the workflow must pass every pooled draw
     let calls = std::cell::Cell::new(0usize);
-    let canon = |_: &weightspace::arch::Architecture, w: &Weights<f32, Cpu>| {
+    let canon = |_: &weightspace::Architecture, w: &Weights<f32, Cpu>| {
         calls.set(calls.get() + w.num_samples());
         Ok(w.clone())
     };
@@ -403,7 +397,7 @@ fn cuda_log_density_matches_cpu_and_the_many_chain_sampler_runs() {
     let mut pc = BnnPosterior::new(&mc, &dc, NoisePrior::default()).unwrap();
     let mut pg = BnnPosterior::new(&mg, &dg, NoisePrior::default()).unwrap();
     assert!(!pg.is_fused());
-    let d = BatchLogDensity::dim(&pc);
+    let d = pc.dim();
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let pos: Vec<f64> = (0..16 * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let (mut l1, mut g1, mut l2, mut g2) = (vec![0.0; 16], vec![0.0; 16 * d], vec![0.0; 16], vec![0.0; 16 * d]);

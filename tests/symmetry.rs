@@ -8,12 +8,12 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use weightspace::prelude::*;
-use weightspace::prior::Taped;
 use weightspace::symmetry::{
     cluster_modes, information, symmetrised_elbo, Canonicalisation, DataDrivenSettings, GuideLogDensity, InfoBound, ModeSettings,
     SymmetrisedElbo, SymmetrisedGuide, SymmetryGroup,
 };
 use weightspace::testing::reference::{TanhNet, TanhNetProblem, TanhNetReference};
+use weightspace::Taped;
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
@@ -338,7 +338,7 @@ struct Generic<'a, G>(&'a G);
 impl<G: GuideLogDensity<f64, Cpu>> GuideLogDensity<f64, Cpu> for Generic<'_, G> {
     fn draw<R: Rng>(
         &self,
-        arch: &weightspace::arch::Architecture,
+        arch: &weightspace::Architecture,
         s: usize,
         rng: &mut R,
         trace: bool,
@@ -347,7 +347,7 @@ impl<G: GuideLogDensity<f64, Cpu>> GuideLogDensity<f64, Cpu> for Generic<'_, G> 
     }
     fn log_density(
         &self,
-        arch: &weightspace::arch::Architecture,
+        arch: &weightspace::Architecture,
         w: Weights<f64, Cpu, OwnedTape<f64, Cpu>>,
         trace: bool,
     ) -> weightspace::Result<Taped<(usize,), f64, Cpu>> {
@@ -702,7 +702,7 @@ fn symmetrised_objective_is_at_least_the_plain_elbo_at_the_same_parameters() {
                 .map(|i| {
                     // the same seed for both: the plain parts are identical draws
                     let sym = symmetrised_elbo(&model, &guide, &data, 5, &cfg, &mut rng(i)).unwrap();
-                    let plain = weightspace::elbo::elbo(&model, &guide, &data, 5, &cfg.elbo, &mut rng(i)).unwrap();
+                    let plain = weightspace::elbo(&model, &guide, &data, 5, &cfg.elbo, &mut rng(i)).unwrap();
                     assert!((sym.plain_elbo - plain.elbo).abs() < 1e-9);
                     sym.estimate.elbo - plain.elbo
                 })
@@ -777,9 +777,9 @@ fn symmetrised_guide_predicts_like_the_guide() {
     let guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.3, seed: 8 }).unwrap();
     let x = dev.tensor_from_vec(vec![-2.0, 0.0, 1.5], (3usize, 1usize));
     let n = 4000;
-    let plain = Predictive::new(n).seed(1).run(&model, &guide, &x).unwrap();
+    let plain = Predictive { seed: 1, ..Predictive::new(n) }.run(&model, &guide, &x).unwrap();
     let mut sym = SymmetrisedGuide::new(&group, &guide);
-    let symd = Predictive::new(n).seed(2).run_source(&model, &mut sym, &x).unwrap();
+    let symd = Predictive { seed: 2, ..Predictive::new(n) }.run(&model, &mut sym, &x).unwrap();
     for j in 0..3 {
         let se = ((plain.f_std[j].powi(2) + symd.f_std[j].powi(2)) / n as f64).sqrt();
         assert!((plain.mean[j] - symd.mean[j]).abs() < 4.0 * se, "x{j}: {} vs {} (se {se})", plain.mean[j], symd.mean[j]);

@@ -21,23 +21,23 @@ mod vi;
 // The public surface: one explicit list (the facade re-exports the same items).
 
 // the foundation
-pub use error::{Error, MetricError, Result};
-pub use num::{Real, Taped};
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
+pub use error::{Error, MetricError, Result};
+pub use num::{Real, Taped};
 
 // the model description
 pub use model::arch::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
 pub use model::bnn::{Bnn, MeanFieldGuide, Weights};
 pub use model::checkpoint::{load, save};
 pub use model::data::{Dataset, Targets};
-pub use model::params::{LikelihoodParams, NormalView, PriorView};
+pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
 
 // variational inference
 pub use vi::bnn_ext::BnnExt;
 pub use vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
 pub use vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
-pub use vi::guide::{sample_guide, standard_normal, MeanFieldInit};
+pub use vi::guide::{rsample_guide, sample_guide, standard_normal, MeanFieldInit};
 pub use vi::network::forward_mean_field;
 
 // prediction
@@ -59,7 +59,7 @@ pub mod metrics {
 /// Batched symmetric-positive-definite linear algebra on the tape, on every device: Cholesky,
 /// solves, inverses and log-determinants with exact first-order gradients.
 pub mod linalg {
-    pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
+    pub use crate::num::linalg::{cholesky, host, spd_inverse, spd_logdet, spd_solve, Batch};
 }
 
 // the methods, each with its own explicit list

@@ -11,7 +11,7 @@ use crate::ctxt::Ctxt;
 use crate::symbol::{self, *};
 
 /// The activations a layer may name, spelled as in a declaration (mirrors
-/// `weightspace::arch::Activation::ALL`).
+/// `weightspace::Activation::ALL`).
 pub const ACTIVATIONS: [&str; 7] = ["Identity", "Tanh", "Relu", "Sigmoid", "Softplus", "Silu", "Gelu"];
 
 /// The declared struct.

@@ -12,7 +12,7 @@ use syn::{Attribute, Expr, ExprCall, Lit, Meta, Path, Token, UnOp};
 use crate::ctxt::Ctxt;
 use crate::symbol::{self, Symbol, *};
 
-/// How many prior parameters a layer has (mirrors `weightspace::arch::Granularity`).
+/// How many prior parameters a layer has (mirrors `weightspace::Granularity`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Granularity {
     Layer,

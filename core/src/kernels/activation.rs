@@ -17,7 +17,7 @@ use crate::Real;
 /// Elementwise activation applied after a dense layer.
 ///
 /// ```
-/// use weightspace::arch::Activation;
+/// use weightspace::Activation;
 /// assert_eq!(Activation::Tanh.to_string(), "tanh");
 /// assert!(Activation::Tanh.is_odd());
 /// assert!(!Activation::Relu.is_odd());

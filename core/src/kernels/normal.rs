@@ -214,7 +214,7 @@ mod avx512 {
 /// use weightspace::prelude::*;
 /// let dev = Cpu::default();
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-/// let eps: Tensor<(usize, usize), f32, Cpu> = weightspace::guide::standard_normal(&dev, &mut rng, (64usize, 64usize));
+/// let eps: Tensor<(usize, usize), f32, Cpu> = weightspace::standard_normal(&dev, &mut rng, (64usize, 64usize));
 /// let v = eps.as_vec();
 /// let mean = v.iter().sum::<f32>() / v.len() as f32;
 /// assert!(mean.abs() < 4.5 / 64.0); // 4.5 standard errors of the mean of 4096 draws

@@ -11,7 +11,7 @@ pub use crate::kernels::activation::Activation;
 /// A prior hyperparameter: fixed, or learned from an initial value.
 ///
 /// ```
-/// use weightspace::arch::Param;
+/// use weightspace::Param;
 /// assert_eq!(Param::Learned(1.0).value(), 1.0);
 /// assert!(Param::Learned(1.0).is_learned());
 /// assert!(!Param::Fixed(0.0).is_learned());
@@ -51,7 +51,7 @@ pub enum Granularity {
 /// A Normal prior `N(loc, scale²)` over a group of weights.
 ///
 /// ```
-/// use weightspace::arch::{Granularity, NormalSpec, Param};
+/// use weightspace::{Granularity, NormalSpec, Param};
 /// let spec = NormalSpec { loc: Param::Fixed(0.0), scale: Param::Learned(1.0), per: Granularity::Unit, fan_in_scaled: true };
 /// // fan-in scaling divides the scale by sqrt(d_in + 1)
 /// assert!((spec.effective_scale(3) - 0.5).abs() < 1e-12);
@@ -123,7 +123,7 @@ impl LayerSpec {
 /// Length of a layer's weight-prior parameter vectors.
 ///
 /// ```
-/// use weightspace::arch::{prior_weight_len, Granularity};
+/// use weightspace::{prior_weight_len, Granularity};
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Layer), 1);
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Unit), 5);
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Weight), 15);
@@ -140,7 +140,7 @@ pub const fn prior_weight_len(d_in: usize, d_out: usize, per: Granularity) -> us
 /// bias prior, if declared; tied layer- and unit-wise priors need no bias entries of their own.
 ///
 /// ```
-/// use weightspace::arch::{prior_bias_len, Granularity};
+/// use weightspace::{prior_bias_len, Granularity};
 /// assert_eq!(prior_bias_len(5, Granularity::Unit, None), 0);
 /// assert_eq!(prior_bias_len(5, Granularity::Weight, None), 5);
 /// assert_eq!(prior_bias_len(5, Granularity::Unit, Some(Granularity::Layer)), 1);
@@ -183,7 +183,7 @@ impl LikelihoodSpec {
 /// The whole declaration, as data.
 ///
 /// ```
-/// use weightspace::arch::*;
+/// use weightspace::*;
 /// static LAYERS: [LayerSpec; 1] = [LayerSpec {
 ///     name: "out", d_in: 2, d_out: 1, activation: Activation::Identity,
 ///     prior: NormalSpec::STANDARD, bias_prior: None,

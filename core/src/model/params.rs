@@ -16,7 +16,7 @@ use crate::{Real, Result};
 ///
 /// ```
 /// use weightspace::prelude::*;
-/// use weightspace::params::NormalParams;
+/// use weightspace::NormalParams;
 /// let dev = Cpu::default();
 /// let p = NormalParams::<3, f32, Cpu>::filled(&dev, 0.5, 2.0);
 /// assert_eq!(p.loc.array(), [0.5; 3]);

@@ -5,7 +5,7 @@
 //! It is meant for the dimensions of reference problems (tens to a few hundreds), not for speed.
 //!
 //! ```
-//! use weightspace_core::testing::dense::Matrix;
+//! use weightspace::testing::dense::Matrix;
 //!
 //! let a = Matrix::from_rows(&[vec![4.0, 2.0], vec![2.0, 3.0]])?;
 //! let chol = a.cholesky()?;
@@ -14,7 +14,7 @@
 //! assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12);
 //! let inv = chol.inverse();
 //! assert!(a.matmul(&inv)?.max_abs_diff(&Matrix::identity(2))? < 1e-12);
-//! # Ok::<(), weightspace_core::testing::dense::DenseError>(())
+//! # Ok::<(), weightspace::testing::dense::DenseError>(())
 //! ```
 
 use std::ops::{Index, IndexMut};
@@ -24,7 +24,7 @@ use thiserror::Error;
 /// Why a dense operation failed.
 ///
 /// ```
-/// use weightspace_core::testing::dense::{DenseError, Matrix};
+/// use weightspace::testing::dense::{DenseError, Matrix};
 ///
 /// let err = Matrix::from_rows(&[vec![1.0, 2.0], vec![2.0, 1.0]])?.cholesky().unwrap_err();
 /// assert!(matches!(err, DenseError::NotPositiveDefinite { pivot: 1, .. }));
@@ -80,13 +80,13 @@ type Result<T> = std::result::Result<T, DenseError>;
 /// A dense row-major `f64` matrix.
 ///
 /// ```
-/// use weightspace_core::testing::dense::Matrix;
+/// use weightspace::testing::dense::Matrix;
 ///
 /// let m = Matrix::from_row_major(2, 3, vec![1., 2., 3., 4., 5., 6.])?;
 /// assert_eq!(m[(1, 2)], 6.0);
 /// assert_eq!(m.transpose().shape(), (3, 2));
 /// assert_eq!(m.matvec(&[1.0, 0.0, -1.0])?, vec![-2.0, -2.0]);
-/// # Ok::<(), weightspace_core::testing::dense::DenseError>(())
+/// # Ok::<(), weightspace::testing::dense::DenseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
@@ -287,13 +287,13 @@ impl IndexMut<(usize, usize)> for Matrix {
 /// The Cholesky factor `L` (lower triangular) of an SPD matrix `A = L Lᵀ`.
 ///
 /// ```
-/// use weightspace_core::testing::dense::Matrix;
+/// use weightspace::testing::dense::Matrix;
 ///
 /// let a = Matrix::from_diagonal(&[4.0, 9.0]);
 /// let chol = a.cholesky()?;
 /// assert_eq!(chol.factor().diagonal(), vec![2.0, 3.0]);
 /// assert_eq!(chol.solve_lower(&[2.0, 3.0])?, vec![1.0, 1.0]);
-/// # Ok::<(), weightspace_core::testing::dense::DenseError>(())
+/// # Ok::<(), weightspace::testing::dense::DenseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cholesky {

@@ -19,7 +19,7 @@
 //! | MCSE of the mean | [`mcse_mean`] | small relative to the posterior sd |
 //!
 //! ```
-//! use weightspace_core::testing::diagnostics::{ess_bulk, rhat, summarize};
+//! use weightspace::testing::diagnostics::{ess_bulk, rhat, summarize};
 //!
 //! // four chains of an AR(1) process with coefficient 0.5, driven by a fixed sequence
 //! let chains: Vec<Vec<f64>> = (0..4)
@@ -39,7 +39,7 @@
 //! assert!(s.ess_bulk > 100.0 && s.ess_bulk <= 4.0 * 500.0 * 3.0);
 //! assert_eq!(s.ess_bulk, ess_bulk(&chains)?);
 //! assert_eq!(s.rhat, rhat(&chains)?);
-//! # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+//! # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 //! ```
 
 use thiserror::Error;
@@ -49,7 +49,7 @@ use super::special::normal_quantile;
 /// Why a diagnostic could not be computed.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::{rhat, DiagnosticsError};
+/// use weightspace::testing::diagnostics::{rhat, DiagnosticsError};
 ///
 /// let err = rhat(&[vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 2.0]]).unwrap_err();
 /// assert_eq!(err, DiagnosticsError::Ragged { chain: 1, expected: 4, got: 2 });
@@ -120,7 +120,7 @@ fn validate(what: &'static str, chains: &[Vec<f64>], needed: usize) -> Result<us
 /// is odd), doubling the number of chains. Input is not validated.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::split_chains;
+/// use weightspace::testing::diagnostics::split_chains;
 ///
 /// let s = split_chains(&[vec![1.0, 2.0, 3.0, 4.0, 5.0]]);
 /// assert_eq!(s, vec![vec![1.0, 2.0], vec![4.0, 5.0]]);
@@ -163,7 +163,7 @@ fn pooled_ranks(chains: &[Vec<f64>]) -> Vec<f64> {
 /// (Blom's offset, as in Vehtari et al. 2021), keeping the chain structure.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::rank_normalize;
+/// use weightspace::testing::diagnostics::rank_normalize;
 ///
 /// let z = rank_normalize(&[vec![10.0, 30.0], vec![20.0, 1000.0]]);
 /// assert!(z[0][0] < z[1][0] && z[1][0] < z[0][1] && z[0][1] < z[1][1]);
@@ -213,12 +213,12 @@ fn rhat_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// Prefer [`rhat`], which also catches chains that differ in scale or have heavy tails.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::split_rhat;
+/// use weightspace::testing::diagnostics::split_rhat;
 ///
 /// // one chain that drifts: its halves disagree
 /// let drift: Vec<f64> = (0..100).map(|t| t as f64 / 10.0).collect();
 /// assert!(split_rhat(&[drift])? > 1.5);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
     validate("split_rhat", chains, 4)?;
@@ -230,13 +230,13 @@ pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
 /// (tail). Values above 1.01 signal that the chains have not mixed.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::rhat;
+/// use weightspace::testing::diagnostics::rhat;
 ///
 /// // two chains that agree in location but not in scale: only the folded part sees it
 /// let a: Vec<f64> = (0..200).map(|t| ((t * 37) % 200) as f64 / 100.0 - 1.0).collect();
 /// let b: Vec<f64> = a.iter().map(|x| 10.0 * x).collect();
 /// assert!(rhat(&[a, b])? > 1.1);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn rhat(chains: &[Vec<f64>]) -> Result<f64> {
     validate("rhat", chains, 4)?;
@@ -315,12 +315,12 @@ fn ess_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// ArviZ `method="mean"`. This is the ESS to use for the MCSE of a posterior mean.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::ess_mean;
+/// use weightspace::testing::diagnostics::ess_mean;
 ///
 /// // a perfectly antithetic chain has ESS above the number of draws
 /// let alt: Vec<f64> = (0..100).map(|t| if t % 2 == 0 { 1.0 } else { -1.0 }).collect();
 /// assert!(ess_mean(&[alt])? > 100.0);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
     validate("ess_mean", chains, 6)?;
@@ -331,11 +331,11 @@ pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
 /// tails; the ESS to look at for the center of the distribution.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::ess_bulk;
+/// use weightspace::testing::diagnostics::ess_bulk;
 ///
 /// let sticky: Vec<f64> = (0..400).map(|t| ((t / 20) % 7) as f64 + (t % 20) as f64 * 1e-3).collect();
 /// assert!(ess_bulk(&[sticky])? < 100.0);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
     validate("ess_bulk", chains, 6)?;
@@ -346,11 +346,11 @@ pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
 /// `I(x ≤ q̂)`, with `q̂` the type-7 sample quantile of all draws.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::ess_quantile;
+/// use weightspace::testing::diagnostics::ess_quantile;
 ///
 /// let x: Vec<f64> = (0..200).map(|t| ((t * 61) % 200) as f64).collect();
 /// assert!(ess_quantile(&[x], 0.5)? > 0.0);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_quantile(chains: &[Vec<f64>], prob: f64) -> Result<f64> {
     validate("ess_quantile", chains, 6)?;
@@ -364,11 +364,11 @@ pub fn ess_quantile(chains: &[Vec<f64>], prob: f64) -> Result<f64> {
 /// Tail ESS: the smaller of the ESS of the 5% and the 95% quantile (Vehtari et al. 2021).
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::{ess_bulk, ess_tail};
+/// use weightspace::testing::diagnostics::{ess_bulk, ess_tail};
 ///
 /// let x: Vec<f64> = (0..400).map(|t| ((t * 163) % 400) as f64).collect();
 /// assert!(ess_tail(&[x.clone()])? > 0.0 && ess_bulk(&[x])? > 0.0);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_tail(chains: &[Vec<f64>]) -> Result<f64> {
     Ok(ess_quantile(chains, 0.05)?.min(ess_quantile(chains, 0.95)?))
@@ -377,12 +377,12 @@ pub fn ess_tail(chains: &[Vec<f64>]) -> Result<f64> {
 /// Monte-Carlo standard error of the mean: `sd / √ess_mean`, with the `n − 1` sd of all draws.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::mcse_mean;
+/// use weightspace::testing::diagnostics::mcse_mean;
 ///
 /// let x: Vec<f64> = (0..1000).map(|t| ((t * 7919) % 1000) as f64 / 1000.0).collect();
 /// let mcse = mcse_mean(&[x])?;
 /// assert!(mcse > 0.0 && mcse < 0.02);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn mcse_mean(chains: &[Vec<f64>]) -> Result<f64> {
     let ess = ess_mean(chains)?;
@@ -398,13 +398,13 @@ fn pooled_sd(chains: &[Vec<f64>]) -> f64 {
 /// The usual per-quantity summary of an MCMC run.
 ///
 /// ```
-/// use weightspace_core::testing::diagnostics::summarize;
+/// use weightspace::testing::diagnostics::summarize;
 ///
 /// let x: Vec<f64> = (0..400).map(|t| ((t * 163) % 400) as f64 / 400.0).collect();
 /// let s = summarize(&[x[..200].to_vec(), x[200..].to_vec()])?;
 /// assert!((s.mean - 0.49875).abs() < 1e-12);
 /// assert!(s.mcse_mean > 0.0);
-/// # Ok::<(), weightspace_core::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {

@@ -5,7 +5,7 @@
 //! this module's tests), which is far more than a p-value needs.
 //!
 //! ```
-//! use weightspace_core::testing::special::{chi_square_sf, normal_cdf, normal_quantile};
+//! use weightspace::testing::special::{chi_square_sf, normal_cdf, normal_quantile};
 //!
 //! assert!((normal_quantile(0.975) - 1.959963984540054).abs() < 1e-12);
 //! assert!((normal_cdf(1.959963984540054) - 0.975).abs() < 1e-14);
@@ -20,7 +20,7 @@ const MAX_ITER: usize = 10_000;
 /// `ln Γ(x)` for `x > 0` (Lanczos approximation, g = 7, relative error about 1e-15).
 ///
 /// ```
-/// use weightspace_core::testing::special::ln_gamma;
+/// use weightspace::testing::special::ln_gamma;
 ///
 /// assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-13);
 /// assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-13);
@@ -55,7 +55,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 /// Regularized lower incomplete gamma function `P(a, x) = γ(a, x) / Γ(a)`.
 ///
 /// ```
-/// use weightspace_core::testing::special::regularized_gamma_p;
+/// use weightspace::testing::special::regularized_gamma_p;
 ///
 /// // P(1, x) = 1 − e^{−x}
 /// assert!((regularized_gamma_p(1.0, 2.0) - (1.0 - (-2f64).exp())).abs() < 1e-14);
@@ -78,7 +78,7 @@ pub fn regularized_gamma_p(a: f64, x: f64) -> f64 {
 /// upper tail.
 ///
 /// ```
-/// use weightspace_core::testing::special::regularized_gamma_q;
+/// use weightspace::testing::special::regularized_gamma_q;
 ///
 /// assert!((regularized_gamma_q(1.0, 50.0) / (-50f64).exp() - 1.0).abs() < 1e-12);
 /// ```
@@ -145,7 +145,7 @@ fn gamma_continued_fraction(a: f64, x: f64) -> f64 {
 /// Complementary error function `erfc(x) = 1 − erf(x)`, accurate in both tails.
 ///
 /// ```
-/// use weightspace_core::testing::special::erfc;
+/// use weightspace::testing::special::erfc;
 ///
 /// assert!((erfc(1.0) - 0.157_299_207_050_285_13).abs() < 1e-15);
 /// ```
@@ -163,7 +163,7 @@ pub fn erfc(x: f64) -> f64 {
 /// Standard normal cumulative distribution function `Φ(x)`.
 ///
 /// ```
-/// use weightspace_core::testing::special::normal_cdf;
+/// use weightspace::testing::special::normal_cdf;
 ///
 /// assert_eq!(normal_cdf(0.0), 0.5);
 /// assert!((normal_cdf(-1.0) - 0.158_655_253_931_457_05).abs() < 1e-15);
@@ -175,7 +175,7 @@ pub fn normal_cdf(x: f64) -> f64 {
 /// Standard normal density `φ(x)`.
 ///
 /// ```
-/// use weightspace_core::testing::special::normal_pdf;
+/// use weightspace::testing::special::normal_pdf;
 ///
 /// assert!((normal_pdf(0.0) - 0.398_942_280_401_432_7).abs() < 1e-15);
 /// ```
@@ -187,7 +187,7 @@ pub fn normal_pdf(x: f64) -> f64 {
 /// step, accurate to about 1e-15 relative. Returns `∓inf` at 0 and 1, NaN outside `[0, 1]`.
 ///
 /// ```
-/// use weightspace_core::testing::special::normal_quantile;
+/// use weightspace::testing::special::normal_quantile;
 ///
 /// assert_eq!(normal_quantile(0.5), 0.0);
 /// assert!((normal_quantile(0.05) + 1.644_853_626_951_472_2).abs() < 1e-13);
@@ -249,7 +249,7 @@ pub fn normal_quantile(p: f64) -> f64 {
 /// `P(X > x) = Q(df/2, x/2)`.
 ///
 /// ```
-/// use weightspace_core::testing::special::chi_square_sf;
+/// use weightspace::testing::special::chi_square_sf;
 ///
 /// // df = 2 is the exponential with mean 2
 /// assert!((chi_square_sf(3.0, 2.0) - (-1.5f64).exp()).abs() < 1e-14);
@@ -262,7 +262,7 @@ pub fn chi_square_sf(x: f64, df: f64) -> f64 {
 /// `betai`).
 ///
 /// ```
-/// use weightspace_core::testing::special::regularized_beta;
+/// use weightspace::testing::special::regularized_beta;
 ///
 /// // I_x(1, 1) = x and I_x(a, b) = 1 − I_{1−x}(b, a)
 /// assert!((regularized_beta(0.3, 1.0, 1.0) - 0.3).abs() < 1e-14);
@@ -336,7 +336,7 @@ fn beta_continued_fraction(x: f64, a: f64, b: f64) -> f64 {
 /// be an integer).
 ///
 /// ```
-/// use weightspace_core::testing::special::student_t_cdf;
+/// use weightspace::testing::special::student_t_cdf;
 ///
 /// // df = 1 is the Cauchy distribution
 /// assert!((student_t_cdf(1.0, 1.0) - 0.75).abs() < 1e-14);
@@ -367,7 +367,7 @@ pub fn student_t_cdf(t: f64, df: f64) -> f64 {
 /// [`student_t_cdf`]).
 ///
 /// ```
-/// use weightspace_core::testing::special::student_t_quantile;
+/// use weightspace::testing::special::student_t_quantile;
 ///
 /// assert!((student_t_quantile(0.975, 10.0) - 2.228_138_851_986_273_5).abs() < 1e-10);
 /// ```
@@ -427,7 +427,7 @@ pub fn student_t_quantile(p: f64, df: f64) -> f64 {
 /// `Q(λ) = 2 Σ_{k≥1} (−1)^{k−1} e^{−2k²λ²}`: the asymptotic p-value of `√n · D`.
 ///
 /// ```
-/// use weightspace_core::testing::special::kolmogorov_sf;
+/// use weightspace::testing::special::kolmogorov_sf;
 ///
 /// // the classic 5% critical value
 /// assert!((kolmogorov_sf(1.358_098_639_322_550_7) - 0.05).abs() < 1e-12);

@@ -26,7 +26,7 @@
 //! [`crate::testing::plot::write_reliability_diagram_png`].
 //!
 //! ```
-//! use weightspace_core::metrics::{accuracy, expected_calibration_error, mean_and_se,
+//! use weightspace::metrics::{accuracy, expected_calibration_error, mean_and_se,
 //!     pointwise_log_predictive_density};
 //!
 //! // two posterior samples (rows), three test points (columns)
@@ -41,7 +41,7 @@
 //! assert_eq!(accuracy(&probs, 2, &[0, 0])?, 0.5);
 //! let ece = expected_calibration_error(&probs, 2, &[0, 0], 10)?;
 //! assert!((ece - 0.45).abs() < 1e-12); // (|1 - 0.9| + |0 - 0.8|) / 2
-//! # Ok::<(), weightspace_core::metrics::MetricError>(())
+//! # Ok::<(), weightspace::metrics::MetricError>(())
 //! ```
 
 use crate::num::special::normal_quantile;
@@ -86,7 +86,7 @@ fn same_len(metric: &'static str, what: &'static str, expected: usize, got: usiz
 /// `Result`, because every input has a well-defined answer.
 ///
 /// ```
-/// use weightspace_core::metrics::logsumexp;
+/// use weightspace::metrics::logsumexp;
 ///
 /// assert!((logsumexp(&[1000.0, 1000.0]) - (1000.0 + 2f64.ln())).abs() < 1e-12);
 /// assert_eq!(logsumexp(&[-800.0, f64::NEG_INFINITY]), -800.0);
@@ -109,12 +109,12 @@ pub fn logsumexp(xs: &[f64]) -> f64 {
 /// are allowed and simply contribute zero; the result is finite as long as one entry is.
 ///
 /// ```
-/// use weightspace_core::metrics::log_mean_exp;
+/// use weightspace::metrics::log_mean_exp;
 ///
 /// let v = log_mean_exp(&[-1000.0, f64::NEG_INFINITY])?;
 /// assert!((v - (-1000.0 - 2f64.ln())).abs() < 1e-12);
 /// assert!(log_mean_exp(&[]).is_err());
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn log_mean_exp(xs: &[f64]) -> Result<f64> {
     const M: &str = "log_mean_exp";
@@ -148,7 +148,7 @@ fn check_loglik(metric: &'static str, loglik: &[f64], s: usize, n: usize) -> Res
 /// Use this with [`mean_and_se`] to report the mean lpd with its standard error.
 ///
 /// ```
-/// use weightspace_core::metrics::pointwise_log_predictive_density;
+/// use weightspace::metrics::pointwise_log_predictive_density;
 ///
 /// // sample 0 finds point 1 impossible; sample 1 does not
 /// let loglik = [-1.0, f64::NEG_INFINITY,
@@ -156,7 +156,7 @@ fn check_loglik(metric: &'static str, loglik: &[f64], s: usize, n: usize) -> Res
 /// let lpd = pointwise_log_predictive_density(&loglik, 2, 2)?;
 /// assert!((lpd[0] + 1.0).abs() < 1e-12);
 /// assert!((lpd[1] - (-3.0 - 2f64.ln())).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn pointwise_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result<Vec<f64>> {
     check_loglik("pointwise_log_predictive_density", loglik, s, n)?;
@@ -178,12 +178,12 @@ pub fn pointwise_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> R
 /// point is impossible under every sample (it is never silently dropped).
 ///
 /// ```
-/// use weightspace_core::metrics::mean_log_predictive_density;
+/// use weightspace::metrics::mean_log_predictive_density;
 ///
 /// // one sample: the mean lpd is the mean log-likelihood
 /// let m = mean_log_predictive_density(&[-1.0, -2.0, -3.0], 1, 3)?;
 /// assert!((m + 2.0).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn mean_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result<f64> {
     check_loglik("mean_log_predictive_density", loglik, s, n)?;
@@ -196,12 +196,12 @@ pub fn mean_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result
 /// Needs at least two finite values.
 ///
 /// ```
-/// use weightspace_core::metrics::mean_and_se;
+/// use weightspace::metrics::mean_and_se;
 ///
 /// let (m, se) = mean_and_se(&[1.0, 2.0, 3.0, 4.0])?;
 /// assert_eq!(m, 2.5);
 /// assert!((se - (5.0f64 / 12.0).sqrt() ).abs() < 1e-12); // sd² = 5/3, n = 4
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn mean_and_se(xs: &[f64]) -> Result<(f64, f64)> {
     const M: &str = "mean_and_se";
@@ -218,10 +218,10 @@ pub fn mean_and_se(xs: &[f64]) -> Result<(f64, f64)> {
 /// Root-mean-square error between point predictions and targets.
 ///
 /// ```
-/// use weightspace_core::metrics::rmse;
+/// use weightspace::metrics::rmse;
 ///
 /// assert!((rmse(&[1.0, 2.0], &[2.0, 4.0])? - 2.5f64.sqrt()).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "rmse";
@@ -240,11 +240,11 @@ pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
 /// predictive use [`mean_log_predictive_density`].
 ///
 /// ```
-/// use weightspace_core::metrics::gaussian_negative_log_likelihood;
+/// use weightspace::metrics::gaussian_negative_log_likelihood;
 ///
 /// let nll = gaussian_negative_log_likelihood(&[0.0], &[1.0], &[0.0])?;
 /// assert!((nll - 0.5 * (2.0 * std::f64::consts::PI).ln()).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn gaussian_negative_log_likelihood(mean: &[f64], variance: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "gaussian_negative_log_likelihood";
@@ -316,13 +316,13 @@ fn top(p: &[f64]) -> (usize, f64) {
 /// [`PROB_SUM_TOLERANCE`]).
 ///
 /// ```
-/// use weightspace_core::metrics::accuracy;
+/// use weightspace::metrics::accuracy;
 ///
 /// let probs = [0.7, 0.3,
 ///              0.4, 0.6,
 ///              0.5, 0.5];
 /// assert!((accuracy(&probs, 2, &[0, 0, 0])? - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn accuracy(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64> {
     check_probs("accuracy", probs, n_classes, labels)?;
@@ -335,11 +335,11 @@ pub fn accuracy(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64
 /// It is `+inf` when a true class has probability zero.
 ///
 /// ```
-/// use weightspace_core::metrics::categorical_negative_log_likelihood;
+/// use weightspace::metrics::categorical_negative_log_likelihood;
 ///
 /// let nll = categorical_negative_log_likelihood(&[0.5, 0.5, 0.25, 0.75], 2, &[0, 1])?;
 /// assert!((nll - 0.5 * (2f64.ln() + (4.0f64 / 3.0).ln())).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn categorical_negative_log_likelihood(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64> {
     check_probs("categorical_negative_log_likelihood", probs, n_classes, labels)?;
@@ -350,7 +350,7 @@ pub fn categorical_negative_log_likelihood(probs: &[f64], n_classes: usize, labe
 /// One bin of a reliability diagram.
 ///
 /// ```
-/// use weightspace_core::metrics::ReliabilityBin;
+/// use weightspace::metrics::ReliabilityBin;
 ///
 /// let bin = ReliabilityBin { lower: 0.9, upper: 1.0, count: 10,
 ///                            mean_confidence: Some(0.95), accuracy: Some(0.8) };
@@ -384,7 +384,7 @@ impl ReliabilityBin {
 /// with `count == 0`. Draw it with [`crate::testing::plot::write_reliability_diagram_png`].
 ///
 /// ```
-/// use weightspace_core::metrics::reliability_diagram;
+/// use weightspace::metrics::reliability_diagram;
 ///
 /// let probs = [0.95, 0.05,
 ///              0.15, 0.85,
@@ -394,7 +394,7 @@ impl ReliabilityBin {
 /// assert_eq!(bins[0].count, 0);
 /// assert_eq!(bins[1].count, 3);
 /// assert!((bins[1].accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn reliability_diagram(probs: &[f64], n_classes: usize, labels: &[usize], n_bins: usize) -> Result<Vec<ReliabilityBin>> {
     reliability_bins("reliability_diagram", probs, n_classes, labels, n_bins)
@@ -436,13 +436,13 @@ fn reliability_bins(metric: &'static str, probs: &[f64], n_classes: usize, label
 /// Binning is as in [`reliability_diagram`]. 15 bins is the common choice in the literature.
 ///
 /// ```
-/// use weightspace_core::metrics::expected_calibration_error;
+/// use weightspace::metrics::expected_calibration_error;
 ///
 /// // perfectly calibrated: confidence 0.75, three of four right
 /// let probs = [0.75, 0.25, 0.75, 0.25, 0.75, 0.25, 0.25, 0.75];
 /// let ece = expected_calibration_error(&probs, 2, &[0, 0, 0, 0], 15)?;
 /// assert!(ece.abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn expected_calibration_error(probs: &[f64], n_classes: usize, labels: &[usize], n_bins: usize) -> Result<f64> {
     let bins = reliability_bins("expected_calibration_error", probs, n_classes, labels, n_bins)?;
@@ -455,11 +455,11 @@ pub fn expected_calibration_error(probs: &[f64], n_classes: usize, labels: &[usi
 /// For a central 90% predictive interval of a calibrated model, this is close to 0.9.
 ///
 /// ```
-/// use weightspace_core::metrics::interval_coverage;
+/// use weightspace::metrics::interval_coverage;
 ///
 /// let c = interval_coverage(&[0.0, 0.0, 0.0], &[1.0, 1.0, 1.0], &[0.5, 1.0, 2.0])?;
 /// assert!((c - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn interval_coverage(lower: &[f64], upper: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "interval_coverage";
@@ -484,12 +484,12 @@ pub fn interval_coverage(lower: &[f64], upper: &[f64], y: &[f64]) -> Result<f64>
 /// `z = Φ⁻¹((1 + level) / 2)`.
 ///
 /// ```
-/// use weightspace_core::metrics::gaussian_interval_coverage;
+/// use weightspace::metrics::gaussian_interval_coverage;
 ///
 /// // z(0.95) = 1.95996...: 1.9 is inside, 2.0 is outside
 /// let c = gaussian_interval_coverage(&[0.0, 0.0], &[1.0, 1.0], &[1.9, -2.0], 0.95)?;
 /// assert_eq!(c, 0.5);
-/// # Ok::<(), weightspace_core::metrics::MetricError>(())
+/// # Ok::<(), weightspace::metrics::MetricError>(())
 /// ```
 pub fn gaussian_interval_coverage(mean: &[f64], std: &[f64], y: &[f64], level: f64) -> Result<f64> {
     const M: &str = "gaussian_interval_coverage";

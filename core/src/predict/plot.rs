@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// A 1-D predictive picture: a central band, a mean line, optional function samples and data.
 ///
 /// ```no_run
-/// use weightspace::plot::{band_plot, BandPlot};
+/// use weightspace::{band_plot, BandPlot};
 /// let x = [0.0, 1.0, 2.0];
 /// band_plot("band.png", &BandPlot {
 ///     title: "posterior predictive",

@@ -50,7 +50,7 @@
 //! ```
 //! use rand::{rngs::StdRng, SeedableRng};
 //! use rand_distr::{Distribution, Normal};
-//! use weightspace_core::testing::assert::{assert_mean, check_mean, Draws};
+//! use weightspace::testing::assert::{assert_mean, check_mean, Draws};
 //!
 //! let mut rng = StdRng::seed_from_u64(1);
 //! let x: Vec<f64> = (0..500).map(|_| Normal::new(2.0, 1.0).unwrap().sample(&mut rng)).collect();
@@ -58,7 +58,7 @@
 //! let outcome = check_mean(&x, 2.5, 0.01)?;
 //! assert!(!outcome.passed);
 //! println!("{outcome}"); // mean test FAILED: |t| = ... > bound ...
-//! # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+//! # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 //! ```
 
 use std::fmt;
@@ -75,14 +75,14 @@ use crate::num::special::{kolmogorov_sf, student_t_cdf, student_t_quantile};
 /// The record of one statistical test.
 ///
 /// ```
-/// use weightspace_core::testing::assert::check_variance;
+/// use weightspace::testing::assert::check_variance;
 ///
 /// let x = [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0];
 /// let o = check_variance(&x[..], 8.0 / 7.0, 0.05)?;
 /// assert!(o.passed);
 /// assert_eq!(o.sample_sizes, vec![8]);
 /// assert!(o.to_string().starts_with("variance test passed"));
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestOutcome {
@@ -150,7 +150,7 @@ impl fmt::Display for TestOutcome {
 /// Why a check could not run, or (as [`InferenceTestError::Rejected`]) that it rejected.
 ///
 /// ```
-/// use weightspace_core::testing::assert::{check_mean, InferenceTestError};
+/// use weightspace::testing::assert::{check_mean, InferenceTestError};
 ///
 /// let err = check_mean(&[1.0, f64::NAN, 2.0][..], 0.0, 0.05).unwrap_err();
 /// assert_eq!(err.to_string(), "mean: `draws[1]` is NaN, expected a finite number");
@@ -236,7 +236,7 @@ type Result<T> = std::result::Result<T, InferenceTestError>;
 /// Draws of a scalar: independent, or correlated chains from MCMC.
 ///
 /// ```
-/// use weightspace_core::testing::assert::Draws;
+/// use weightspace::testing::assert::Draws;
 ///
 /// let iid = vec![1.0, 2.0, 3.0];
 /// let d: Draws = (&iid).into();
@@ -305,7 +305,7 @@ impl<'a, const N: usize> From<&'a [f64; N]> for Draws<'a> {
 /// Draws of a vector: independent (`draws[t][i]`) or chains (`chains[c][t][i]`).
 ///
 /// ```
-/// use weightspace_core::testing::assert::VectorDraws;
+/// use weightspace::testing::assert::VectorDraws;
 ///
 /// let iid = vec![vec![1.0, 2.0], vec![3.0, 4.0]];
 /// assert_eq!(VectorDraws::independent(&iid).dim(), Some(2));
@@ -441,13 +441,13 @@ fn t_outcome(test: &'static str, estimate: f64, expected: f64, se: f64, ess: f64
 /// of at least 6 draws each.
 ///
 /// ```
-/// use weightspace_core::testing::assert::{check_mean, Draws};
+/// use weightspace::testing::assert::{check_mean, Draws};
 ///
 /// // a slowly mixing chain: its ESS is far below n, so the bound is wide
 /// let chain: Vec<f64> = (0..1000).map(|t| ((t / 50) as f64 * 0.37).sin()).collect();
 /// let o = check_mean(Draws::chains(&[chain]), 0.0, 0.05)?;
 /// assert!(o.ess.unwrap() < 100.0);
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 pub fn check_mean<'a>(draws: impl Into<Draws<'a>>, expected: f64, alpha: f64) -> Result<TestOutcome> {
     const T: &str = "mean";
@@ -464,7 +464,7 @@ pub fn check_mean<'a>(draws: impl Into<Draws<'a>>, expected: f64, alpha: f64) ->
 /// Panicking twin of [`check_mean`].
 ///
 /// ```should_panic
-/// use weightspace_core::testing::assert::assert_mean;
+/// use weightspace::testing::assert::assert_mean;
 ///
 /// assert_mean(&[0.9, 1.1, 1.0, 0.95, 1.05], 0.0, 0.05); // panics: "mean test FAILED: ..."
 /// ```
@@ -486,13 +486,13 @@ pub fn assert_mean<'a>(draws: impl Into<Draws<'a>>, expected: f64, alpha: f64) {
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
 /// use rand_distr::{Distribution, Normal};
-/// use weightspace_core::testing::assert::check_variance;
+/// use weightspace::testing::assert::check_variance;
 ///
 /// let mut rng = StdRng::seed_from_u64(2);
 /// let x: Vec<f64> = (0..2000).map(|_| Normal::new(0.0, 1.5).unwrap().sample(&mut rng)).collect();
 /// assert!(check_variance(&x, 2.25, 0.01)?.passed);
 /// assert!(!check_variance(&x, 1.0, 0.01)?.passed);
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 pub fn check_variance<'a>(draws: impl Into<Draws<'a>>, expected_variance: f64, alpha: f64) -> Result<TestOutcome> {
     const T: &str = "variance";
@@ -511,8 +511,8 @@ pub fn check_variance<'a>(draws: impl Into<Draws<'a>>, expected_variance: f64, a
 /// Panicking twin of [`check_variance`].
 ///
 /// ```
-/// use weightspace_core::testing::assert::assert_variance;
-/// use weightspace_core::testing::special::normal_quantile;
+/// use weightspace::testing::assert::assert_variance;
+/// use weightspace::testing::special::normal_quantile;
 ///
 /// // evenly spread N(0, 1) quantiles
 /// let x: Vec<f64> = (0..1000).map(|i| normal_quantile((i as f64 + 0.5) / 1000.0)).collect();
@@ -535,9 +535,9 @@ pub fn assert_variance<'a>(draws: impl Into<Draws<'a>>, expected_variance: f64, 
 ///
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
-/// use weightspace_core::testing::assert::check_covariance;
-/// use weightspace_core::testing::dense::Matrix;
-/// use weightspace_core::testing::reference::Gaussian;
+/// use weightspace::testing::assert::check_covariance;
+/// use weightspace::testing::dense::Matrix;
+/// use weightspace::testing::reference::Gaussian;
 ///
 /// let cov = Matrix::from_rows(&[vec![1.0, 0.5], vec![0.5, 1.0]])?;
 /// let g = Gaussian::new(vec![0.0, 0.0], cov.clone())?;
@@ -604,9 +604,9 @@ pub fn check_covariance<'a>(draws: impl Into<VectorDraws<'a>>, expected: &Matrix
 ///
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
-/// use weightspace_core::testing::assert::assert_covariance;
-/// use weightspace_core::testing::dense::Matrix;
-/// use weightspace_core::testing::reference::Gaussian;
+/// use weightspace::testing::assert::assert_covariance;
+/// use weightspace::testing::dense::Matrix;
+/// use weightspace::testing::reference::Gaussian;
 ///
 /// let draws = Gaussian::standard(3).sample_n(&mut StdRng::seed_from_u64(8), 1000);
 /// assert_covariance(&draws, &Matrix::identity(3), 0.01);
@@ -645,17 +645,17 @@ fn kolmogorov_isf(alpha: f64) -> f64 {
 /// The draws must be independent; the CDF continuous.
 ///
 /// ```
-/// use weightspace_core::testing::assert::check_ks;
-/// use weightspace_core::testing::special::normal_cdf;
+/// use weightspace::testing::assert::check_ks;
+/// use weightspace::testing::special::normal_cdf;
 ///
 /// // a perfectly spread sample of N(0, 1): its empirical CDF hugs Φ
 /// let x: Vec<f64> = (1..=200).map(|i| {
-///     weightspace_core::testing::special::normal_quantile((i as f64 - 0.5) / 200.0)
+///     weightspace::testing::special::normal_quantile((i as f64 - 0.5) / 200.0)
 /// }).collect();
 /// let o = check_ks(&x, normal_cdf, 0.05)?;
 /// assert!(o.passed && (o.statistic - 0.0025).abs() < 1e-9);
 /// assert!(!check_ks(&x, |v| normal_cdf(v - 0.5), 0.05)?.passed);
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 pub fn check_ks(samples: &[f64], cdf: impl Fn(f64) -> f64, alpha: f64) -> Result<TestOutcome> {
     const T: &str = "kolmogorov-smirnov";
@@ -700,7 +700,7 @@ pub fn check_ks(samples: &[f64], cdf: impl Fn(f64) -> f64, alpha: f64) -> Result
 /// Panicking twin of [`check_ks`].
 ///
 /// ```
-/// use weightspace_core::testing::assert::assert_ks;
+/// use weightspace::testing::assert::assert_ks;
 ///
 /// let u: Vec<f64> = (0..100).map(|i| (i as f64 + 0.5) / 100.0).collect();
 /// assert_ks(&u, |x| x.clamp(0.0, 1.0), 0.05);
@@ -716,7 +716,7 @@ pub fn assert_ks(samples: &[f64], cdf: impl Fn(f64) -> f64, alpha: f64) {
 /// Settings of the permutation test in [`check_two_sample`].
 ///
 /// ```
-/// use weightspace_core::testing::assert::PermutationSettings;
+/// use weightspace::testing::assert::PermutationSettings;
 ///
 /// let s = PermutationSettings { n_permutations: 199, ..Default::default() };
 /// assert_eq!(s.seed, 0);
@@ -746,8 +746,8 @@ impl Default for PermutationSettings {
 ///
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
-/// use weightspace_core::testing::assert::{check_two_sample, PermutationSettings};
-/// use weightspace_core::testing::reference::Gaussian;
+/// use weightspace::testing::assert::{check_two_sample, PermutationSettings};
+/// use weightspace::testing::reference::Gaussian;
 ///
 /// let mut rng = StdRng::seed_from_u64(4);
 /// let g = Gaussian::standard(2);
@@ -757,7 +757,7 @@ impl Default for PermutationSettings {
 /// let s = PermutationSettings::default();
 /// assert!(check_two_sample(&x, &y, 0.05, &s)?.passed);
 /// assert!(!check_two_sample(&x, &z, 0.05, &s)?.passed);
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 pub fn check_two_sample(x: &[Vec<f64>], y: &[Vec<f64>], alpha: f64, settings: &PermutationSettings) -> Result<TestOutcome> {
     const T: &str = "energy distance";
@@ -840,13 +840,13 @@ pub fn check_two_sample(x: &[Vec<f64>], y: &[Vec<f64>], alpha: f64, settings: &P
 /// [`check_two_sample`] for scalar draws.
 ///
 /// ```
-/// use weightspace_core::testing::assert::{check_two_sample_1d, PermutationSettings};
+/// use weightspace::testing::assert::{check_two_sample_1d, PermutationSettings};
 ///
 /// let x: Vec<f64> = (0..50).map(|i| i as f64 / 50.0).collect();
 /// let y: Vec<f64> = x.iter().map(|v| v + 0.5).collect();
 /// let o = check_two_sample_1d(&x, &y, 0.05, &PermutationSettings::default())?;
 /// assert!(!o.passed);
-/// # Ok::<(), weightspace_core::testing::assert::InferenceTestError>(())
+/// # Ok::<(), weightspace::testing::assert::InferenceTestError>(())
 /// ```
 pub fn check_two_sample_1d(x: &[f64], y: &[f64], alpha: f64, settings: &PermutationSettings) -> Result<TestOutcome> {
     let wrap = |v: &[f64]| v.iter().map(|a| vec![*a]).collect::<Vec<_>>();
@@ -856,7 +856,7 @@ pub fn check_two_sample_1d(x: &[f64], y: &[f64], alpha: f64, settings: &Permutat
 /// Panicking twin of [`check_two_sample`].
 ///
 /// ```
-/// use weightspace_core::testing::assert::{assert_two_sample, PermutationSettings};
+/// use weightspace::testing::assert::{assert_two_sample, PermutationSettings};
 ///
 /// let x: Vec<Vec<f64>> = (0..40).map(|i| vec![(i % 8) as f64]).collect();
 /// let y: Vec<Vec<f64>> = (0..40).map(|i| vec![((i + 3) % 8) as f64]).collect();

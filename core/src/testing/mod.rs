@@ -45,9 +45,9 @@
 //! ```
 //! use rand::{rngs::StdRng, Rng, SeedableRng};
 //! use rand_distr::StandardNormal;
-//! use weightspace_core::testing::assert::{assert_mean, assert_variance, Draws};
-//! use weightspace_core::testing::diagnostics::{ess_bulk, rhat};
-//! use weightspace_core::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+//! use weightspace::testing::assert::{assert_mean, assert_variance, Draws};
+//! use weightspace::testing::diagnostics::{ess_bulk, rhat};
+//! use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 //!
 //! // 1. the reference: y = w0 + w1·x + noise, features φ(x) = (1, x)
 //! let xs: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
@@ -134,7 +134,7 @@
 //!
 //! // 3. the comparison: 4000 independent draws of f(1.5) from the guide
 //! let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-//! let w = weightspace::guide::sample_guide(Line::<f64, Cpu>::ARCH, &guide, 4000, &mut rng)?;
+//! let w = weightspace::sample_guide(Line::<f64, Cpu>::ARCH, &guide, 4000, &mut rng)?;
 //! let x_star = dev.tensor_from_vec(vec![1.5], (1usize, 1usize));
 //! let draws = model.forward(w, &x_star)?.as_vec();
 //! assert_mean(&draws, want, 0.01);

@@ -4,8 +4,8 @@
 //! fonts): the axes are implied, as described in each function.
 //!
 //! ```no_run
-//! use weightspace_core::metrics::reliability_diagram;
-//! use weightspace_core::testing::plot::write_reliability_diagram_png;
+//! use weightspace::metrics::reliability_diagram;
+//! use weightspace::testing::plot::write_reliability_diagram_png;
 //!
 //! let bins = reliability_diagram(&[0.9, 0.1, 0.3, 0.7], 2, &[0, 1], 10)?;
 //! write_reliability_diagram_png(&bins, "target/reliability.png")?;
@@ -22,7 +22,7 @@ use crate::predict::metrics::ReliabilityBin;
 /// Why a plot could not be written.
 ///
 /// ```
-/// use weightspace_core::testing::plot::{write_reliability_diagram_png, PlotError};
+/// use weightspace::testing::plot::{write_reliability_diagram_png, PlotError};
 ///
 /// let err = write_reliability_diagram_png(&[], "unused.png").unwrap_err();
 /// assert!(matches!(err, PlotError::Empty { .. }));
@@ -134,8 +134,8 @@ pub(crate) fn write_rank_histogram_png(histograms: &[Vec<usize>], n_draws: usize
 /// diagonal is perfect calibration. Bars below the diagonal mean over-confidence. 480×480 pixels.
 ///
 /// ```
-/// use weightspace_core::metrics::reliability_diagram;
-/// use weightspace_core::testing::plot::write_reliability_diagram_png;
+/// use weightspace::metrics::reliability_diagram;
+/// use weightspace::testing::plot::write_reliability_diagram_png;
 ///
 /// let bins = reliability_diagram(&[0.9, 0.1, 0.3, 0.7, 0.6, 0.4], 2, &[0, 1, 1], 5)?;
 /// let path = std::env::temp_dir().join("weightspace_doc_reliability.png");

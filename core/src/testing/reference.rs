@@ -10,7 +10,7 @@
 //!   over the hidden layer), with importance sampling as an independent check.
 //!
 //! ```
-//! use weightspace_core::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+//! use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 //!
 //! // y = w0 + w1 x + noise, prior w ~ N(0, I), noise sd 0.5
 //! let xs = [-1.0, 0.0, 1.0, 2.0];
@@ -24,7 +24,7 @@
 //! let post = BlrPosterior::compute(&problem)?;
 //! assert!((post.mean()[1] - 0.9).abs() < 0.1);
 //! assert!(post.log_evidence().is_finite());
-//! # Ok::<(), weightspace_core::testing::reference::ReferenceError>(())
+//! # Ok::<(), weightspace::testing::reference::ReferenceError>(())
 //! ```
 
 use rand::Rng;
@@ -37,7 +37,7 @@ use crate::predict::metrics::logsumexp;
 /// Why a reference could not be built or evaluated.
 ///
 /// ```
-/// use weightspace_core::testing::reference::{Gaussian, ReferenceError};
+/// use weightspace::testing::reference::{Gaussian, ReferenceError};
 ///
 /// let g = Gaussian::standard(2);
 /// assert!(matches!(g.log_density(&[0.0]), Err(ReferenceError::ShapeMismatch { .. })));
@@ -94,8 +94,8 @@ fn check_finite(what: &'static str, xs: &[f64]) -> Result<()> {
 ///
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
-/// use weightspace_core::testing::dense::Matrix;
-/// use weightspace_core::testing::reference::Gaussian;
+/// use weightspace::testing::dense::Matrix;
+/// use weightspace::testing::reference::Gaussian;
 ///
 /// let cov = Matrix::from_rows(&[vec![1.0, 0.5], vec![0.5, 2.0]])?;
 /// let g = Gaussian::new(vec![1.0, -1.0], cov)?;
@@ -195,11 +195,11 @@ impl Gaussian {
 /// Covariance of the Gaussian prior of a [`BlrProblem`].
 ///
 /// ```
-/// use weightspace_core::testing::reference::PriorCovariance;
+/// use weightspace::testing::reference::PriorCovariance;
 ///
 /// let p = PriorCovariance::Diagonal(vec![1.0, 4.0]);
 /// assert_eq!(p.to_matrix(2)?.diagonal(), vec![1.0, 4.0]);
-/// # Ok::<(), weightspace_core::testing::reference::ReferenceError>(())
+/// # Ok::<(), weightspace::testing::reference::ReferenceError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum PriorCovariance {
@@ -236,7 +236,7 @@ impl PriorCovariance {
 /// of a network, ...).
 ///
 /// ```
-/// use weightspace_core::testing::reference::{BlrProblem, PriorCovariance};
+/// use weightspace::testing::reference::{BlrProblem, PriorCovariance};
 ///
 /// let problem = BlrProblem {
 ///     design: vec![vec![1.0, 0.5], vec![1.0, -0.5]],
@@ -279,7 +279,7 @@ impl BlrProblem {
 /// N-dimensional formula `y ~ N(Φ m₀, σ² I + Φ S₀ Φᵀ)`.
 ///
 /// ```
-/// use weightspace_core::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
+/// use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 ///
 /// // one weight, one observation: the posterior of a normal mean
 /// let problem = BlrProblem {
@@ -299,7 +299,7 @@ impl BlrProblem {
 /// let (m, v) = post.predictive(&[1.0])?;
 /// assert!((m - 1.0).abs() < 1e-12 && (v - 0.5).abs() < 1e-12);
 /// assert!((v + post.noise_std().powi(2) - 1.5).abs() < 1e-12);
-/// # Ok::<(), weightspace_core::testing::reference::ReferenceError>(())
+/// # Ok::<(), weightspace::testing::reference::ReferenceError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlrPosterior {
@@ -422,7 +422,7 @@ impl BlrPosterior {
 /// `[w_1..w_H, b_1..b_H, v_1..v_H, c]`.
 ///
 /// ```
-/// use weightspace_core::testing::reference::TanhNet;
+/// use weightspace::testing::reference::TanhNet;
 ///
 /// let net = TanhNet { hidden: 2, prior_std: 1.0, noise_std: 0.1 };
 /// assert_eq!(net.n_weights(), 7);
@@ -466,7 +466,7 @@ impl TanhNet {
 /// A data set for a [`TanhNet`], and the inputs at which to report the predictive.
 ///
 /// ```
-/// use weightspace_core::testing::reference::{TanhNet, TanhNetProblem};
+/// use weightspace::testing::reference::{TanhNet, TanhNetProblem};
 ///
 /// let problem = TanhNetProblem {
 ///     net: TanhNet { hidden: 1, prior_std: 1.0, noise_std: 0.3 },
@@ -530,7 +530,7 @@ impl TanhNetProblem {
 /// moments, the evidence) unless your sampler breaks the symmetry on purpose.
 ///
 /// ```
-/// use weightspace_core::testing::reference::{TanhNet, TanhNetProblem, TanhNetReference};
+/// use weightspace::testing::reference::{TanhNet, TanhNetProblem, TanhNetReference};
 ///
 /// let problem = TanhNetProblem {
 ///     net: TanhNet { hidden: 1, prior_std: 1.0, noise_std: 0.3 },
@@ -544,7 +544,7 @@ impl TanhNetProblem {
 /// assert!((exact.log_evidence() - is.log_evidence()).abs() < 4.0 * se);
 /// assert!(exact.posterior_mean()[0].abs() < 1e-9); // E[w] = 0 by symmetry
 /// assert!(exact.predictive_mean()[1] > 0.3);       // f(2) follows the increasing trend
-/// # Ok::<(), weightspace_core::testing::reference::ReferenceError>(())
+/// # Ok::<(), weightspace::testing::reference::ReferenceError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct TanhNetReference {

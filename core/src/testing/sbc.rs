@@ -20,7 +20,7 @@
 //! ```
 //! use rand::{Rng, RngCore};
 //! use rand_distr::StandardNormal;
-//! use weightspace_core::testing::sbc::{run_sbc, SbcSettings};
+//! use weightspace::testing::sbc::{run_sbc, SbcSettings};
 //!
 //! // θ ~ N(0, 1), y | θ ~ N(θ, 1): the posterior is N(y/2, 1/2)
 //! let prior = |rng: &mut dyn RngCore| vec![rng.sample::<f64, _>(StandardNormal)];
@@ -32,7 +32,7 @@
 //! };
 //! let report = run_sbc(&SbcSettings::default(), prior, simulate, &mut exact)?;
 //! assert!(report.check(0.01).passed);
-//! # Ok::<(), weightspace_core::testing::sbc::SbcError>(())
+//! # Ok::<(), weightspace::testing::sbc::SbcError>(())
 //! ```
 
 use rand::rngs::StdRng;
@@ -49,7 +49,7 @@ use crate::num::special::chi_square_sf;
 ///
 /// ```
 /// use rand::RngCore;
-/// use weightspace_core::testing::sbc::PosteriorSampler;
+/// use weightspace::testing::sbc::PosteriorSampler;
 ///
 /// /// Returns the data as the only "draw" of every parameter (a useless sampler).
 /// struct Echo;
@@ -88,7 +88,7 @@ where
 /// Settings of [`run_sbc`].
 ///
 /// ```
-/// use weightspace_core::testing::sbc::SbcSettings;
+/// use weightspace::testing::sbc::SbcSettings;
 ///
 /// let s = SbcSettings { n_replicates: 500, ..Default::default() };
 /// assert_eq!(s.n_draws, 99);
@@ -115,7 +115,7 @@ impl Default for SbcSettings {
 /// Why SBC could not run.
 ///
 /// ```
-/// use weightspace_core::testing::sbc::{SbcError, SbcSettings, run_sbc};
+/// use weightspace::testing::sbc::{SbcError, SbcSettings, run_sbc};
 ///
 /// let settings = SbcSettings { n_bins: 0, ..Default::default() };
 /// let mut sampler = |_: &f64, _: usize, _: &mut dyn rand::RngCore|
@@ -178,7 +178,7 @@ impl From<SbcError> for crate::Error {
 /// Ranks and uniformity tests of an SBC run.
 ///
 /// ```
-/// use weightspace_core::testing::sbc::SbcReport;
+/// use weightspace::testing::sbc::SbcReport;
 ///
 /// // 20 replicates of ranks in 0..=9, perfectly spread over 2 bins
 /// let report = SbcReport::from_ranks(vec![(0..20).map(|r| r % 10).collect()], 9, 2).unwrap();
@@ -328,7 +328,7 @@ impl SbcReport {
 /// ```
 /// use rand::{Rng, RngCore};
 /// use rand_distr::StandardNormal;
-/// use weightspace_core::testing::sbc::{run_sbc, SbcSettings};
+/// use weightspace::testing::sbc::{run_sbc, SbcSettings};
 ///
 /// // an over-confident sampler (posterior sd halved) is caught
 /// let prior = |rng: &mut dyn RngCore| vec![rng.sample::<f64, _>(StandardNormal)];
@@ -340,7 +340,7 @@ impl SbcReport {
 /// };
 /// let report = run_sbc(&SbcSettings::default(), prior, simulate, &mut narrow)?;
 /// assert!(report.p_value() < 1e-6);
-/// # Ok::<(), weightspace_core::testing::sbc::SbcError>(())
+/// # Ok::<(), weightspace::testing::sbc::SbcError>(())
 /// ```
 pub fn run_sbc<D, S>(
     settings: &SbcSettings,

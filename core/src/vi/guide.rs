@@ -17,7 +17,7 @@ use crate::{Error, Real, Result};
 /// How a mean-field guide starts.
 ///
 /// ```
-/// use weightspace::guide::MeanFieldInit;
+/// use weightspace::MeanFieldInit;
 /// let init = MeanFieldInit { scale: 0.05, ..Default::default() };
 /// assert_eq!(init.scale, 0.05);
 /// ```
@@ -99,7 +99,19 @@ pub fn sample_mean_field<E: Real, D: Device<E>>(
     Ok(Weights { layers })
 }
 
-/// Untaped samples from a guide.
+/// `s` weight samples from a mean-field guide, off the tape (for prediction and tests).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let model = Lin::<f64, Cpu>::new(&Cpu::default());
+/// let guide = model.mean_field();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = weightspace::sample_guide(Lin::<f64, Cpu>::ARCH, &guide, 5, &mut rng)?;
+/// assert_eq!(*w.layers[0].shape(), (5, 1, 3));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn sample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
     arch: &Architecture,
     guide: &G,
@@ -108,6 +120,30 @@ pub fn sample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
 ) -> Result<Weights<E, D>> {
     let w = sample_mean_field(arch, &guide.layer_params(), s, rng, false)?;
     Ok(Weights { layers: w.layers.into_iter().map(|t| t.split_tape().0).collect() })
+}
+
+/// `s` reparameterised weight samples `W = μ + σ ⊙ ε` of a mean-field guide, on the tape of its
+/// locations and log scales (gradients flow back into the guide).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let model = Lin::<f64, Cpu>::new(&Cpu::default());
+/// let guide = model.mean_field();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = weightspace::rsample_guide(Lin::<f64, Cpu>::ARCH, &guide, 5, &mut rng)?;
+/// let grads = w.layers[0].clone().sum().backward();
+/// assert_eq!(grads.get(&guide.out.loc).array(), [5.0; 3]); // ∂ Σ_s W_s / ∂μ = S
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn rsample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
+    arch: &Architecture,
+    guide: &G,
+    s: usize,
+    rng: &mut impl Rng,
+) -> Result<Weights<E, D, OwnedTape<E, D>>> {
+    sample_mean_field(arch, &guide.layer_params(), s, rng, true)
 }
 
 /// Closed-form `KL(q ‖ p)` between a mean-field guide and the model's prior, summed over layers.

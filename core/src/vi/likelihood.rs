@@ -3,10 +3,10 @@
 use dfdx::prelude::*;
 
 use crate::model::arch::LikelihoodSpec;
+use crate::model::bnn::Bnn;
 use crate::model::data::Dataset;
 use crate::model::params::LikelihoodParams;
 use crate::vi::prior::{param, Taped};
-use crate::model::bnn::Bnn;
 use crate::{Error, Real, Result};
 
 /// The Gaussian noise scale `σ` (taped when learned and `trace`); `None` for other likelihoods.

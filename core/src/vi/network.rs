@@ -96,7 +96,7 @@ pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>
 ///
 /// ```
 /// use weightspace::prelude::*;
-/// use weightspace::network::forward_mean_field;
+/// use weightspace::forward_mean_field;
 /// use weightspace::dfdx::prelude::{Backward, SumTo};
 /// #[bnn]
 /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 8, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<8, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }

@@ -105,7 +105,7 @@
 //! let last = report.history.last().unwrap().train_nll;
 //! assert!(last < first);
 //! // K = 100 posterior samples for the predictive
-//! let metrics = Predictive::new(100).evaluate_source(&model, &mut &posterior, &data)?;
+//! let metrics = Predictive::new(100).evaluate(&model, posterior.clone(), &data)?;
 //! assert!(metrics.rmse.unwrap() < 0.2);
 //! # Ok::<(), weightspace::Error>(())
 //! ```
@@ -626,7 +626,7 @@ fn prior_precision(cfg: &BaliConfig, sigma: &Matrix, var: &Matrix) -> Result<(Ma
 /// let data = Dataset::<f32, _>::classification(&dev, &x, 2, &labels, 2)?;
 /// let mut model = Clf::<f32, Cpu>::new(&dev);
 /// let (post, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 10, progress: false, ..Default::default() })?;
-/// let m = Predictive::new(50).evaluate_source(&model, &mut &post, &data)?;
+/// let m = Predictive::new(50).evaluate(&model, post.clone(), &data)?;
 /// assert_eq!(m.accuracy, Some(1.0));
 /// # Ok::<(), weightspace::Error>(())
 /// ```
@@ -661,4 +661,3 @@ pub fn fit_bali<E: Real, D: Device<E>, M: Bnn<E, D>>(
     bar.finish_and_clear();
     Ok((bali.posterior, BaliReport { history, steps: bali.steps, seconds: start.elapsed().as_secs_f64() }))
 }
-

@@ -251,11 +251,19 @@ impl Adam {
 /// or whose log density is not finite is a divergence: it is rejected and counted, never a panic.
 ///
 /// ```
-/// use weightspace::mcmc::{sample_many_chains, BatchLogDensity, ManyChainSettings};
+/// use weightspace::mcmc::{sample_many_chains, BatchLogDensity, LogDensity, ManyChainSettings};
 /// /// A standard normal in 2-D.
 /// struct StdNormal;
-/// impl BatchLogDensity for StdNormal {
+/// impl LogDensity for StdNormal {
 ///     fn dim(&self) -> usize { 2 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         g[1] = -x[1];
+///         Ok(-0.5 * (x[0].powi(2) + x[1].powi(2)))
+///     }
+/// }
+/// // a batched evaluation of all chains at once (the default would call `logp` per chain)
+/// impl BatchLogDensity for StdNormal {
 ///     fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
 ///         for (c, l) in lp.iter_mut().enumerate() {
 ///             *l = -0.5 * (x[2 * c].powi(2) + x[2 * c + 1].powi(2));

@@ -31,12 +31,24 @@ pub trait LogDensity {
 ///
 /// `positions` is row-major `(C, dim)`; the implementation writes `C` log densities and the
 /// row-major `(C, dim)` gradients. As for [`LogDensity`], a non-finite entry marks a divergence of
-/// that chain only.
-pub trait BatchLogDensity {
-    /// Dimension of a position.
-    fn dim(&self) -> usize;
+/// that chain only. The default evaluates the rows one by one with [`LogDensity::logp`]; targets
+/// with a batched evaluation override it. The dimension is [`LogDensity::dim`].
+pub trait BatchLogDensity: LogDensity {
     /// Evaluates every row of `positions`.
-    fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()>;
+    fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
+        let d = self.dim();
+        if positions.len() != logp.len() * d || grad.len() != logp.len() * d {
+            return Err(Error::Shape {
+                what: "positions and gradients".into(),
+                expected: format!("({}, {d}) each", logp.len()),
+                got: format!("{} and {} values", positions.len(), grad.len()),
+            });
+        }
+        for ((lp, x), g) in logp.iter_mut().zip(positions.chunks_exact(d.max(1))).zip(grad.chunks_exact_mut(d.max(1))) {
+            *lp = self.logp(x, g)?;
+        }
+        Ok(())
+    }
 }
 
 /// What to do with the Gaussian likelihood's noise scale σ while sampling.
@@ -82,7 +94,7 @@ impl Default for NoisePrior {
 /// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0], 1, &[0.5, 1.5], 1)?;
 /// let model = Lin::<f64, Cpu>::new(&dev);
 /// let mut post = BnnPosterior::new(&model, &data, NoisePrior::HalfNormal(1.0))?;
-/// assert_eq!(BatchLogDensity::dim(&post), 3); // w, b, ln σ
+/// assert_eq!(post.dim(), 3); // w, b, ln σ
 /// let (mut lp, mut g) = (vec![0.0; 2], vec![0.0; 6]);
 /// post.logp_batch(&[1.0, 0.5, 0.0, 0.0, 0.0, 0.0], &mut lp, &mut g)?;
 /// // at w = 1, b = 0.5, σ = 1 the fit is exact: ln p = prior + noise prior + 2 ln N(0 | 0, 1)
@@ -284,7 +296,7 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
 
     fn logp_generic(&self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
         let arch = M::ARCH;
-        let d = BatchLogDensity::dim(self);
+        let d = self.dim();
         let c = logp.len();
         let dev = self.model.device();
         let mut leaves = Vec::with_capacity(arch.layers.len());
@@ -358,12 +370,8 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E, D, M> {
-    fn dim(&self) -> usize {
-        self.num_weights + usize::from(self.noise_scale.is_some())
-    }
-
     fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
-        let d = BatchLogDensity::dim(self);
+        let d = self.dim();
         let c = logp.len();
         if c == 0 {
             return Ok(());
@@ -391,7 +399,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> LogDensity for BnnPosterior<'_, E, D, M> {
     fn dim(&self) -> usize {
-        BatchLogDensity::dim(self)
+        self.num_weights + usize::from(self.noise_scale.is_some())
     }
 
     fn logp(&mut self, position: &[f64], grad: &mut [f64]) -> Result<f64> {

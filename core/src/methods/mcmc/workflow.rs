@@ -232,7 +232,7 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
     if let Some(prior) = &settings.weight_prior {
         post = post.with_weight_prior(prior.clone())?;
     }
-    let dim = super::target::BatchLogDensity::dim(&post);
+    let dim = super::target::LogDensity::dim(&post);
     let p = post.num_weights();
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
     let init: Vec<Vec<f64>> = match settings.init {

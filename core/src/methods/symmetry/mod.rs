@@ -46,7 +46,7 @@
 //!
 //! // predictions under q^G
 //! let mut sym = SymmetrisedGuide::new(&group, &guide);
-//! let pred = Predictive::new(200).run_source(&model, &mut sym, &data.x)?;
+//! let pred = Predictive::new(200).run(&model, &mut sym, &data.x)?;
 //! assert_eq!(pred.mean.len(), 40);
 //! // samples in canonical space
 //! let w = sym.sample::<f32, Cpu, _>(10, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))?;

@@ -19,8 +19,8 @@ use crate::{Error, Real, Result};
 /// ```
 /// use rand::Rng;
 /// use weightspace::prelude::*;
-/// use weightspace::arch::Architecture;
-/// use weightspace::prior::Taped;
+/// use weightspace::Architecture;
+/// use weightspace::Taped;
 /// use weightspace::symmetry::{information, GuideLogDensity, InfoBound, SymmetryGroup};
 /// use weightspace::dfdx::prelude::OwnedTape;
 /// #[bnn]
@@ -50,6 +50,29 @@ pub trait GuideLogDensity<E: Real, D: Device<E>> {
 
     /// `ln q(ω_s)` per sample, `(S,)`; with `trace`, on the tape of the guide's parameters.
     fn log_density(&self, arch: &Architecture, weights: Weights<E, D, OwnedTape<E, D>>, trace: bool) -> Result<Taped<(usize,), E, D>>;
+
+    /// `ln q(ω_s)` per sample of untaped weights, on the host: [`log_density`](Self::log_density)
+    /// without the tape.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::symmetry::GuideLogDensity;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let dev = Cpu::default();
+    /// let model = Lin::<f64, Cpu>::new(&dev);
+    /// let guide = model.mean_field_with(MeanFieldInit { scale: 1.0, ..Default::default() })?;
+    /// let at_mean = Weights::<f64, Cpu> { layers: vec![dev.tensor_from_vec(vec![0.0, 0.0], (1usize, 1usize, 2usize))] };
+    /// let lq = guide.log_density_untaped(Lin::<f64, Cpu>::ARCH, &at_mean)?;
+    /// // two standard normals at their mean: -ln(2π)
+    /// assert!((lq[0] + (2.0 * std::f64::consts::PI).ln()).abs() < 1e-12);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    fn log_density_untaped(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Vec<f64>> {
+        let taped = Weights { layers: weights.layers.iter().map(|t| t.retaped()).collect() };
+        let lq = self.log_density(arch, taped, false)?;
+        Ok(crate::num::cast::to_f64s(&lq.split_tape().0.as_vec()))
+    }
 
     /// `ln q(h_k·ω_s)` for every element `h_k` and sample, shape `(K, S)`.
     ///
