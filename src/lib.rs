@@ -39,7 +39,7 @@ pub use weightspace_macros::bnn;
 pub use weightspace_core::{band_plot, probability_map, BandPlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
 pub use weightspace_core::{dfdx, Error, MetricError, Real, Result, Taped};
 pub use weightspace_core::{
-    elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective,
+    elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
 };
 pub use weightspace_core::{forward_mean_field, rsample_guide, sample_guide, standard_normal, MeanFieldInit};
 pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Weights};

@@ -500,3 +500,53 @@ fn classifiers_learn_separable_classes() {
     let m = Predictive::new(200).evaluate(&model, &guide, &data).unwrap();
     assert!(m.accuracy.unwrap() > 0.97, "bernoulli accuracy {:?}", m.accuracy);
 }
+
+/// An objective that records the first draw of the noise stream it is handed at every step, then
+/// estimates the plain ELBO.
+struct RecordNoise(Vec<u64>);
+
+impl<M: Bnn<f64, Cpu>> Objective<f64, Cpu, M> for RecordNoise {
+    fn estimate(
+        &mut self,
+        model: &M,
+        guide: &M::Guide,
+        batch: &Dataset<f64, Cpu>,
+        n_total: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> weightspace::Result<ElboEstimate<f64, Cpu>> {
+        self.0.push(rng.clone().gen::<u64>());
+        ElboConfig::default().estimate(model, guide, batch, n_total, rng)
+    }
+}
+
+/// The Monte-Carlo noise of step t comes from its own stream: the batch size (and so how the
+/// shuffling stream is used) does not change it, and resuming an `Svi` run continues the streams.
+#[test]
+fn the_noise_stream_of_a_step_does_not_depend_on_the_batch_size() {
+    let dev = Cpu::default();
+    let (x, y) = conj_data(30, 4);
+    let data = Dataset::regression(&dev, &x, 2, &y, 1).unwrap();
+    let run = |batch_size: Option<usize>, steps: usize| {
+        let mut model = Conj::<f64, Cpu>::new(&dev);
+        let mut guide = model.mean_field();
+        let mut rec = RecordNoise(Vec::new());
+        let cfg = FitConfig { steps, batch_size, seed: 9, progress: false, ..Default::default() };
+        fit_objective(&mut model, &mut guide, &data, &cfg, &mut rec).unwrap();
+        (rec.0, guide)
+    };
+    let (full, _) = run(None, 12);
+    let (b4, _) = run(Some(4), 12);
+    let (b7, g7) = run(Some(7), 12);
+    assert_eq!(full, b4);
+    assert_eq!(full, b7);
+    assert_eq!(full.iter().collect::<std::collections::HashSet<_>>().len(), 12, "every step has its own stream");
+    // stepping the state by hand is the same run
+    let mut model = Conj::<f64, Cpu>::new(&dev);
+    let mut guide = model.mean_field();
+    let cfg = FitConfig { steps: 12, batch_size: Some(7), seed: 9, progress: false, ..Default::default() };
+    let mut svi = weightspace::Svi::new(&model, &guide, &data, cfg, RecordNoise(Vec::new())).unwrap();
+    for _ in 0..12 {
+        svi.step(&mut model, &mut guide, &data).unwrap();
+    }
+    assert_eq!(guide_values(&guide), guide_values(&g7));
+}

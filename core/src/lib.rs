@@ -36,7 +36,7 @@ pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, 
 // variational inference
 pub use vi::bnn_ext::BnnExt;
 pub use vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
-pub use vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport};
+pub use vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport, Svi};
 pub use vi::guide::{rsample_guide, sample_guide, standard_normal, MeanFieldInit};
 pub use vi::network::forward_mean_field;
 

@@ -6,4 +6,5 @@ pub mod arch;
 pub mod bnn;
 pub mod checkpoint;
 pub mod data;
+pub(crate) mod minibatch;
 pub mod params;

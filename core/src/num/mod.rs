@@ -7,6 +7,7 @@ pub mod dense;
 pub mod diagnostics;
 pub mod linalg;
 pub mod real;
+pub(crate) mod rng;
 pub mod special;
 
 pub use real::Real;

@@ -1,15 +1,14 @@
 //! Stochastic variational inference: Adam on the ELBO, with minibatches, a progress bar, a history
 //! of the ELBO's parts and divergence detection.
 
-use dfdx::optim::{Adam, AdamConfig, Optimizer, OptimizerUpdateError};
-use dfdx::prelude::*;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 use crate::model::bnn::Bnn;
 use crate::model::data::Dataset;
+use crate::model::minibatch::Minibatches;
+use crate::num::rng::{stream, Purpose};
 use crate::vi::elbo::{ElboConfig, Objective};
 use crate::{Error, Real, Result};
+use dfdx::optim::{Adam, AdamConfig, Optimizer, OptimizerUpdateError};
+use dfdx::prelude::*;
 
 /// Settings of [`fit`]. Plain data: override what you need with `..Default::default()`.
 ///
@@ -22,8 +21,10 @@ use crate::{Error, Real, Result};
 pub struct FitConfig {
     /// Optimisation steps. Default 1000.
     pub steps: usize,
-    /// Minibatch size; `None` uses the whole dataset every step. Batches are drawn by reshuffling
-    /// once per epoch.
+    /// Minibatch size; `None` uses the whole dataset every step. Each epoch visits every point
+    /// once in a freshly shuffled order, cut into batches of this size; when it does not divide
+    /// `N`, the epoch's last batch holds the remaining `N mod batch_size` points (scaled by its own
+    /// `N / |B|`, so every step's estimate stays unbiased).
     pub batch_size: Option<usize>,
     /// Adam learning rate. Default 1e-2.
     pub lr: f64,
@@ -32,7 +33,8 @@ pub struct FitConfig {
     /// ELBO estimator settings (samples `S`, local reparameterisation, KL estimator). Used by
     /// [`fit`]; [`fit_objective`] takes its objective separately.
     pub elbo: ElboConfig,
-    /// Seed for minibatches and Monte-Carlo noise.
+    /// Seed of the run's random streams: one for the batch order of each epoch, one for the
+    /// Monte-Carlo noise of each step.
     pub seed: u64,
     /// Show a progress bar (on stderr, hidden when it is not a terminal).
     pub progress: bool,
@@ -117,8 +119,125 @@ fn update<E: Real, D: Device<E>, M: TensorCollection<E, D>>(opt: &mut Adam<M, E,
     }
 }
 
+/// The state of a stochastic-variational-inference run: the optimiser state of the guide and of
+/// the model's learned parameters, the minibatch schedule, the objective and the step counter.
+/// [`fit`] and [`fit_objective`] drive it to the end; drive it yourself with [`Svi::step`] to
+/// interleave your own work (evaluation, checkpoints, early stopping).
+///
+/// Step `t` draws its Monte-Carlo noise from its own random stream, keyed by the seed and `t`, and
+/// the batches come from a separate shuffling stream (the schedule and its last-batch rule are
+/// described at [`FitConfig::batch_size`]). So the noise of step `t` does not depend on the batch
+/// size, and a run resumed from step `t` with the same state draws what the uninterrupted run would
+/// have drawn.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::Svi;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// let cfg = FitConfig { steps: 200, batch_size: Some(8), progress: false, ..Default::default() };
+/// let mut svi = Svi::new(&model, &guide, &data, cfg, ElboConfig::default())?;
+/// let first = svi.step(&mut model, &mut guide, &data)?;
+/// while svi.steps_taken() < 200 {
+///     svi.step(&mut model, &mut guide, &data)?;
+/// }
+/// let last = svi.step(&mut model, &mut guide, &data)?;
+/// assert!(last.elbo > first.elbo);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub struct Svi<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> {
+    cfg: FitConfig,
+    objective: O,
+    opt_guide: Adam<M::Guide, E, D>,
+    opt_model: Adam<M, E, D>,
+    batches: Minibatches,
+    n: usize,
+    step: usize,
+}
+
+impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O> {
+    /// A run of `objective` on `data` (`N` points) with the settings `cfg`, starting at step 0.
+    /// Checks the settings, the objective and the data against the model.
+    pub fn new(model: &M, guide: &M::Guide, data: &Dataset<E, D>, cfg: FitConfig, objective: O) -> Result<Self> {
+        objective.validate()?;
+        data.check_for(M::ARCH)?;
+        let n = data.len();
+        validate(&cfg, n)?;
+        let adam = AdamConfig { lr: cfg.lr, ..Default::default() };
+        Ok(Self {
+            opt_guide: Adam::new(guide, adam),
+            opt_model: Adam::new(model, adam),
+            batches: Minibatches::new(n, cfg.batch_size, cfg.seed),
+            objective,
+            n,
+            step: 0,
+            cfg,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    /// The learning rate of step `t`: `lr`, decayed linearly to `lr_end` over `steps` when set
+    /// (and held at `lr_end` after).
+    fn learning_rate(&self, t: usize) -> f64 {
+        match self.cfg.lr_end {
+            Some(end) => {
+                let frac = (t as f64 / (self.cfg.steps.max(2) - 1) as f64).min(1.0);
+                self.cfg.lr + (end - self.cfg.lr) * frac
+            }
+            None => self.cfg.lr,
+        }
+    }
+
+    /// One step: the next minibatch of `data` (the dataset the run was created with), the
+    /// objective's estimate and gradient, and one Adam update of the guide and of the model's
+    /// learned parameters.
+    ///
+    /// If the estimate or an updated parameter is not finite, returns [`Error::Diverged`] naming
+    /// the step, and `model` and `guide` keep their values from before the step.
+    pub fn step(&mut self, model: &mut M, guide: &mut M::Guide, data: &Dataset<E, D>) -> Result<FitRecord> {
+        if data.len() != self.n {
+            return Err(Error::Shape { what: "SVI data (points)".into(), expected: self.n.to_string(), got: data.len().to_string() });
+        }
+        let t = self.step;
+        let lr = self.learning_rate(t);
+        self.opt_guide.cfg.lr = lr;
+        self.opt_model.cfg.lr = lr;
+        let batch = match self.batches.next_batch() {
+            Some(rows) => Some(data.rows(rows)?),
+            None => None,
+        };
+        let mut noise = stream(self.cfg.seed, Purpose::Noise, t as u64);
+        let est = self.objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), self.n, &mut noise)?;
+        if !est.elbo.is_finite() {
+            return Err(Error::Diverged { step: t, what: format!("ELBO estimate ({})", est.elbo) });
+        }
+        let record = FitRecord { step: t, elbo: est.elbo, expected_log_lik: est.expected_log_lik, kl: est.kl };
+        let grads = est.loss.backward();
+        let (backup_g, backup_m) = (guide.clone(), model.clone());
+        update(&mut self.opt_guide, guide, &grads)?;
+        update(&mut self.opt_model, model, &grads)?;
+        if !crate::model::params::all_finite(&*guide) || !crate::model::params::all_finite(&*model) {
+            *guide = backup_g;
+            *model = backup_m;
+            return Err(Error::Diverged { step: t, what: "a parameter after the Adam update".into() });
+        }
+        self.step += 1;
+        Ok(record)
+    }
+}
+
 /// Fits `guide` (and the model's learned prior and likelihood parameters) by maximising the ELBO
-/// with Adam.
+/// with Adam: [`Svi`] run for `cfg.steps` steps, with a progress bar and a history.
 ///
 /// Minibatch scaling is explicit: the expected log-likelihood of a batch is scaled by
 /// `N / |B|`, and the history records the terms separately. If a loss or a parameter becomes NaN or
@@ -158,64 +277,49 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
     cfg: &FitConfig,
     objective: &mut O,
 ) -> Result<FitReport> {
-    objective.validate()?;
-    data.check_for(M::ARCH)?;
-    let n = data.len();
-    validate(cfg, n)?;
     let start = std::time::Instant::now();
-    let adam = AdamConfig { lr: cfg.lr, ..Default::default() };
-    let mut opt_g = Adam::new(&*guide, adam);
-    let mut opt_m = Adam::new(&*model, adam);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut svi = Svi::new(&*model, &*guide, data, cfg.clone(), ByRef(objective))?;
     let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix("fit");
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut cursor = n;
     let mut history = Vec::new();
     for step in 0..cfg.steps {
-        if let Some(end) = cfg.lr_end {
-            let t = step as f64 / (cfg.steps.max(2) - 1) as f64;
-            let lr = cfg.lr + (end - cfg.lr) * t;
-            opt_g.cfg.lr = lr;
-            opt_m.cfg.lr = lr;
-        }
-        let batch = match cfg.batch_size {
-            None => None,
-            Some(b) => {
-                if cursor + b > n {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
-                }
-                let idx = &order[cursor..cursor + b];
-                cursor += b;
-                Some(data.rows(idx)?)
+        let record = match svi.step(model, guide, data) {
+            Ok(r) => r,
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
             }
         };
-        let est = objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), n, &mut rng)?;
-        if !est.elbo.is_finite() {
-            bar.abandon();
-            return Err(Error::Diverged { step, what: format!("ELBO estimate ({})", est.elbo) });
-        }
-        let grads = est.loss.backward();
-        let (backup_g, backup_m) = (guide.clone(), model.clone());
-        update(&mut opt_g, guide, &grads)?;
-        update(&mut opt_m, model, &grads)?;
-        if !crate::model::params::all_finite(&*guide) || !crate::model::params::all_finite(&*model) {
-            *guide = backup_g;
-            *model = backup_m;
-            bar.abandon();
-            return Err(Error::Diverged { step, what: "a parameter after the Adam update".into() });
-        }
         if step % cfg.record_every == 0 || step + 1 == cfg.steps {
-            history.push(FitRecord { step, elbo: est.elbo, expected_log_lik: est.expected_log_lik, kl: est.kl });
-            bar.set_message(format!("elbo {:.3}", est.elbo));
+            history.push(record);
+            bar.set_message(format!("elbo {:.3}", record.elbo));
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(FitReport { history, steps: cfg.steps, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// An objective borrowed for the length of a run.
+struct ByRef<'a, O>(&'a mut O);
+
+impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Objective<E, D, M> for ByRef<'_, O> {
+    fn estimate(
+        &mut self,
+        model: &M,
+        guide: &M::Guide,
+        batch: &Dataset<E, D>,
+        n_total: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<crate::vi::elbo::ElboEstimate<E, D>> {
+        self.0.estimate(model, guide, batch, n_total, rng)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.0.validate()
+    }
 }
