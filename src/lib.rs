@@ -42,7 +42,7 @@ pub use weightspace_core::{
     elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
 };
 pub use weightspace_core::{forward_mean_field, rsample_guide, sample_guide, standard_normal, MeanFieldInit};
-pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Weights};
+pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Tensor3, Weights};
 pub use weightspace_core::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
 pub use weightspace_core::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
 // namespaces: metrics, batched linear algebra, the methods and the test toolkit

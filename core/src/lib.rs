@@ -28,7 +28,7 @@ pub use num::{Real, Taped};
 
 // the model description
 pub use model::arch::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
-pub use model::bnn::{Bnn, MeanFieldGuide, Weights};
+pub use model::bnn::{Bnn, MeanFieldGuide, Tensor3, Weights};
 pub use model::checkpoint::{load, save};
 pub use model::data::{Dataset, Targets};
 pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};

@@ -91,7 +91,10 @@ impl fmt::Display for Activation {
 }
 
 /// Applies an activation elementwise, recording on the tape when there is one.
-pub fn activate<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(a: Activation, z: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+pub(crate) fn activate<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(
+    a: Activation,
+    z: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
     match a {
         Activation::Identity => z,
         Activation::Tanh => fast_tanh(z),
@@ -107,7 +110,7 @@ pub fn activate<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(a: Ac
 }
 
 /// Numerically stable `ln(1 + e^z) = max(z, 0) + ln(1 + e^{-|z|})`.
-pub fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+pub(crate) fn softplus<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
     let tail = z.with_empty_tape().abs().negate().exp();
     let tail = (tail + E::one()).ln();
     z.relu() + tail
@@ -160,7 +163,7 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 }
 
 /// `tanh`, taped. Fast path for `f32` on the CPU (see the module docs).
-pub fn fast_tanh<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
+pub(crate) fn fast_tanh<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<T>>(z: Tensor<S, E, D, T>) -> Tensor<S, E, D, T> {
     if TypeId::of::<E>() != TypeId::of::<f32>() || TypeId::of::<D>() != TypeId::of::<Cpu>() {
         return z.tanh();
     }

@@ -50,7 +50,7 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
 }
 
 /// Checks that `weights` has one `(S, d_out, d_in + 1)` tensor per layer of `arch`, `S ≥ 1`.
-pub fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &Weights<E, D, T>) -> crate::Result<()> {
+pub(crate) fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weights: &Weights<E, D, T>) -> crate::Result<()> {
     if weights.layers.len() != arch.layers.len() {
         return Err(crate::Error::Shape {
             what: "weights (number of layers)".into(),

@@ -184,7 +184,7 @@ pub fn elbo<E: Real, D: Device<E>, M: Bnn<E, D>>(
 
 /// `ln p(w)` per sample under the model's prior, `(S,)`, on the tape of the weights (and of learned
 /// prior parameters when `trace_prior`).
-pub fn log_prior_taped<E: Real, D: Device<E>, M: Bnn<E, D>, T: Tape<E, D>>(
+pub(crate) fn log_prior_taped<E: Real, D: Device<E>, M: Bnn<E, D>, T: Tape<E, D>>(
     model: &M,
     weights: Weights<E, D, T>,
     trace_prior: bool,

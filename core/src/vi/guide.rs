@@ -40,7 +40,7 @@ impl Default for MeanFieldInit {
 
 /// Builds a model's mean-field guide: means at the prior mean (plus optional jitter), every scale
 /// `init.scale`.
-pub fn init_mean_field<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, init: MeanFieldInit) -> Result<M::Guide> {
+pub(crate) fn init_mean_field<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, init: MeanFieldInit) -> Result<M::Guide> {
     if !(init.scale.is_finite() && init.scale > 0.0) {
         return Err(Error::config("MeanFieldInit::scale", init.scale, "must be finite and > 0"));
     }
@@ -70,7 +70,7 @@ pub use crate::kernels::normal::standard_normal;
 
 /// Reparameterised samples `W = μ + σ ⊙ ε` of every layer (one `u64` of `rng` per layer seeds the
 /// noise of its samples). With `trace`, the result is on the tape of the guide parameters.
-pub fn sample_mean_field<E: Real, D: Device<E>>(
+pub(crate) fn sample_mean_field<E: Real, D: Device<E>>(
     arch: &Architecture,
     params: &[NormalView<E, D>],
     s: usize,
@@ -147,7 +147,7 @@ pub fn rsample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
 }
 
 /// Closed-form `KL(q ‖ p)` between a mean-field guide and the model's prior, summed over layers.
-pub fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(
+pub(crate) fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(
     model: &M,
     params: &[NormalView<E, D>],
     trace_prior: bool,
@@ -166,7 +166,7 @@ pub fn kl_to_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(
 }
 
 /// `ln q(w)` per sample under a mean-field guide, `(S,)`.
-pub fn log_q<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub(crate) fn log_q<E: Real, D: Device<E>, T: Tape<E, D>>(
     arch: &Architecture,
     params: &[NormalView<E, D>],
     weights: Weights<E, D, T>,
@@ -191,7 +191,7 @@ where
 /// Forward pass with the local reparameterisation trick: every layer's pre-activations are sampled
 /// from their exact Gaussian marginal `N(ā μᵀ, ā² σ²ᵀ)` instead of sampling weights, which lowers the
 /// gradient variance. Output `(S, N, d_out)`, on the guide's tape.
-pub fn forward_local_reparam<E: Real, D: Device<E>>(
+pub(crate) fn forward_local_reparam<E: Real, D: Device<E>>(
     arch: &Architecture,
     params: &[NormalView<E, D>],
     x: &Tensor<(usize, usize), E, D>,

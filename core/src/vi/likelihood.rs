@@ -10,7 +10,11 @@ use crate::vi::prior::{param, Taped};
 use crate::{Error, Real, Result};
 
 /// The Gaussian noise scale `σ` (taped when learned and `trace`); `None` for other likelihoods.
-pub fn noise_scale<E: Real, D: Device<E>>(spec: &LikelihoodSpec, p: &LikelihoodParams<E, D>, trace: bool) -> Option<Taped<(), E, D>> {
+pub(crate) fn noise_scale<E: Real, D: Device<E>>(
+    spec: &LikelihoodSpec,
+    p: &LikelihoodParams<E, D>,
+    trace: bool,
+) -> Option<Taped<(), E, D>> {
     match *spec {
         LikelihoodSpec::Gaussian { scale, upper } => {
             let raw = param(&p.raw, trace && scale.is_learned()).reshape_like(&());
@@ -24,14 +28,14 @@ pub fn noise_scale<E: Real, D: Device<E>>(spec: &LikelihoodSpec, p: &LikelihoodP
 }
 
 /// The noise scale as a number (Gaussian only).
-pub fn noise_value<E: Real, D: Device<E>>(spec: &LikelihoodSpec, p: &LikelihoodParams<E, D>) -> Option<f64> {
+pub(crate) fn noise_value<E: Real, D: Device<E>>(spec: &LikelihoodSpec, p: &LikelihoodParams<E, D>) -> Option<f64> {
     noise_scale(spec, p, false).map(|t| t.split_tape().0.as_vec()[0].cast_to_f64())
 }
 
 /// `ln p(y_n | f_s(x_n))` for every sample `s` and point `n`: `(S, N)`.
 ///
 /// `f` is `(S, N, d_out)`: means for a Gaussian, logits for categorical and Bernoulli.
-pub fn log_lik<E: Real, D: Device<E>>(
+pub(crate) fn log_lik<E: Real, D: Device<E>>(
     spec: &LikelihoodSpec,
     params: &LikelihoodParams<E, D>,
     trace: bool,

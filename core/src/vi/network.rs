@@ -8,7 +8,7 @@ use crate::model::bnn::Weights;
 use crate::model::params::NormalView;
 use crate::{Error, Real, Result};
 
-pub use crate::kernels::activation::{activate, softplus};
+pub(crate) use crate::kernels::activation::{activate, softplus};
 
 /// Checks that the guide has one `(loc, log scale)` pair of the right length per layer.
 fn check_guide<E: Real, D: Device<E>>(arch: &Architecture, params: &[NormalView<E, D>]) -> Result<()> {
@@ -29,7 +29,7 @@ fn check_guide<E: Real, D: Device<E>>(arch: &Architecture, params: &[NormalView<
 }
 
 /// Checks that `x` has `arch.d_in()` columns and no NaN/Inf.
-pub fn check_input<E: Real, D: Device<E>>(arch: &Architecture, x: &Tensor<(usize, usize), E, D>) -> Result<()> {
+pub(crate) fn check_input<E: Real, D: Device<E>>(arch: &Architecture, x: &Tensor<(usize, usize), E, D>) -> Result<()> {
     let (n, d) = *x.shape();
     if d != arch.d_in() {
         return Err(Error::Shape { what: "x (inputs)".into(), expected: format!("(n, {})", arch.d_in()), got: format!("({n}, {d})") });
@@ -50,17 +50,18 @@ pub fn check_input<E: Real, D: Device<E>>(arch: &Architecture, x: &Tensor<(usize
 /// with the weights. Inputs are assumed validated (see [`check_input`]).
 ///
 /// ```
+/// // users reach it as `model.forward(weights, &x)`
 /// use weightspace::prelude::*;
-/// use weightspace::network::forward;
 /// #[bnn]
 /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<1.0>> }
 /// let dev = Cpu::default();
+/// let model = Lin::<f64, Cpu>::new(&dev);
 /// let w = Weights::<f64, Cpu> { layers: vec![dev.tensor_from_vec(vec![1.0, 2.0, 0.5], (1usize, 1usize, 3usize))] };
 /// let x = dev.tensor_from_vec(vec![1.0, 1.0], (1usize, 2usize));
-/// let f = forward(Lin::<f64, Cpu>::ARCH, w, &x).unwrap();
+/// let f = model.forward(w, &x).unwrap();
 /// assert_eq!(f.as_vec(), vec![3.5]);
 /// ```
-pub fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+pub(crate) fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
     arch: &Architecture,
     weights: Weights<E, D, T>,
     x: &Tensor<(usize, usize), E, D>,

@@ -24,7 +24,7 @@ pub(crate) fn add_term<S: Shape, E: Real, D: Device<E>>(total: Option<Taped<S, E
 
 /// Puts a parameter on a fresh tape when it is learned. A fixed parameter is copied to a tensor with
 /// a new id, so that no optimiser ever sees a gradient for it.
-pub fn param<S: Shape, E: Real, D: Device<E>>(t: &Tensor<S, E, D>, learned: bool) -> Taped<S, E, D> {
+pub(crate) fn param<S: Shape, E: Real, D: Device<E>>(t: &Tensor<S, E, D>, learned: bool) -> Taped<S, E, D> {
     if learned {
         t.leaky_trace()
     } else {
@@ -33,7 +33,7 @@ pub fn param<S: Shape, E: Real, D: Device<E>>(t: &Tensor<S, E, D>, learned: bool
 }
 
 /// A layer prior expanded to one `(loc, ln σ)` per entry of `[W | b]`, shape `(d_out, d_in + 1)`.
-pub struct ExpandedNormal<E: Dtype, D: Storage<E>> {
+pub(crate) struct ExpandedNormal<E: Dtype, D: Storage<E>> {
     /// Locations.
     pub loc: Taped<(usize, usize), E, D>,
     /// Log scales.
@@ -49,7 +49,7 @@ fn expand_part<E: Real, D: Device<E>>(v: Taped<(usize,), E, D>, per: Granularity
 }
 
 /// Expands one layer's prior parameters. `trace` puts learned parameters on the tape.
-pub fn expand_layer<E: Real, D: Device<E>>(spec: &LayerSpec, view: &PriorView<E, D>, trace: bool) -> ExpandedNormal<E, D> {
+pub(crate) fn expand_layer<E: Real, D: Device<E>>(spec: &LayerSpec, view: &PriorView<E, D>, trace: bool) -> ExpandedNormal<E, D> {
     let (o, i) = (spec.d_out, spec.d_in);
     let w = &spec.prior;
     let b = spec.bias_spec();
@@ -78,14 +78,14 @@ pub fn expand_layer<E: Real, D: Device<E>>(spec: &LayerSpec, view: &PriorView<E,
 }
 
 /// Expands every layer of a model's prior.
-pub fn expand<E: Real, D: Device<E>>(layers: &[LayerSpec], views: &[PriorView<E, D>], trace: bool) -> Vec<ExpandedNormal<E, D>> {
+pub(crate) fn expand<E: Real, D: Device<E>>(layers: &[LayerSpec], views: &[PriorView<E, D>], trace: bool) -> Vec<ExpandedNormal<E, D>> {
     layers.iter().zip(views).map(|(s, v)| expand_layer(s, v, trace)).collect()
 }
 
 /// Sum over entries of `KL(N(m, e^{2 ls}) ‖ N(μ, e^{2 lσ}))`, in closed form.
 ///
 /// `q` holds the guide's `(loc, ln s)` per entry (shape `(d_out, d_in+1)`), `p` the prior's.
-pub fn kl_normal<E: Real, D: Device<E>>(
+pub(crate) fn kl_normal<E: Real, D: Device<E>>(
     q_loc: Taped<(usize, usize), E, D>,
     q_ls: Taped<(usize, usize), E, D>,
     p: ExpandedNormal<E, D>,
@@ -104,7 +104,7 @@ pub fn kl_normal<E: Real, D: Device<E>>(
 
 /// `ln N(w | μ, σ²)` summed over a layer's entries, per sample: `w` is `(S, d_out, d_in + 1)`,
 /// the result `(S,)`.
-pub fn log_normal<E: Real, D: Device<E>, T: Tape<E, D>>(
+pub(crate) fn log_normal<E: Real, D: Device<E>, T: Tape<E, D>>(
     w: Tensor<(usize, usize, usize), E, D, T>,
     p: ExpandedNormal<E, D>,
 ) -> Tensor<(usize,), E, D, OwnedTape<E, D>>
@@ -136,7 +136,7 @@ where
 /// assert!((mean - 1.0).abs() < 4.0 * 0.5 / 4000f64.sqrt());
 /// # Ok::<(), weightspace::Error>(())
 /// ```
-pub fn sample_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, s: usize, rng: &mut impl Rng) -> Result<Weights<E, D>> {
+pub(crate) fn sample_prior<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M, s: usize, rng: &mut impl Rng) -> Result<Weights<E, D>> {
     if s == 0 {
         return Err(Error::config("samples", 0, "at least one weight sample is needed"));
     }
