@@ -15,6 +15,7 @@ mod methods;
 mod model;
 mod num;
 mod predict;
+mod progress;
 pub mod testing;
 mod vi;
 
@@ -23,6 +24,7 @@ pub use methods::{bali, bnnp, mcmc, symmetry};
 pub use model::{arch, checkpoint, data, params};
 pub use num::linalg;
 pub use predict::{metrics, plot, predictive};
+pub use progress::Progress;
 pub use vi::{elbo, fit, guide, likelihood, network, prior};
 
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.

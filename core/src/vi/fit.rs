@@ -8,6 +8,7 @@ use rand::SeedableRng;
 
 use crate::model::bnn::Bnn;
 use crate::model::data::Dataset;
+use crate::progress::Progress;
 use crate::vi::elbo::{ElboConfig, Objective};
 use crate::{Error, Real, Result};
 
@@ -34,7 +35,7 @@ pub struct FitConfig {
     pub elbo: ElboConfig,
     /// Seed for minibatches and Monte-Carlo noise.
     pub seed: u64,
-    /// Show a progress bar (on stderr, hidden when it is not a terminal).
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
     /// Record the ELBO parts every this many steps (and at the last step). Default 10.
     pub record_every: usize,
@@ -167,12 +168,7 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
     let mut opt_g = Adam::new(&*guide, adam);
     let mut opt_m = Adam::new(&*model, adam);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix("fit");
+    let bar = Progress::new(cfg.steps, cfg.progress, "fit");
     let mut order: Vec<usize> = (0..n).collect();
     let mut cursor = n;
     let mut history = Vec::new();
@@ -212,10 +208,10 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
         }
         if step % cfg.record_every == 0 || step + 1 == cfg.steps {
             history.push(FitRecord { step, elbo: est.elbo, expected_log_lik: est.expected_log_lik, kl: est.kl });
-            bar.set_message(format!("elbo {:.3}", est.elbo));
+            bar.message(format!("elbo {:.3}", est.elbo));
         }
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(FitReport { history, steps: cfg.steps, seconds: start.elapsed().as_secs_f64() })
 }

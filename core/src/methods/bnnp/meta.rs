@@ -12,6 +12,7 @@ use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
 use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
+use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
@@ -55,7 +56,7 @@ pub struct MetaConfig {
     pub chunk: Option<usize>,
     /// Seed for tasks, splits and Monte-Carlo noise.
     pub seed: u64,
-    /// Show a progress bar (on stderr; hidden when it is not a terminal).
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
     /// Record the terms every this many steps (and at the last step). Default 10.
     pub record_every: usize,
@@ -156,48 +157,6 @@ impl MetaReport {
     pub fn final_objective(&self, k: usize) -> f64 {
         let tail = &self.history[self.history.len().saturating_sub(k.max(1))..];
         tail.iter().map(|r| r.objective).sum::<f64>() / tail.len().max(1) as f64
-    }
-}
-
-/// A progress bar for meta-learning loops (on stderr; hidden when disabled or when stderr is not
-/// a terminal). A thin wrapper, so custom meta-learners need no extra dependency.
-#[derive(Debug, Clone)]
-pub struct Progress(indicatif::ProgressBar);
-
-impl Progress {
-    /// A bar over `steps` steps, labelled `prefix`; `enabled = false` hides it.
-    pub fn new(steps: usize, enabled: bool, prefix: &str) -> Self {
-        let bar = if enabled { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(prefix.to_string());
-        Self(bar)
-    }
-    /// Advances by one step.
-    pub fn inc(&self) {
-        self.0.inc(1);
-    }
-    /// Sets the position.
-    pub fn set_position(&self, step: usize) {
-        self.0.set_position(step as u64);
-    }
-    /// Sets the message shown after the bar.
-    pub fn message(&self, msg: String) {
-        self.0.set_message(msg);
-    }
-    /// Prints a line above the bar.
-    pub fn println(&self, line: String) {
-        self.0.println(line);
-    }
-    /// Removes the bar.
-    pub fn finish(&self) {
-        self.0.finish_and_clear();
-    }
-    /// Leaves the bar where it stopped (after an error).
-    pub fn abandon(&self) {
-        self.0.abandon();
     }
 }
 

@@ -57,7 +57,7 @@ pub struct ManyChainSettings {
     pub max_energy_error: f64,
     /// Seed of the momenta and accept/reject draws.
     pub seed: u64,
-    /// Show a progress bar.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
 
@@ -340,7 +340,7 @@ pub fn sample_many_chains<T: BatchLogDensity + ?Sized>(
     let mut buf_lp: Vec<f64> = Vec::new();
     let mut active: Vec<usize> = Vec::with_capacity(c);
 
-    let bar = if s.progress { indicatif::ProgressBar::new(total_iters as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = crate::progress::Progress::new(total_iters, s.progress, "chees");
     for it in 0..total_iters {
         let warm = it < s.warmup;
         let u = 1.0 - s.jitter + s.jitter * halton(it, max_bits);
@@ -520,9 +520,9 @@ pub fn sample_many_chains<T: BatchLogDensity + ?Sized>(
             let emin = eps.iter().copied().fold(f64::INFINITY, f64::min);
             traj = traj.clamp(emin.min(traj), s.max_leapfrog_steps as f64 * emin);
         }
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     let step_sizes = (0..c).map(|ci| eps[if per_chain { ci } else { 0 }]).collect();
     Ok(ManyChainRun {
         draws,
