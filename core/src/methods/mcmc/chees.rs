@@ -225,7 +225,8 @@ impl Adam {
 }
 
 /// Runs `C = init.len()` chains of jittered HMC with ChEES adaptation on `target`, from the given
-/// initial positions.
+/// initial positions. `C` must be at least 1 ([`Error::InvalidConfig`] otherwise), and every
+/// initial position must have `target.dim()` finite coordinates and a finite log density.
 ///
 /// The batched many-chain sampler: jittered HMC with ChEES adaptation (Hoffman, Radul & Sountsov
 /// 2021, "An adaptive MCMC scheme for setting trajectory lengths in Hamiltonian Monte Carlo").
@@ -346,7 +347,7 @@ impl Chains {
     fn start<T: BatchLogDensity + ?Sized>(target: &mut T, init: Vec<Vec<f64>>) -> Result<Self> {
         let c = init.len();
         if c == 0 {
-            return Err(Error::Empty { what: "initial positions (chains)".into() });
+            return Err(Error::config("chains", 0, "must be >= 1 (one initial position per chain)"));
         }
         let d = target.dim();
         if let Some(bad) = init.iter().find(|p| p.len() != d) {
