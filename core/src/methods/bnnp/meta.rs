@@ -3,6 +3,7 @@
 //! The details are in the docs of [`MetaLearner`].
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -62,6 +63,12 @@ pub struct MetaConfig {
     pub record_every: usize,
     /// Periodic checkpoints. Default none.
     pub checkpoint: Option<Checkpointing>,
+    /// Wall-clock budget of one [`MetaLearner::run`] call: the run stops after the step during which
+    /// the budget runs out (a step is never cut short), records that step, writes the checkpoint
+    /// and reports [`MetaReport::stopped_early`]. The learning-rate decay stays tied to `steps`, so
+    /// a run cut short ends at a higher rate than `lr_end`; calling `run` again resumes the
+    /// schedule with a fresh budget. Default `None` (no limit).
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for MetaConfig {
@@ -79,6 +86,7 @@ impl Default for MetaConfig {
             progress: true,
             record_every: 10,
             checkpoint: None,
+            time_limit: None,
         }
     }
 }
@@ -115,6 +123,9 @@ impl MetaConfig {
                 return Err(Error::config("Checkpointing::every", 0, "must be >= 1"));
             }
         }
+        if self.time_limit == Some(Duration::ZERO) {
+            return Err(Error::config("MetaConfig::time_limit", "0 s", "must be > 0 (None for no limit)"));
+        }
         if self.chunk == Some(0) {
             return Err(Error::config("MetaConfig::chunk", 0, "chunks need at least one point"));
         }
@@ -146,8 +157,10 @@ pub struct MetaRecord {
 pub struct MetaReport {
     /// Recorded steps.
     pub history: Vec<MetaRecord>,
-    /// Steps taken.
+    /// Steps taken by this call of [`MetaLearner::run`].
     pub steps: usize,
+    /// Whether [`MetaConfig::time_limit`] stopped the run before `MetaConfig::steps`.
+    pub stopped_early: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -248,14 +261,33 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         Ok(rec)
     }
 
-    /// Runs the remaining steps (up to `steps`), with a progress bar and checkpoints.
+    /// Runs the remaining steps (up to `steps`, or until [`MetaConfig::time_limit`] runs out), with
+    /// a progress bar and checkpoints.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 8, Relu>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<8, 1>, #[likelihood(upper = 0.2)] noise: Gaussian<Learned<0.05>> }
+    /// let dev = Cpu::default();
+    /// let mut guide = Net::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let mut tasks = Generated(Sawtooth { n_range: (10, 20), ..Default::default() });
+    /// // a budget far too small for 1000 steps: the run stops after its first step
+    /// let cfg = MetaConfig { time_limit: Some(Duration::from_nanos(1)), progress: false, ..Default::default() };
+    /// let report = MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
+    /// assert!(report.stopped_early);
+    /// assert_eq!(report.steps, 1);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn run(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaReport> {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let steps = self.cfg.steps;
         let bar = Progress::new(steps, self.cfg.progress, "meta");
         bar.set_position(self.step);
         let mut history = Vec::new();
         let first = self.step;
+        let mut stopped_early = false;
         while self.step < steps {
             let rec = match self.step(guide, source) {
                 Ok(r) => r,
@@ -264,18 +296,23 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                     return Err(e);
                 }
             };
-            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps {
+            stopped_early = self.step < steps && self.cfg.time_limit.is_some_and(|limit| start.elapsed() >= limit);
+            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early {
                 bar.message(format!("objective {:.2}  σ_y {:.3}", rec.objective, rec.noise));
                 history.push(rec);
             }
             if let Some(c) = &self.cfg.checkpoint {
-                if self.step.is_multiple_of(c.every) || self.step == steps {
+                if self.step.is_multiple_of(c.every) || self.step == steps || stopped_early {
                     guide.save(&c.path)?;
                 }
             }
             bar.inc();
+            if stopped_early {
+                bar.println(format!("meta: time limit reached after {} steps ({} of {steps} done)", self.step - first, self.step));
+                break;
+            }
         }
         bar.finish();
-        Ok(MetaReport { history, steps: self.step - first, seconds: start.elapsed().as_secs_f64() })
+        Ok(MetaReport { history, steps: self.step - first, stopped_early, seconds: start.elapsed().as_secs_f64() })
     }
 }
