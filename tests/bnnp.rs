@@ -692,6 +692,43 @@ fn multithreaded_update_gradients_match_finite_differences() {
 }
 
 #[test]
+fn meta_learning_stops_at_its_time_limit_and_keeps_the_configured_schedule() {
+    let dev = Cpu::default();
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut tasks = Generated(Sawtooth { n_range: (10, 20), ..Default::default() });
+    let cfg = MetaConfig {
+        steps: 50,
+        tasks_per_step: 1,
+        samples: 2,
+        progress: false,
+        record_every: 10,
+        time_limit: Some(std::time::Duration::from_nanos(1)),
+        ..Default::default()
+    };
+    let mut meta = MetaLearner::new(cfg.clone()).unwrap();
+    // every step outlasts a 1 ns budget: each run stops after the step that crossed it
+    let first = meta.run(&mut guide, &mut tasks).unwrap();
+    assert!(first.stopped_early);
+    assert_eq!((first.steps, meta.steps_taken(), first.history.len()), (1, 1, 1));
+    let second = meta.run(&mut guide, &mut tasks).unwrap();
+    assert!(second.stopped_early);
+    assert_eq!((second.steps, meta.steps_taken()), (1, 2));
+    // the last step is recorded although it is off the record_every grid
+    assert_eq!(second.history.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1]);
+    // the learning rate follows the configured 50 steps, not the steps that fitted in the budget
+    assert_eq!(second.history[0].lr, linear_lr(cfg.adam.lr, cfg.lr_end, 1, 50));
+    assert!(second.history[0].lr > 0.9 * cfg.adam.lr);
+    // a budget that is not reached changes nothing
+    let mut meta = MetaLearner::new(MetaConfig { steps: 3, time_limit: Some(std::time::Duration::from_secs(3600)), ..cfg }).unwrap();
+    let full = meta.run(&mut guide, &mut tasks).unwrap();
+    assert!(!full.stopped_early);
+    assert_eq!((full.steps, full.history.last().map(|r| r.step)), (3, Some(2)));
+    // a zero budget is a settings error
+    let zero = MetaConfig { time_limit: Some(std::time::Duration::ZERO), ..Default::default() };
+    assert!(matches!(MetaLearner::<f32, Cpu>::new(zero), Err(Error::InvalidConfig { name: "MetaConfig::time_limit", .. })));
+}
+
+#[test]
 fn partial_trainability_generators_and_meta_checkpoints() {
     let dev = Cpu::default();
     // a quarter of the weights of each layer learn; the rest keep their initial prior exactly

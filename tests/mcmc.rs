@@ -293,6 +293,13 @@ fn non_finite_densities_are_divergences_not_errors() {
     assert!(err.to_string().contains("chain 1"), "{err}");
 }
 
+#[test]
+fn zero_chains_is_a_settings_error() {
+    let err = sample_many_chains(&mut Correlated, Vec::new(), &ManyChainSettings::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { name: "chains", .. }), "{err:?}");
+    assert_eq!(err.to_string(), "invalid setting chains = 0: must be >= 1 (one initial position per chain)");
+}
+
 fn harmonic(n: usize) -> f64 {
     (1..=n).map(|k| 1.0 / k as f64).sum()
 }

@@ -15,6 +15,7 @@ mod methods;
 mod model;
 mod num;
 mod predict;
+mod progress;
 pub mod testing;
 mod vi;
 
@@ -25,6 +26,7 @@ mod vi;
 pub use dfdx;
 pub use error::{Error, MetricError, Result};
 pub use num::{Real, Taped};
+pub use progress::Progress;
 
 // the model description
 pub use model::arch::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};

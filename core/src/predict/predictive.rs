@@ -102,7 +102,7 @@ pub struct Predictive {
     pub include_noise: bool,
     /// Seed.
     pub seed: u64,
-    /// Show a progress bar.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
 
@@ -305,7 +305,7 @@ impl Predictive {
         let (mut mean, mut m2) = (vec![0.0; width], vec![0.0; width]);
         let mut reservoir: Vec<Vec<f64>> = Vec::new();
         let mut lme = test.map(|_| LogMeanExp::new(n));
-        let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.samples as u64) } else { indicatif::ProgressBar::hidden() };
+        let bar = crate::progress::Progress::new(cfg.samples, cfg.progress, "predict");
         let mut seen = 0usize;
         while seen < cfg.samples {
             let c = cfg.chunk.min(cfg.samples - seen);
@@ -345,9 +345,9 @@ impl Predictive {
                 }
             }
             seen += c;
-            bar.inc(c as u64);
+            bar.inc_by(c);
         }
-        bar.finish_and_clear();
+        bar.finish();
         let denom = (seen as f64 - 1.0).max(1.0);
         let f_std: Vec<f64> = m2.iter().map(|v| (v / denom).sqrt()).collect();
         let std: Vec<f64> = if classify { f_std.clone() } else { m2.iter().map(|v| (v / denom + noise_var).sqrt()).collect() };

@@ -5,6 +5,7 @@ use crate::model::bnn::Bnn;
 use crate::model::data::Dataset;
 use crate::model::minibatch::Minibatches;
 use crate::num::rng::{stream, Purpose};
+use crate::progress::Progress;
 use crate::vi::elbo::{ElboConfig, Objective};
 use crate::{Error, Real, Result};
 use dfdx::optim::{Adam, AdamConfig, Optimizer, OptimizerUpdateError};
@@ -36,7 +37,7 @@ pub struct FitConfig {
     /// Seed of the run's random streams: one for the batch order of each epoch, one for the
     /// Monte-Carlo noise of each step.
     pub seed: u64,
-    /// Show a progress bar (on stderr, hidden when it is not a terminal).
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
     /// Record the ELBO parts every this many steps (and at the last step). Default 10.
     pub record_every: usize,
@@ -279,12 +280,7 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
 ) -> Result<FitReport> {
     let start = std::time::Instant::now();
     let mut svi = Svi::new(&*model, &*guide, data, cfg.clone(), ByRef(objective))?;
-    let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix("fit");
+    let bar = Progress::new(cfg.steps, cfg.progress, "fit");
     let mut history = Vec::new();
     for step in 0..cfg.steps {
         let record = match svi.step(model, guide, data) {
@@ -296,11 +292,11 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
         };
         if step % cfg.record_every == 0 || step + 1 == cfg.steps {
             history.push(record);
-            bar.set_message(format!("elbo {:.3}", record.elbo));
+            bar.message(format!("elbo {:.3}", record.elbo));
         }
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(FitReport { history, steps: cfg.steps, seconds: start.elapsed().as_secs_f64() })
 }
 

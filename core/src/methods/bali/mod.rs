@@ -218,7 +218,7 @@ pub struct BaliConfig {
     pub init_scale: f64,
     /// Seed for the initialisation, the minibatch order and the linearisation samples.
     pub seed: u64,
-    /// Show a progress bar (on stderr, hidden when it is not a terminal). Default true.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal). Default true.
     pub progress: bool,
 }
 
@@ -639,12 +639,7 @@ pub fn fit_bali<E: Real, D: Device<E>, M: Bnn<E, D>>(
     cfg.validate(data.len())?;
     let start = std::time::Instant::now();
     let mut bali = Bali::new(model, cfg.clone())?;
-    let bar = if cfg.progress { indicatif::ProgressBar::new(cfg.epochs as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix("bali");
+    let bar = crate::progress::Progress::new(cfg.epochs, cfg.progress, "bali");
     let mut history = Vec::with_capacity(cfg.epochs);
     for _ in 0..cfg.epochs {
         let rec = match bali.epoch(model, data) {
@@ -654,10 +649,10 @@ pub fn fit_bali<E: Real, D: Device<E>, M: Bnn<E, D>>(
                 return Err(e);
             }
         };
-        bar.set_message(format!("nll {:.4}", rec.train_nll));
-        bar.inc(1);
+        bar.message(format!("nll {:.4}", rec.train_nll));
+        bar.inc();
         history.push(rec);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok((bali.posterior, BaliReport { history, steps: bali.steps, seconds: start.elapsed().as_secs_f64() }))
 }

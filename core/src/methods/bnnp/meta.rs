@@ -3,6 +3,7 @@
 //! The details are in the docs of [`MetaLearner`].
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -12,6 +13,7 @@ use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
 use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
+use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
@@ -55,12 +57,18 @@ pub struct MetaConfig {
     pub chunk: Option<usize>,
     /// Seed for tasks, splits and Monte-Carlo noise.
     pub seed: u64,
-    /// Show a progress bar (on stderr; hidden when it is not a terminal).
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
     /// Record the terms every this many steps (and at the last step). Default 10.
     pub record_every: usize,
     /// Periodic checkpoints. Default none.
     pub checkpoint: Option<Checkpointing>,
+    /// Wall-clock budget of one [`MetaLearner::run`] call: the run stops after the step during which
+    /// the budget runs out (a step is never cut short), records that step, writes the checkpoint
+    /// and reports [`MetaReport::stopped_early`]. The learning-rate decay stays tied to `steps`, so
+    /// a run cut short ends at a higher rate than `lr_end`; calling `run` again resumes the
+    /// schedule with a fresh budget. Default `None` (no limit).
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for MetaConfig {
@@ -78,6 +86,7 @@ impl Default for MetaConfig {
             progress: true,
             record_every: 10,
             checkpoint: None,
+            time_limit: None,
         }
     }
 }
@@ -114,6 +123,9 @@ impl MetaConfig {
                 return Err(Error::config("Checkpointing::every", 0, "must be >= 1"));
             }
         }
+        if self.time_limit == Some(Duration::ZERO) {
+            return Err(Error::config("MetaConfig::time_limit", "0 s", "must be > 0 (None for no limit)"));
+        }
         if self.chunk == Some(0) {
             return Err(Error::config("MetaConfig::chunk", 0, "chunks need at least one point"));
         }
@@ -145,8 +157,10 @@ pub struct MetaRecord {
 pub struct MetaReport {
     /// Recorded steps.
     pub history: Vec<MetaRecord>,
-    /// Steps taken.
+    /// Steps taken by this call of [`MetaLearner::run`].
     pub steps: usize,
+    /// Whether [`MetaConfig::time_limit`] stopped the run before `MetaConfig::steps`.
+    pub stopped_early: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -156,48 +170,6 @@ impl MetaReport {
     pub fn final_objective(&self, k: usize) -> f64 {
         let tail = &self.history[self.history.len().saturating_sub(k.max(1))..];
         tail.iter().map(|r| r.objective).sum::<f64>() / tail.len().max(1) as f64
-    }
-}
-
-/// A progress bar for meta-learning loops (on stderr; hidden when disabled or when stderr is not
-/// a terminal). A thin wrapper, so custom meta-learners need no extra dependency.
-#[derive(Debug, Clone)]
-pub struct Progress(indicatif::ProgressBar);
-
-impl Progress {
-    /// A bar over `steps` steps, labelled `prefix`; `enabled = false` hides it.
-    pub fn new(steps: usize, enabled: bool, prefix: &str) -> Self {
-        let bar = if enabled { indicatif::ProgressBar::new(steps as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(prefix.to_string());
-        Self(bar)
-    }
-    /// Advances by one step.
-    pub fn inc(&self) {
-        self.0.inc(1);
-    }
-    /// Sets the position.
-    pub fn set_position(&self, step: usize) {
-        self.0.set_position(step as u64);
-    }
-    /// Sets the message shown after the bar.
-    pub fn message(&self, msg: String) {
-        self.0.set_message(msg);
-    }
-    /// Prints a line above the bar.
-    pub fn println(&self, line: String) {
-        self.0.println(line);
-    }
-    /// Removes the bar.
-    pub fn finish(&self) {
-        self.0.finish_and_clear();
-    }
-    /// Leaves the bar where it stopped (after an error).
-    pub fn abandon(&self) {
-        self.0.abandon();
     }
 }
 
@@ -289,14 +261,33 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         Ok(rec)
     }
 
-    /// Runs the remaining steps (up to `steps`), with a progress bar and checkpoints.
+    /// Runs the remaining steps (up to `steps`, or until [`MetaConfig::time_limit`] runs out), with
+    /// a progress bar and checkpoints.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 8, Relu>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<8, 1>, #[likelihood(upper = 0.2)] noise: Gaussian<Learned<0.05>> }
+    /// let dev = Cpu::default();
+    /// let mut guide = Net::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let mut tasks = Generated(Sawtooth { n_range: (10, 20), ..Default::default() });
+    /// // a budget far too small for 1000 steps: the run stops after its first step
+    /// let cfg = MetaConfig { time_limit: Some(Duration::from_nanos(1)), progress: false, ..Default::default() };
+    /// let report = MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
+    /// assert!(report.stopped_early);
+    /// assert_eq!(report.steps, 1);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     pub fn run(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaReport> {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let steps = self.cfg.steps;
         let bar = Progress::new(steps, self.cfg.progress, "meta");
         bar.set_position(self.step);
         let mut history = Vec::new();
         let first = self.step;
+        let mut stopped_early = false;
         while self.step < steps {
             let rec = match self.step(guide, source) {
                 Ok(r) => r,
@@ -305,18 +296,23 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                     return Err(e);
                 }
             };
-            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps {
+            stopped_early = self.step < steps && self.cfg.time_limit.is_some_and(|limit| start.elapsed() >= limit);
+            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early {
                 bar.message(format!("objective {:.2}  σ_y {:.3}", rec.objective, rec.noise));
                 history.push(rec);
             }
             if let Some(c) = &self.cfg.checkpoint {
-                if self.step.is_multiple_of(c.every) || self.step == steps {
+                if self.step.is_multiple_of(c.every) || self.step == steps || stopped_early {
                     guide.save(&c.path)?;
                 }
             }
             bar.inc();
+            if stopped_early {
+                bar.println(format!("meta: time limit reached after {} steps ({} of {steps} done)", self.step - first, self.step));
+                break;
+            }
         }
         bar.finish();
-        Ok(MetaReport { history, steps: self.step - first, seconds: start.elapsed().as_secs_f64() })
+        Ok(MetaReport { history, steps: self.step - first, stopped_early, seconds: start.elapsed().as_secs_f64() })
     }
 }

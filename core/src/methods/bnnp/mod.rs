@@ -82,11 +82,12 @@ mod prior;
 mod tasks;
 mod transfer;
 
+pub use crate::progress::Progress;
 pub use guide::{
     Amortised, AmortisedForward, AmortisedGuide, ForwardOptions, GuideConfig, InferenceInput, LayerPosterior, OutputPrecision,
 };
 pub use infer::InferenceNet;
-pub use meta::{Checkpointing, MetaConfig, MetaLearner, MetaRecord, MetaReport, Progress};
+pub use meta::{Checkpointing, MetaConfig, MetaLearner, MetaRecord, MetaReport};
 pub use objective::{split_task, task_terms, Split, TaskObjective, TaskTerms};
 pub use online::OnlineLastLayer;
 pub use params::{linear_lr, Adam, AdamSettings, ParamId, ParamStore};

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use super::target::BatchLogDensity;
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// How the many-chain sampler adapts step sizes.
@@ -57,7 +58,7 @@ pub struct ManyChainSettings {
     pub max_energy_error: f64,
     /// Seed of the momenta and accept/reject draws.
     pub seed: u64,
-    /// Show a progress bar.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
 
@@ -224,7 +225,8 @@ impl Adam {
 }
 
 /// Runs `C = init.len()` chains of jittered HMC with ChEES adaptation on `target`, from the given
-/// initial positions.
+/// initial positions. `C` must be at least 1 ([`Error::InvalidConfig`] otherwise), and every
+/// initial position must have `target.dim()` finite coordinates and a finite log density.
 ///
 /// The batched many-chain sampler: jittered HMC with ChEES adaptation (Hoffman, Radul & Sountsov
 /// 2021, "An adaptive MCMC scheme for setting trajectory lengths in Hamiltonian Monte Carlo").
@@ -286,277 +288,482 @@ pub fn sample_many_chains<T: BatchLogDensity + ?Sized>(
     settings: &ManyChainSettings,
 ) -> Result<ManyChainRun> {
     settings.validate()?;
-    let start = Instant::now();
-    let c = init.len();
-    if c == 0 {
-        return Err(Error::Empty { what: "initial positions (chains)".into() });
-    }
-    let d = target.dim();
-    if let Some(bad) = init.iter().find(|p| p.len() != d) {
-        return Err(Error::Shape { what: "initial position".into(), expected: format!("({d},)"), got: format!("({},)", bad.len()) });
-    }
-    for (ci, p) in init.iter().enumerate() {
-        crate::error::check_finite(&format!("initial position of chain {ci}"), p)?;
-    }
     let s = settings;
+    let start = Instant::now();
+    let mut chains = Chains::start(target, init)?;
+    let (c, d) = (chains.c, chains.d);
     let total_iters = s.warmup + s.draws;
     let max_bits = (usize::BITS - (total_iters + 1).leading_zeros()).max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
-
-    let mut theta: Vec<f64> = init.into_iter().flatten().collect();
-    let mut logp = vec![0.0; c];
-    let mut grad = vec![0.0; c * d];
-    target.logp_batch(&theta, &mut logp, &mut grad)?;
-    let mut batched_calls = 1u64;
-    let mut evaluations = c as u64;
-    if let Some(ci) = logp.iter().position(|v| !v.is_finite()) {
-        return Err(Error::NonFinite { what: format!("log density at the initial position of chain {ci}"), index: ci });
-    }
-
-    let per_chain = s.step_size == StepSizeAdaptation::PerChain;
-    let n_da = if per_chain { c } else { 1 };
-    let mut da = vec![DualAveraging::new(s.initial_step_size); n_da];
-    let mut eps = vec![s.initial_step_size; n_da];
-    let mut log_eps_ma = vec![0.0; n_da];
-    let mut ma_step = 1.0f64;
-    let mut traj = s.initial_step_size;
-    let mut log_traj_ma = 0.0;
-    let mut adam = Adam::default();
-    let mut inv_mass = vec![1.0f64; c * d];
-    // per-chain Welford accumulators for the diagonal mass matrix
-    let (mm_start, mm_end) = (s.warmup / 4, (3 * s.warmup) / 4);
-    let mut w_mean = vec![0.0; if s.diagonal_mass_matrix { c * d } else { 0 }];
-    let mut w_m2 = vec![0.0; w_mean.len()];
-    let mut w_n = 0usize;
-
-    let mut draws: Vec<Vec<Vec<f64>>> = vec![Vec::with_capacity(s.draws); c];
-    let mut draw_logp: Vec<Vec<f64>> = vec![Vec::with_capacity(s.draws); c];
-    let mut warmup_div = vec![0usize; c];
-    let mut sample_div = vec![0usize; c];
-    let mut iterations = Vec::with_capacity(total_iters);
-
-    // work buffers
-    let mut p = vec![0.0; c * d];
-    let mut th_new = vec![0.0; c * d];
-    let mut g_new = vec![0.0; c * d];
-    let mut lp_new = vec![0.0; c];
-    let mut steps = vec![0usize; c];
-    let mut dead = vec![false; c];
-    let mut k0 = vec![0.0; c];
-    let mut buf_th: Vec<f64> = Vec::new();
-    let mut buf_g: Vec<f64> = Vec::new();
-    let mut buf_lp: Vec<f64> = Vec::new();
-    let mut active: Vec<usize> = Vec::with_capacity(c);
-
-    let bar = if s.progress { indicatif::ProgressBar::new(total_iters as u64) } else { indicatif::ProgressBar::hidden() };
+    let mut adapt = Adaptation::new(s, c);
+    let mut mass = MassMatrixWindow::new(s, c * d);
+    let mut tr = Transition::new(c, d);
+    let mut out = Collected::new(c, s.draws, total_iters);
+    let bar = Progress::new(total_iters, s.progress, "chees");
     for it in 0..total_iters {
         let warm = it < s.warmup;
         let u = 1.0 - s.jitter + s.jitter * halton(it, max_bits);
-        for ci in 0..c {
-            let e = eps[if per_chain { ci } else { 0 }];
-            let n = (u * traj / e).ceil();
-            steps[ci] = if n.is_finite() { (n as usize).clamp(1, s.max_leapfrog_steps) } else { 1 };
+        tr.plan(&adapt, u, s.max_leapfrog_steps);
+        tr.draw_momenta(&chains.inv_mass, &mut rng);
+        tr.integrate(target, &mut chains, &adapt)?;
+        tr.judge(&chains, s.max_energy_error);
+        let n_div = out.count_divergences(&tr.divergent, warm);
+        // adaptation uses the proposals (before accept/reject) and the initial positions
+        if warm {
+            adapt.update(&tr.proposals(&chains, u), s);
         }
-        // momenta p ~ N(0, M), M = diag(1 / inv_mass)
-        for ci in 0..c {
+        let mean_accept = chains.accept_or_reject(&tr, &mut rng);
+        if warm && mass.observe(it, &chains.theta, &mut chains.inv_mass) {
+            // the metric changed: restart the step-size adaptation from the current values
+            adapt.restart_step_size();
+        }
+        if !warm {
+            out.keep_draws(&chains);
+        }
+        out.iterations.push(IterationStats {
+            warmup: warm,
+            step_size: adapt.mean_step_size(),
+            trajectory_length: adapt.traj,
+            max_leapfrog_steps: tr.max_steps,
+            mean_accept,
+            divergences: n_div,
+        });
+        if it + 1 == s.warmup {
+            adapt.finish_warmup(s);
+        }
+        bar.inc();
+    }
+    bar.finish();
+    Ok(out.into_run(chains, &adapt, start))
+}
+
+/// The chains' current positions, log densities, gradients and inverse mass diagonals (chain-major,
+/// `c × d`), with the log-density calls spent on them.
+struct Chains {
+    c: usize,
+    d: usize,
+    theta: Vec<f64>,
+    logp: Vec<f64>,
+    grad: Vec<f64>,
+    inv_mass: Vec<f64>,
+    batched_calls: u64,
+    evaluations: u64,
+}
+
+impl Chains {
+    /// Checks the initial positions and evaluates them in one batched call.
+    fn start<T: BatchLogDensity + ?Sized>(target: &mut T, init: Vec<Vec<f64>>) -> Result<Self> {
+        let c = init.len();
+        if c == 0 {
+            return Err(Error::config("chains", 0, "must be >= 1 (one initial position per chain)"));
+        }
+        let d = target.dim();
+        if let Some(bad) = init.iter().find(|p| p.len() != d) {
+            return Err(Error::Shape { what: "initial position".into(), expected: format!("({d},)"), got: format!("({},)", bad.len()) });
+        }
+        for (ci, p) in init.iter().enumerate() {
+            crate::error::check_finite(&format!("initial position of chain {ci}"), p)?;
+        }
+        let theta: Vec<f64> = init.into_iter().flatten().collect();
+        let mut logp = vec![0.0; c];
+        let mut grad = vec![0.0; c * d];
+        target.logp_batch(&theta, &mut logp, &mut grad)?;
+        if let Some(ci) = logp.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: format!("log density at the initial position of chain {ci}"), index: ci });
+        }
+        Ok(Self { c, d, theta, logp, grad, inv_mass: vec![1.0; c * d], batched_calls: 1, evaluations: c as u64 })
+    }
+
+    /// Metropolis accept/reject of every chain's proposal (one uniform draw per non-divergent
+    /// chain, in chain order); returns the mean acceptance probability.
+    fn accept_or_reject(&mut self, tr: &Transition, rng: &mut impl Rng) -> f64 {
+        let d = self.d;
+        let mut sum_acc = 0.0;
+        for ci in 0..self.c {
+            sum_acc += tr.accept[ci];
+            let take = !tr.divergent[ci] && rng.gen::<f64>() < tr.accept[ci];
+            if take {
+                let r = ci * d..(ci + 1) * d;
+                self.theta[r.clone()].copy_from_slice(&tr.th_new[r.clone()]);
+                self.grad[r.clone()].copy_from_slice(&tr.g_new[r]);
+                self.logp[ci] = tr.lp_new[ci];
+            }
+        }
+        sum_acc / self.c as f64
+    }
+}
+
+/// One jittered-HMC transition for all chains: the work buffers, the proposals with their final
+/// momenta, and their acceptance probabilities.
+struct Transition {
+    c: usize,
+    d: usize,
+    /// Leapfrog steps of each chain, and the most of any chain.
+    steps: Vec<usize>,
+    max_steps: usize,
+    /// Momenta (drawn, then integrated) and their initial kinetic energies.
+    p: Vec<f64>,
+    k0: Vec<f64>,
+    th_new: Vec<f64>,
+    g_new: Vec<f64>,
+    lp_new: Vec<f64>,
+    /// Chains whose trajectory reached a non-finite density or gradient.
+    dead: Vec<bool>,
+    accept: Vec<f64>,
+    divergent: Vec<bool>,
+    // the chains still integrating, and their batch when not all are
+    active: Vec<usize>,
+    buf_th: Vec<f64>,
+    buf_g: Vec<f64>,
+    buf_lp: Vec<f64>,
+}
+
+impl Transition {
+    fn new(c: usize, d: usize) -> Self {
+        Self {
+            c,
+            d,
+            steps: vec![0; c],
+            max_steps: 1,
+            p: vec![0.0; c * d],
+            k0: vec![0.0; c],
+            th_new: vec![0.0; c * d],
+            g_new: vec![0.0; c * d],
+            lp_new: vec![0.0; c],
+            dead: vec![false; c],
+            accept: vec![0.0; c],
+            divergent: vec![false; c],
+            active: Vec::with_capacity(c),
+            buf_th: Vec::new(),
+            buf_g: Vec::new(),
+            buf_lp: Vec::new(),
+        }
+    }
+
+    /// Leapfrog steps per chain: `⌈u · T / ε⌉`, clamped to `1..=max`.
+    fn plan(&mut self, adapt: &Adaptation, u: f64, max: usize) {
+        for ci in 0..self.c {
+            let n = (u * adapt.traj / adapt.step_size(ci)).ceil();
+            self.steps[ci] = if n.is_finite() { (n as usize).clamp(1, max) } else { 1 };
+        }
+        self.max_steps = *self.steps.iter().max().unwrap_or(&1);
+    }
+
+    /// Momenta `p ~ N(0, M)`, `M = diag(1 / inv_mass)`, chain by chain, and their kinetic energies.
+    fn draw_momenta(&mut self, inv_mass: &[f64], rng: &mut impl Rng) {
+        let d = self.d;
+        for ci in 0..self.c {
             let mut k = 0.0;
             for j in 0..d {
                 let im = inv_mass[ci * d + j];
                 let z: f64 = rng.sample(StandardNormal);
                 let pj = z / im.sqrt();
-                p[ci * d + j] = pj;
+                self.p[ci * d + j] = pj;
                 k += 0.5 * im * pj * pj;
             }
-            k0[ci] = k;
+            self.k0[ci] = k;
         }
-        th_new.copy_from_slice(&theta);
-        g_new.copy_from_slice(&grad);
-        lp_new.copy_from_slice(&logp);
-        dead.iter_mut().for_each(|x| *x = false);
-        let max_steps = *steps.iter().max().unwrap_or(&1);
-        for step in 0..max_steps {
-            active.clear();
-            active.extend((0..c).filter(|&ci| !dead[ci] && steps[ci] > step));
-            if active.is_empty() {
+    }
+
+    /// Leapfrog integration from the chains' positions, one batched call per step for the chains
+    /// still integrating. A chain that meets a non-finite density or gradient stops (`dead`).
+    fn integrate<T: BatchLogDensity + ?Sized>(&mut self, target: &mut T, ch: &mut Chains, adapt: &Adaptation) -> Result<()> {
+        let (c, d) = (self.c, self.d);
+        self.th_new.copy_from_slice(&ch.theta);
+        self.g_new.copy_from_slice(&ch.grad);
+        self.lp_new.copy_from_slice(&ch.logp);
+        self.dead.iter_mut().for_each(|x| *x = false);
+        for step in 0..self.max_steps {
+            self.active.clear();
+            self.active.extend((0..c).filter(|&ci| !self.dead[ci] && self.steps[ci] > step));
+            if self.active.is_empty() {
                 break;
             }
-            for &ci in &active {
-                let e = eps[if per_chain { ci } else { 0 }];
+            for &ci in &self.active {
+                let e = adapt.step_size(ci);
                 let r = ci * d..(ci + 1) * d;
-                for ((pj, gj), (tj, im)) in
-                    p[r.clone()].iter_mut().zip(&g_new[r.clone()]).zip(th_new[r.clone()].iter_mut().zip(&inv_mass[r.clone()]))
+                for ((pj, gj), (tj, im)) in self.p[r.clone()]
+                    .iter_mut()
+                    .zip(&self.g_new[r.clone()])
+                    .zip(self.th_new[r.clone()].iter_mut().zip(&ch.inv_mass[r.clone()]))
                 {
                     *pj += 0.5 * e * gj;
                     *tj += e * im * *pj;
                 }
             }
-            if active.len() == c {
-                target.logp_batch(&th_new, &mut lp_new, &mut g_new)?;
-            } else {
-                let na = active.len();
-                buf_th.clear();
-                for &ci in &active {
-                    buf_th.extend_from_slice(&th_new[ci * d..(ci + 1) * d]);
-                }
-                buf_g.resize(na * d, 0.0);
-                buf_lp.resize(na, 0.0);
-                target.logp_batch(&buf_th, &mut buf_lp, &mut buf_g)?;
-                for (a, &ci) in active.iter().enumerate() {
-                    lp_new[ci] = buf_lp[a];
-                    g_new[ci * d..(ci + 1) * d].copy_from_slice(&buf_g[a * d..(a + 1) * d]);
-                }
-            }
-            batched_calls += 1;
-            evaluations += active.len() as u64;
-            for &ci in &active {
-                let e = eps[if per_chain { ci } else { 0 }];
+            self.evaluate_active(target)?;
+            ch.batched_calls += 1;
+            ch.evaluations += self.active.len() as u64;
+            for &ci in &self.active {
+                let e = adapt.step_size(ci);
                 let r = ci * d..(ci + 1) * d;
-                if !lp_new[ci].is_finite() || g_new[r.clone()].iter().any(|g| !g.is_finite()) {
-                    dead[ci] = true;
+                if !self.lp_new[ci].is_finite() || self.g_new[r.clone()].iter().any(|g| !g.is_finite()) {
+                    self.dead[ci] = true;
                     continue;
                 }
-                for (pj, gj) in p[r.clone()].iter_mut().zip(&g_new[r]) {
+                for (pj, gj) in self.p[r.clone()].iter_mut().zip(&self.g_new[r]) {
                     *pj += 0.5 * e * gj;
                 }
             }
         }
-        // Metropolis correction
-        let mut accept = vec![0.0; c];
-        let mut divergent = vec![false; c];
-        let mut n_div = 0;
-        for ci in 0..c {
+        Ok(())
+    }
+
+    /// One batched call for the active chains: all chains in place, or a gathered sub-batch.
+    fn evaluate_active<T: BatchLogDensity + ?Sized>(&mut self, target: &mut T) -> Result<()> {
+        let d = self.d;
+        if self.active.len() == self.c {
+            return target.logp_batch(&self.th_new, &mut self.lp_new, &mut self.g_new);
+        }
+        let na = self.active.len();
+        self.buf_th.clear();
+        for &ci in &self.active {
+            self.buf_th.extend_from_slice(&self.th_new[ci * d..(ci + 1) * d]);
+        }
+        self.buf_g.resize(na * d, 0.0);
+        self.buf_lp.resize(na, 0.0);
+        target.logp_batch(&self.buf_th, &mut self.buf_lp, &mut self.buf_g)?;
+        for (a, &ci) in self.active.iter().enumerate() {
+            self.lp_new[ci] = self.buf_lp[a];
+            self.g_new[ci * d..(ci + 1) * d].copy_from_slice(&self.buf_g[a * d..(a + 1) * d]);
+        }
+        Ok(())
+    }
+
+    /// Acceptance probabilities from the energy errors; a dead chain, a NaN error or one above
+    /// `max_energy_error` is divergent (accepted with probability 0).
+    fn judge(&mut self, ch: &Chains, max_energy_error: f64) {
+        let d = self.d;
+        for ci in 0..self.c {
             let r = ci * d..(ci + 1) * d;
-            let k1: f64 = p[r.clone()].iter().zip(&inv_mass[r.clone()]).map(|(pj, im)| 0.5 * im * pj * pj).sum();
-            let mut delta = (-lp_new[ci] + k1) - (-logp[ci] + k0[ci]);
-            if dead[ci] || delta.is_nan() {
+            let k1: f64 = self.p[r.clone()].iter().zip(&ch.inv_mass[r.clone()]).map(|(pj, im)| 0.5 * im * pj * pj).sum();
+            let mut delta = (-self.lp_new[ci] + k1) - (-ch.logp[ci] + self.k0[ci]);
+            if self.dead[ci] || delta.is_nan() {
                 delta = f64::INFINITY;
             }
-            divergent[ci] = delta > s.max_energy_error;
-            accept[ci] = if divergent[ci] { 0.0 } else { (-delta).exp().min(1.0) };
-            if divergent[ci] {
-                n_div += 1;
-                if warm {
-                    warmup_div[ci] += 1;
-                } else {
-                    sample_div[ci] += 1;
-                }
-            }
+            self.divergent[ci] = delta > max_energy_error;
+            self.accept[ci] = if self.divergent[ci] { 0.0 } else { (-delta).exp().min(1.0) };
         }
-        // adaptation uses the proposals (before accept/reject) and the initial positions
-        if warm {
-            adapt_chees(
-                &mut AdaptState {
-                    da: &mut da,
-                    eps: &mut eps,
-                    log_eps_ma: &mut log_eps_ma,
-                    traj: &mut traj,
-                    log_traj_ma: &mut log_traj_ma,
-                    adam: &mut adam,
-                    ma_step: &mut ma_step,
-                },
-                &Proposals {
-                    theta0: &theta,
-                    theta1: &th_new,
-                    p1: &p,
-                    inv_mass: &inv_mass,
-                    accept: &accept,
-                    divergent: &divergent,
-                    c,
-                    d,
-                    jitter: u,
-                },
-                s,
-            );
-        }
-        let mut sum_acc = 0.0;
-        for ci in 0..c {
-            sum_acc += accept[ci];
-            let take = !divergent[ci] && rng.gen::<f64>() < accept[ci];
-            if take {
-                let r = ci * d..(ci + 1) * d;
-                theta[r.clone()].copy_from_slice(&th_new[r.clone()]);
-                grad[r.clone()].copy_from_slice(&g_new[r]);
-                logp[ci] = lp_new[ci];
-            }
-        }
-        if warm && s.diagonal_mass_matrix && it >= mm_start && it < mm_end {
-            w_n += 1;
-            let nf = w_n as f64;
-            for (j, x) in theta.iter().enumerate() {
-                let delta = x - w_mean[j];
-                w_mean[j] += delta / nf;
-                w_m2[j] += delta * (x - w_mean[j]);
-            }
-            if it + 1 == mm_end && w_n >= 2 {
-                for j in 0..c * d {
-                    let var = w_m2[j] / (nf - 1.0);
-                    let reg = (nf / (nf + 5.0)) * var + 1e-3 * (5.0 / (nf + 5.0));
-                    inv_mass[j] = if reg.is_finite() && reg > 0.0 { reg } else { 1.0 };
-                }
-                // the metric changed: restart the step-size adaptation from the current values
-                for (dai, e) in da.iter_mut().zip(eps.iter()) {
-                    *dai = DualAveraging::new(*e);
-                }
-                ma_step = 1.0;
-            }
-        }
-        if !warm {
-            for ci in 0..c {
-                draws[ci].push(theta[ci * d..(ci + 1) * d].to_vec());
-                draw_logp[ci].push(logp[ci]);
-            }
-        }
-        let mean_eps = eps.iter().sum::<f64>() / eps.len() as f64;
-        iterations.push(IterationStats {
-            warmup: warm,
-            step_size: mean_eps,
-            trajectory_length: traj,
-            max_leapfrog_steps: max_steps,
-            mean_accept: sum_acc / c as f64,
-            divergences: n_div,
-        });
-        if it + 1 == s.warmup {
-            // switch to the averaged parameters for drawing
-            for (e, ma) in eps.iter_mut().zip(&log_eps_ma) {
-                if ma.is_finite() && *ma != 0.0 {
-                    *e = ma.exp();
-                }
-            }
-            if log_traj_ma.is_finite() && log_traj_ma != 0.0 {
-                traj = log_traj_ma.exp();
-            }
-            let emin = eps.iter().copied().fold(f64::INFINITY, f64::min);
-            traj = traj.clamp(emin.min(traj), s.max_leapfrog_steps as f64 * emin);
-        }
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    let step_sizes = (0..c).map(|ci| eps[if per_chain { ci } else { 0 }]).collect();
-    Ok(ManyChainRun {
-        draws,
-        logp: draw_logp,
-        step_sizes,
-        trajectory_length: traj,
-        inverse_mass: inv_mass.chunks(d).map(|r| r.to_vec()).collect(),
-        warmup_divergences: warmup_div,
-        divergences: sample_div,
-        iterations,
-        batched_calls,
-        gradient_evaluations: evaluations,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+
+    /// What the ChEES update reads: the proposals against the positions they started from.
+    fn proposals<'a>(&'a self, ch: &'a Chains, jitter: f64) -> Proposals<'a> {
+        Proposals {
+            theta0: &ch.theta,
+            theta1: &self.th_new,
+            p1: &self.p,
+            inv_mass: &ch.inv_mass,
+            accept: &self.accept,
+            divergent: &self.divergent,
+            c: self.c,
+            d: self.d,
+            jitter,
+        }
+    }
 }
 
-struct AdaptState<'a> {
-    da: &'a mut [DualAveraging],
-    eps: &'a mut [f64],
-    log_eps_ma: &'a mut [f64],
-    traj: &'a mut f64,
-    log_traj_ma: &'a mut f64,
-    adam: &'a mut Adam,
-    ma_step: &'a mut f64,
+/// Per-chain Welford accumulators of the positions over the middle half of warm-up, for the
+/// diagonal mass matrix.
+struct MassMatrixWindow {
+    /// Whether the mass matrix is adapted at all.
+    on: bool,
+    start: usize,
+    end: usize,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    n: usize,
 }
 
+impl MassMatrixWindow {
+    fn new(s: &ManyChainSettings, len: usize) -> Self {
+        let on = s.diagonal_mass_matrix;
+        let len = if on { len } else { 0 };
+        Self { on, start: s.warmup / 4, end: (3 * s.warmup) / 4, mean: vec![0.0; len], m2: vec![0.0; len], n: 0 }
+    }
+
+    /// Adds the positions of warm-up iteration `it`; at the window's last iteration writes the
+    /// regularised variances (as in Stan) into `inv_mass` and returns true.
+    fn observe(&mut self, it: usize, theta: &[f64], inv_mass: &mut [f64]) -> bool {
+        if !self.on || it < self.start || it >= self.end {
+            return false;
+        }
+        self.n += 1;
+        let nf = self.n as f64;
+        for (j, x) in theta.iter().enumerate() {
+            let delta = x - self.mean[j];
+            self.mean[j] += delta / nf;
+            self.m2[j] += delta * (x - self.mean[j]);
+        }
+        if it + 1 != self.end || self.n < 2 {
+            return false;
+        }
+        for (j, im) in inv_mass.iter_mut().enumerate() {
+            let var = self.m2[j] / (nf - 1.0);
+            let reg = (nf / (nf + 5.0)) * var + 1e-3 * (5.0 / (nf + 5.0));
+            *im = if reg.is_finite() && reg > 0.0 { reg } else { 1.0 };
+        }
+        true
+    }
+}
+
+/// What the run keeps: draws, divergence counts and per-iteration statistics.
+struct Collected {
+    draws: Vec<Vec<Vec<f64>>>,
+    logp: Vec<Vec<f64>>,
+    warmup_divergences: Vec<usize>,
+    divergences: Vec<usize>,
+    iterations: Vec<IterationStats>,
+}
+
+impl Collected {
+    fn new(c: usize, draws: usize, iterations: usize) -> Self {
+        Self {
+            draws: vec![Vec::with_capacity(draws); c],
+            logp: vec![Vec::with_capacity(draws); c],
+            warmup_divergences: vec![0; c],
+            divergences: vec![0; c],
+            iterations: Vec::with_capacity(iterations),
+        }
+    }
+
+    /// Counts the divergent transitions per chain (warm-up or drawing) and returns their number.
+    fn count_divergences(&mut self, divergent: &[bool], warm: bool) -> usize {
+        let counts = if warm { &mut self.warmup_divergences } else { &mut self.divergences };
+        let mut n = 0;
+        for (count, _) in counts.iter_mut().zip(divergent).filter(|(_, &dv)| dv) {
+            *count += 1;
+            n += 1;
+        }
+        n
+    }
+
+    /// Keeps every chain's current position and log density as a draw.
+    fn keep_draws(&mut self, ch: &Chains) {
+        for ci in 0..ch.c {
+            self.draws[ci].push(ch.theta[ci * ch.d..(ci + 1) * ch.d].to_vec());
+            self.logp[ci].push(ch.logp[ci]);
+        }
+    }
+
+    fn into_run(self, ch: Chains, adapt: &Adaptation, start: Instant) -> ManyChainRun {
+        ManyChainRun {
+            draws: self.draws,
+            logp: self.logp,
+            step_sizes: (0..ch.c).map(|ci| adapt.step_size(ci)).collect(),
+            trajectory_length: adapt.traj,
+            inverse_mass: ch.inv_mass.chunks(ch.d).map(|r| r.to_vec()).collect(),
+            warmup_divergences: self.warmup_divergences,
+            divergences: self.divergences,
+            iterations: self.iterations,
+            batched_calls: ch.batched_calls,
+            gradient_evaluations: ch.evaluations,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The ChEES adaptation state: step size(s) by dual averaging, trajectory length by Adam on `ln T`,
+/// and the moving averages of both that are used after warm-up.
+struct Adaptation {
+    /// One step size per chain ([`StepSizeAdaptation::PerChain`]) or one for all.
+    per_chain: bool,
+    da: Vec<DualAveraging>,
+    eps: Vec<f64>,
+    log_eps_ma: Vec<f64>,
+    /// Iteration count of the moving averages (weight `ma_step^{-decay}`).
+    ma_step: f64,
+    traj: f64,
+    log_traj_ma: f64,
+    adam: Adam,
+}
+
+impl Adaptation {
+    fn new(s: &ManyChainSettings, c: usize) -> Self {
+        let per_chain = s.step_size == StepSizeAdaptation::PerChain;
+        let n = if per_chain { c } else { 1 };
+        Self {
+            per_chain,
+            da: vec![DualAveraging::new(s.initial_step_size); n],
+            eps: vec![s.initial_step_size; n],
+            log_eps_ma: vec![0.0; n],
+            ma_step: 1.0,
+            traj: s.initial_step_size,
+            log_traj_ma: 0.0,
+            adam: Adam::default(),
+        }
+    }
+
+    /// The step size of chain `ci`.
+    fn step_size(&self, ci: usize) -> f64 {
+        self.eps[if self.per_chain { ci } else { 0 }]
+    }
+
+    fn mean_step_size(&self) -> f64 {
+        self.eps.iter().sum::<f64>() / self.eps.len() as f64
+    }
+
+    /// One ChEES adaptation step (BlackJAX's `compute_parameters`, with ascent on the criterion).
+    fn update(&mut self, pr: &Proposals<'_>, s: &ManyChainSettings) {
+        let w = self.ma_step.powf(-s.decay_rate);
+        self.update_step_sizes(pr, s, w);
+        let gradient = chees_gradient(pr, self.traj);
+        let log_t = self.traj.ln();
+        let upd = self.adam.ascent(gradient, s.learning_rate);
+        let new_log_t = if (log_t + upd).is_finite() { log_t + upd } else { log_t };
+        self.log_traj_ma = (1.0 - w) * self.log_traj_ma + w * new_log_t;
+        let emin = self.eps.iter().copied().fold(f64::INFINITY, f64::min);
+        let emax = self.eps.iter().copied().fold(0.0, f64::max);
+        let cap = s.max_leapfrog_steps as f64 * emin;
+        self.traj = self.log_traj_ma.exp().clamp(emax.min(cap), cap);
+        self.ma_step += 1.0;
+    }
+
+    /// Dual averaging towards the target acceptance: of the harmonic mean over non-divergent
+    /// chains (shared), or of each chain's own; then the moving averages of `ln ε` with weight `w`.
+    fn update_step_sizes(&mut self, pr: &Proposals<'_>, s: &ManyChainSettings, w: f64) {
+        if self.da.len() == 1 {
+            let ok: Vec<f64> = (0..pr.c).filter(|&ci| !pr.divergent[ci]).map(|ci| pr.accept[ci]).collect();
+            let hm = if ok.is_empty() { 0.0 } else { ok.len() as f64 / ok.iter().map(|a| 1.0 / a).sum::<f64>() };
+            let hm = if hm.is_finite() { hm } else { 0.0 };
+            self.da[0].update(s.target_accept - hm);
+        } else {
+            for ci in 0..pr.c {
+                self.da[ci].update(s.target_accept - pr.accept[ci]);
+            }
+        }
+        for ((dai, e), ma) in self.da.iter().zip(self.eps.iter_mut()).zip(self.log_eps_ma.iter_mut()) {
+            let x = dai.log_x.exp();
+            if x.is_finite() && x > 0.0 {
+                *e = x;
+            }
+            *ma = (1.0 - w) * *ma + w * e.ln();
+        }
+    }
+
+    /// Restarts the dual averaging from the current step sizes (after the metric changed).
+    fn restart_step_size(&mut self) {
+        for (dai, e) in self.da.iter_mut().zip(self.eps.iter()) {
+            *dai = DualAveraging::new(*e);
+        }
+        self.ma_step = 1.0;
+    }
+
+    /// At the end of warm-up: switch to the averaged step sizes and trajectory length.
+    fn finish_warmup(&mut self, s: &ManyChainSettings) {
+        for (e, ma) in self.eps.iter_mut().zip(&self.log_eps_ma) {
+            if ma.is_finite() && *ma != 0.0 {
+                *e = ma.exp();
+            }
+        }
+        if self.log_traj_ma.is_finite() && self.log_traj_ma != 0.0 {
+            self.traj = self.log_traj_ma.exp();
+        }
+        let emin = self.eps.iter().copied().fold(f64::INFINITY, f64::min);
+        self.traj = self.traj.clamp(emin.min(self.traj), s.max_leapfrog_steps as f64 * emin);
+    }
+}
+
+/// A transition's proposals and the positions they started from, as the adaptation reads them.
 struct Proposals<'a> {
     theta0: &'a [f64],
     theta1: &'a [f64],
@@ -569,29 +776,10 @@ struct Proposals<'a> {
     jitter: f64,
 }
 
-/// One ChEES adaptation step (BlackJAX's `compute_parameters`, with ascent on the criterion).
-fn adapt_chees(st: &mut AdaptState<'_>, pr: &Proposals<'_>, s: &ManyChainSettings) {
+/// The ChEES criterion's gradient with respect to `ln T`, in each chain's whitened coordinates,
+/// weighted by acceptance (divergent chains left out).
+fn chees_gradient(pr: &Proposals<'_>, traj: f64) -> f64 {
     let (c, d) = (pr.c, pr.d);
-    // step sizes
-    if st.da.len() == 1 {
-        let ok: Vec<f64> = (0..c).filter(|&ci| !pr.divergent[ci]).map(|ci| pr.accept[ci]).collect();
-        let hm = if ok.is_empty() { 0.0 } else { ok.len() as f64 / ok.iter().map(|a| 1.0 / a).sum::<f64>() };
-        let hm = if hm.is_finite() { hm } else { 0.0 };
-        st.da[0].update(s.target_accept - hm);
-    } else {
-        for ci in 0..c {
-            st.da[ci].update(s.target_accept - pr.accept[ci]);
-        }
-    }
-    let w = st.ma_step.powf(-s.decay_rate);
-    for ((dai, e), ma) in st.da.iter().zip(st.eps.iter_mut()).zip(st.log_eps_ma.iter_mut()) {
-        let x = dai.log_x.exp();
-        if x.is_finite() && x > 0.0 {
-            *e = x;
-        }
-        *ma = (1.0 - w) * *ma + w * e.ln();
-    }
-    // the ChEES gradient with respect to ln T, in whitened coordinates
     let weight: Vec<f64> = (0..c).map(|ci| if pr.divergent[ci] { 0.0 } else { pr.accept[ci] }).collect();
     let wsum: f64 = weight.iter().sum::<f64>() + 1e-20;
     let mut mean1 = vec![0.0; d];
@@ -608,14 +796,10 @@ fn adapt_chees(st: &mut AdaptState<'_>, pr: &Proposals<'_>, s: &ManyChainSetting
     mean1.iter_mut().for_each(|m| *m /= wsum);
     mean0.iter_mut().for_each(|m| *m /= c as f64);
     let mut num = 0.0;
-    for ci in 0..c {
-        if pr.divergent[ci] {
-            continue;
-        }
+    for ci in (0..c).filter(|&ci| !pr.divergent[ci]) {
         let (mut n1, mut n0, mut dv) = (0.0, 0.0, 0.0);
         for j in 0..d {
-            let im = pr.inv_mass[ci * d + j];
-            let sq = im.sqrt();
+            let sq = pr.inv_mass[ci * d + j].sqrt();
             let x1 = (pr.theta1[ci * d + j] - mean1[j]) / sq;
             let x0 = (pr.theta0[ci * d + j] - mean0[j]) / sq;
             let v = pr.p1[ci * d + j] * sq;
@@ -623,18 +807,10 @@ fn adapt_chees(st: &mut AdaptState<'_>, pr: &Proposals<'_>, s: &ManyChainSetting
             n0 += x0 * x0;
             dv += x1 * v;
         }
-        let g = pr.jitter * *st.traj * (n1 - n0) * dv;
+        let g = pr.jitter * traj * (n1 - n0) * dv;
         if g.is_finite() {
             num += pr.accept[ci] * g;
         }
     }
-    let gradient = num / wsum;
-    let log_t = st.traj.ln();
-    let upd = st.adam.ascent(gradient, s.learning_rate);
-    let new_log_t = if (log_t + upd).is_finite() { log_t + upd } else { log_t };
-    *st.log_traj_ma = (1.0 - w) * *st.log_traj_ma + w * new_log_t;
-    let emin = st.eps.iter().copied().fold(f64::INFINITY, f64::min);
-    let emax = st.eps.iter().copied().fold(0.0, f64::max);
-    *st.traj = st.log_traj_ma.exp().clamp(emax.min(s.max_leapfrog_steps as f64 * emin), s.max_leapfrog_steps as f64 * emin);
-    *st.ma_step += 1.0;
+    num / wsum
 }

@@ -36,7 +36,7 @@ pub struct NutsSettings {
     pub max_energy_error: f64,
     /// Seed.
     pub seed: u64,
-    /// Show a progress bar.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
 
@@ -217,7 +217,7 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
         return Err(fatal(&e));
     }
     let total = settings.warmup + settings.draws;
-    let bar = if settings.progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = crate::progress::Progress::new(total, settings.progress, "nuts");
     let mut draws = Vec::with_capacity(settings.draws);
     let mut stats = Vec::with_capacity(total);
     for i in 0..total {
@@ -237,8 +237,8 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
         if !warmup {
             draws.push(draw.to_vec());
         }
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(NutsRun { draws, stats, seconds: start.elapsed().as_secs_f64() })
 }

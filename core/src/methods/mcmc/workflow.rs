@@ -92,7 +92,8 @@ pub struct SymMcmcSettings {
     pub threads: usize,
     /// Seed (initial positions, sampler seeds).
     pub seed: u64,
-    /// Show progress bars.
+    /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a
+    /// terminal): over the iterations with the many-chain sampler, over the chains with NUTS.
     pub progress: bool,
 }
 
@@ -266,8 +267,7 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
             (draws, div, SamplerReport::ManyChain(Box::new(run)))
         }
         ChainSampler::Nuts(ns) => {
-            let bar =
-                if settings.progress { indicatif::ProgressBar::new(settings.chains as u64) } else { indicatif::ProgressBar::hidden() };
+            let bar = crate::progress::Progress::new(settings.chains, settings.progress, "chains");
             let mut draws = Vec::with_capacity(settings.chains);
             let mut per = Vec::with_capacity(settings.chains);
             let mut div = 0;
@@ -283,9 +283,9 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
                 div += run.divergences();
                 per.push((run.divergences(), run.mean_tree_depth(), run.step_size().unwrap_or(f64::NAN)));
                 draws.push(run.draws);
-                bar.inc(1);
+                bar.inc();
             }
-            bar.finish_and_clear();
+            bar.finish();
             (draws, div, SamplerReport::Nuts(per))
         }
     };
