@@ -131,7 +131,7 @@ impl Default for NoisePrior {
 ///
 /// ```
 /// use weightspace::prelude::*;
-/// use weightspace::mcmc::{BatchLogDensity, BnnPosterior, NoisePrior};
+/// use weightspace::mcmc::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 /// #[bnn]
 /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
 /// let dev = Cpu::default();
