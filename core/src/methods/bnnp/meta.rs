@@ -16,6 +16,26 @@ use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
 /// Where and how often [`MetaLearner::run`] writes checkpoints.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let model = Net::<f64, Cpu>::new(&dev);
+/// let mut guide = model.amortised_guide(GuideConfig::default())?;
+/// let path = std::env::temp_dir().join("weightspace_checkpointing_doc.safetensors");
+/// let checkpoint = Some(Checkpointing { path: path.clone(), every: 2 });
+/// let cfg = MetaConfig { checkpoint, ..MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() } };
+/// MetaLearner::new(cfg)?.run(&mut guide, &mut Generated(Sawtooth { n_range: (10, 12), ..Default::default() }))?;
+/// // the last checkpoint holds the trained parameters
+/// let mut restored = model.amortised_guide(GuideConfig::default())?;
+/// restored.load(&path)?;
+/// let id = guide.store().find("prior.h.mean").unwrap();
+/// assert_eq!(restored.store().values(id), guide.store().values(id));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpointing {
     /// File to (over)write, in safetensors format.
@@ -122,6 +142,21 @@ impl MetaConfig {
 }
 
 /// Task-averaged terms of one meta-training step.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let mut meta = MetaLearner::new(MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() })?;
+/// let rec: MetaRecord = meta.step(&mut guide, &mut tasks)?;
+/// assert_eq!(rec.step, 0);
+/// assert_eq!(rec.lr, meta.config().adam.lr); // the decay starts at the initial rate
+/// assert!(rec.objective.is_finite() && rec.kl >= 0.0 && rec.noise > 0.0);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetaRecord {
     /// Step index.
@@ -141,6 +176,21 @@ pub struct MetaRecord {
 }
 
 /// What [`MetaLearner::run`] returns.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let cfg = MetaConfig { steps: 4, record_every: 2, ..MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() } };
+/// let report: MetaReport = MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
+/// assert_eq!(report.steps, 4);
+/// assert_eq!(report.history.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 2, 3]);
+/// assert_eq!(report.final_objective(1), report.history[2].objective);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetaReport {
     /// Recorded steps.
@@ -161,6 +211,26 @@ impl MetaReport {
 
 /// A progress bar for meta-learning loops (on stderr; hidden when disabled or when stderr is not
 /// a terminal). A thin wrapper, so custom meta-learners need no extra dependency.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// // a custom loop around MetaLearner::step, with its own (here hidden) progress bar
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let mut meta = MetaLearner::new(MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() })?;
+/// let bar = Progress::new(3, false, "meta");
+/// while meta.steps_taken() < 3 {
+///     let rec = meta.step(&mut guide, &mut tasks)?;
+///     bar.message(format!("objective {:.2}", rec.objective));
+///     bar.inc();
+/// }
+/// bar.finish();
+/// assert_eq!(meta.steps_taken(), 3);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Progress(indicatif::ProgressBar);
 
