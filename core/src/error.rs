@@ -203,6 +203,17 @@ pub enum MetricError {
 }
 
 /// `std::result::Result` with [`Error`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// fn rows(n: usize) -> Result<Dataset<f64, Cpu>> {
+///     let x: Vec<f64> = (0..n).map(|i| i as f64).collect();
+///     Dataset::regression(&Cpu::default(), &x, 1, &x, 1)
+/// }
+/// assert_eq!(rows(4)?.len(), 4);
+/// assert!(matches!(rows(0), Err(Error::Empty { .. })));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

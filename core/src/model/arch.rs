@@ -38,6 +38,25 @@ impl Param {
 }
 
 /// How many prior parameters a layer has: one pair per layer, per output unit or per weight.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Net {
+///     #[layer(prior = Normal(0.0, Learned(1.0)), per = unit)]
+///     h: Dense<2, 4, Tanh>,
+///     #[layer(prior = Normal(0.0, 1.0))]
+///     out: Dense<4, 1>,
+///     #[likelihood]
+///     noise: Gaussian<Fixed<0.1>>,
+/// }
+/// let arch = Net::<f32, Cpu>::ARCH;
+/// assert_eq!(arch.layers[0].prior.per, Granularity::Unit);
+/// assert_eq!(arch.layers[1].prior.per, Granularity::Layer);
+/// // one (loc, scale) pair per output unit of `h`
+/// let model = Net::<f32, Cpu>::new(&Cpu::default());
+/// assert_eq!(model.prior_params()[0].weight.len(), 4);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Granularity {
     /// One `(loc, scale)` pair shared by the whole layer.
@@ -89,6 +108,17 @@ impl NormalSpec {
 }
 
 /// One dense layer `a ↦ act(W a + b)`, `W ∈ R^{d_out × d_in}`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<2, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let h: &LayerSpec = &Net::<f32, Cpu>::ARCH.layers[0];
+/// assert_eq!((h.name, h.d_in, h.d_out), ("h", 2, 4));
+/// assert_eq!(h.activation, Activation::Tanh);
+/// assert_eq!(h.num_weights(), 4 * (2 + 1));
+/// assert_eq!(h.bias_spec(), h.prior); // no separate bias prior declared
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSpec {
     /// Field name in the declaration (used in parameter paths and error messages).
@@ -123,7 +153,8 @@ impl LayerSpec {
 /// Length of a layer's weight-prior parameter vectors.
 ///
 /// ```
-/// use weightspace::{prior_weight_len, Granularity};
+/// // named by the code `#[bnn]` generates
+/// use weightspace::__private::{prior_weight_len, Granularity};
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Layer), 1);
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Unit), 5);
 /// assert_eq!(prior_weight_len(3, 5, Granularity::Weight), 15);
@@ -140,7 +171,8 @@ pub const fn prior_weight_len(d_in: usize, d_out: usize, per: Granularity) -> us
 /// bias prior, if declared; tied layer- and unit-wise priors need no bias entries of their own.
 ///
 /// ```
-/// use weightspace::{prior_bias_len, Granularity};
+/// // named by the code `#[bnn]` generates
+/// use weightspace::__private::{prior_bias_len, Granularity};
 /// assert_eq!(prior_bias_len(5, Granularity::Unit, None), 0);
 /// assert_eq!(prior_bias_len(5, Granularity::Weight, None), 5);
 /// assert_eq!(prior_bias_len(5, Granularity::Unit, Some(Granularity::Layer)), 1);
@@ -157,6 +189,21 @@ pub const fn prior_bias_len(d_out: usize, per: Granularity, separate: Option<Gra
 }
 
 /// Observation model.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Reg { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood(upper = 2.0)] noise: Gaussian<Learned<0.5>> }
+/// #[bnn]
+/// struct Clf { #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 3>, #[likelihood] y: Categorical }
+/// assert_eq!(
+///     Reg::<f32, Cpu>::ARCH.likelihood,
+///     LikelihoodSpec::Gaussian { scale: Param::Learned(0.5), upper: Some(2.0) }
+/// );
+/// assert!(!Reg::<f32, Cpu>::ARCH.likelihood.is_classification());
+/// assert_eq!(Clf::<f32, Cpu>::ARCH.likelihood, LikelihoodSpec::Categorical);
+/// assert!(Clf::<f32, Cpu>::ARCH.likelihood.is_classification());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LikelihoodSpec {
     /// `y ~ N(f(x), σ²)` per output; `σ` fixed or learned, optionally bounded above

@@ -77,6 +77,18 @@ pub(crate) fn check_weights<E: Real, D: Device<E>, T>(arch: &Architecture, weigh
 
 /// A mean-field Gaussian guide: a `(loc, log_scale)` pair per weight, one [`NormalView`] per layer.
 /// Implemented by the generated `{Model}Guide` types.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Tiny { #[layer(prior = Normal(0.0, 1.0))] h: Dense<2, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let model = Tiny::<f64, Cpu>::new(&Cpu::default());
+/// let guide = model.mean_field();
+/// let views = guide.layer_params();
+/// assert_eq!(views.iter().map(|v| v.len()).collect::<Vec<_>>(), vec![3 * 3, 1 * 4]);
+/// // the default initialisation: every scale 0.1
+/// assert!(views[0].log_scale.as_vec().iter().all(|&l| (l - 0.1f64.ln()).abs() < 1e-12));
+/// ```
 pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + Clone {
     /// Per-layer views of the variational parameters, in layer order. Each has
     /// `d_out · (d_in + 1)` entries laid out as the rows of `[W | b]`.
@@ -84,12 +96,37 @@ pub trait MeanFieldGuide<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D>
 }
 
 /// A rank-3 runtime-shaped tensor: `(S, rows, cols)`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::Tensor3;
+/// let dev = Cpu::default();
+/// let t: Tensor3<f32, Cpu> = dev.zeros_like(&(2, 3, 4));
+/// assert_eq!(*t.shape(), (2, 3, 4));
+/// ```
 pub type Tensor3<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
 
 /// `S` weight samples of every layer. Layer `l` holds a tensor of shape `(S, d_out, d_in + 1)`:
 /// row `d` of sample `s` is output unit `d`'s incoming weights followed by its bias.
 ///
 /// This is the layout that flatten/unflatten, symmetry actions and layerwise methods share.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Tiny { #[layer(prior = Normal(0.0, 1.0))] h: Dense<2, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let model = Tiny::<f64, Cpu>::new(&dev);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w: Weights<f64, Cpu> = model.sample_prior(5, &mut rng)?;
+/// assert_eq!(w.num_samples(), 5);
+/// assert_eq!(*w.layers[0].shape(), (5, 3, 3)); // (S, d_out, d_in + 1)
+/// let flat = w.to_flat();
+/// assert_eq!(flat[0].len(), Tiny::<f64, Cpu>::ARCH.num_weights());
+/// let back = Weights::<f64, Cpu>::from_flat(&dev, Tiny::<f64, Cpu>::ARCH, &flat)?;
+/// assert_eq!(back.to_flat(), flat);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Weights<E: Dtype, D: Storage<E>, T = NoneTape> {
     /// One `(S, d_out, d_in + 1)` tensor per layer.

@@ -7,6 +7,17 @@ use crate::model::arch::{Architecture, LikelihoodSpec};
 use crate::{Error, Real, Result};
 
 /// What the targets are.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::Targets;
+/// let dev = Cpu::default();
+/// let clf = Dataset::<f32, _>::classification(&dev, &[0.0, 1.0, 2.0], 1, &[0, 2, 1], 3)?;
+/// assert_eq!(clf.targets, Targets::Labels { classes: 3, labels: vec![0, 2, 1] });
+/// let reg = Dataset::<f32, _>::regression(&dev, &[0.0, 1.0], 1, &[1.0, 2.0, 3.0, 4.0], 2)?;
+/// assert_eq!(reg.targets, Targets::Real { d_out: 2 });
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
     /// Real-valued targets, `d_out` per row.

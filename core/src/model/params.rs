@@ -86,6 +86,18 @@ impl<const N: usize, E: Dtype, D: Device<E>> TensorCollection<E, D> for NormalPa
 }
 
 /// Runtime-shaped `(loc, log_scale)` vectors; clones share storage with the parameters they view.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::NormalView;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.5, 2.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let model = Lin::<f64, Cpu>::new(&Cpu::default());
+/// let view: NormalView<f64, Cpu> = model.prior_params()[0].weight.clone();
+/// assert_eq!(view.len(), 1); // one pair for the whole layer
+/// assert_eq!(view.loc.as_vec(), vec![0.5]);
+/// assert!((view.log_scale.as_vec()[0] - 2.0f64.ln()).abs() < 1e-12);
+/// ```
 #[derive(Debug, Clone)]
 pub struct NormalView<E: Dtype, D: Storage<E>> {
     /// Locations, shape `(n,)`.
@@ -108,6 +120,25 @@ impl<E: Dtype, D: Storage<E>> NormalView<E, D> {
 /// A layer's prior hyperparameters: a weight part and (possibly empty) separate bias part.
 ///
 /// `NW` and `NB` come from [`crate::model::arch::prior_weight_len`] and [`crate::model::arch::prior_bias_len`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Net {
+///     #[layer(prior = Normal(0.0, Learned(1.0)), per = unit)]
+///     h: Dense<2, 4, Tanh>,
+///     #[layer(prior = Normal(0.0, 1.0))]
+///     out: Dense<4, 1>,
+///     #[likelihood]
+///     noise: Gaussian<Fixed<0.1>>,
+/// }
+/// use weightspace::DensePrior;
+/// let model = Net::<f32, Cpu>::new(&Cpu::default());
+/// // the generated field `h` is a DensePrior with one weight pair per unit and a tied bias
+/// let h: &DensePrior<4, 0, f32, Cpu> = &model.h;
+/// assert_eq!(h.weight.loc.as_vec(), vec![0.0; 4]);
+/// assert!(h.view().bias.is_none());
+/// ```
 #[derive(Debug, Clone)]
 pub struct DensePrior<const NW: usize, const NB: usize, E: Dtype, D: Storage<E>> {
     /// Weight-prior parameters.
@@ -151,6 +182,27 @@ impl<const NW: usize, const NB: usize, E: Dtype, D: Device<E>> TensorCollection<
 }
 
 /// Runtime views of one layer's prior parameters.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Net {
+///     #[layer(prior = Normal(0.0, 1.0), per = weight)]
+///     h: Dense<2, 3, Tanh>,
+///     #[layer(prior = Normal(0.0, 1.0))]
+///     out: Dense<3, 1>,
+///     #[likelihood]
+///     noise: Gaussian<Fixed<0.1>>,
+/// }
+/// let model = Net::<f32, Cpu>::new(&Cpu::default());
+/// let views: Vec<weightspace::PriorView<f32, Cpu>> = model.prior_params();
+/// // per-weight priors give the biases their own entries
+/// assert_eq!(views[0].weight.len(), 6);
+/// assert_eq!(views[0].bias.as_ref().map(|b| b.len()), Some(3));
+/// // a layer-wide prior shares one pair with the biases
+/// assert_eq!(views[1].weight.len(), 1);
+/// assert!(views[1].bias.is_none());
+/// ```
 #[derive(Debug, Clone)]
 pub struct PriorView<E: Dtype, D: Storage<E>> {
     /// Weight part.
@@ -163,6 +215,16 @@ pub struct PriorView<E: Dtype, D: Storage<E>> {
 /// nothing for categorical and Bernoulli likelihoods.
 ///
 /// For a Gaussian, `raw = ln σ`, or `logit(σ / upper)` when an upper bound is declared.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<0.5>> }
+/// let model = Lin::<f64, Cpu>::new(&Cpu::default());
+/// let raw = model.likelihood_params().raw.as_vec()[0];
+/// assert!((raw - 0.5f64.ln()).abs() < 1e-12); // raw = ln σ without an upper bound
+/// assert_eq!(model.noise_scale(), Some(0.5));
+/// ```
 #[derive(Debug, Clone)]
 pub struct LikelihoodParams<E: Dtype, D: Storage<E>> {
     /// The raw noise parameter, shape `(1,)`.

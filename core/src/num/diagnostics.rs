@@ -425,6 +425,17 @@ pub struct Summary {
 }
 
 /// Computes every field of [`Summary`].
+///
+/// ```
+/// use weightspace::testing::summarize;
+/// // two well-mixed chains of a deterministic low-discrepancy sequence in [0, 1)
+/// let chain = |k: usize| -> Vec<f64> { (0..300).map(|t| ((t * 163 + k) % 300) as f64 / 300.0).collect() };
+/// let s = summarize(&[chain(0), chain(7)])?;
+/// assert!((s.mean - 0.5).abs() < 0.01);
+/// assert!((s.rhat - 1.0).abs() < 0.05);
+/// assert!(s.ess_bulk > 100.0 && s.sd > 0.0);
+/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// ```
 pub fn summarize(chains: &[Vec<f64>]) -> Result<Summary> {
     validate("summarize", chains, 6)?;
     let n = chains.iter().map(Vec::len).sum::<usize>() as f64;

@@ -13,4 +13,16 @@ pub mod special;
 pub use real::Real;
 
 /// A tensor on an owned tape: what every differentiable quantity in core is built from.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::dfdx::prelude::{Rank0, Rank1, SumTo};
+/// use weightspace::Taped;
+/// let dev = Cpu::default();
+/// let w = dev.tensor([1.0f64, 2.0, 3.0]);
+/// // a traced copy of `w`: operations on it are recorded for `backward`
+/// let t: Taped<Rank1<3>, f64, Cpu> = w.leaky_trace();
+/// let grads = t.square().sum::<Rank0, _>().backward();
+/// assert_eq!(grads.get(&w).array(), [2.0, 4.0, 6.0]);
+/// ```
 pub type Taped<S, E, D> = dfdx::tensor::Tensor<S, E, D, dfdx::tensor::OwnedTape<E, D>>;

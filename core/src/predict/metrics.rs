@@ -50,6 +50,16 @@ use crate::num::special::normal_quantile;
 ///
 /// Probabilities computed in `f32` (a softmax on the GPU, say) and converted to `f64` do not sum
 /// to one exactly; this tolerance admits them while still catching logits passed by mistake.
+///
+/// ```
+/// use weightspace::metrics::{accuracy, PROB_SUM_TOLERANCE};
+/// // rows of class probabilities off by less than the tolerance are accepted ...
+/// let almost = [0.7 + PROB_SUM_TOLERANCE / 2.0, 0.3];
+/// assert_eq!(accuracy(&almost, 2, &[0])?, 1.0);
+/// // ... logits are not
+/// assert!(accuracy(&[2.0, -1.0], 2, &[0]).is_err());
+/// # Ok::<(), weightspace::MetricError>(())
+/// ```
 pub const PROB_SUM_TOLERANCE: f64 = 1e-3;
 
 pub use crate::error::MetricError;

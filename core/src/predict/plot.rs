@@ -49,6 +49,24 @@ fn finite_range<'a>(vals: impl Iterator<Item = &'a f64>) -> Option<(f64, f64)> {
 }
 
 /// Writes a band plot to `path` (PNG, 900×600).
+///
+/// ```
+/// use weightspace::{band_plot, BandPlot, Error};
+/// let x = [0.0, 1.0, 2.0];
+/// let mut p = BandPlot {
+///     title: "posterior predictive",
+///     x: &x, mean: &[0.0, 1.0, 0.5], lower: &[-1.0, 0.0, -0.5], upper: &[1.0, 2.0, 1.5],
+///     samples: &[], points: Some((&[0.5], &[0.7])),
+/// };
+/// let path = std::env::temp_dir().join("weightspace_band_plot_doc.png");
+/// match band_plot(&path, &p) {
+///     Ok(()) => assert!(std::fs::read(&path).unwrap().starts_with(b"\x89PNG")),
+///     Err(e) => assert!(matches!(e, Error::Plot { .. })), // e.g. no system font
+/// }
+/// // inconsistent lengths are an error, not a panic
+/// p.mean = &[0.0, 1.0];
+/// assert!(matches!(band_plot(&path, &p), Err(Error::Plot { .. })));
+/// ```
 pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
     let path = path.as_ref();
     let n = p.x.len();
@@ -98,6 +116,21 @@ pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
 
 /// Writes a scatter plot of labelled 2-D points with a background of predicted class-1
 /// probabilities on a grid (`grid_x`, `grid_y`, row-major `probs` of size `gy·gx`).
+///
+/// ```
+/// use weightspace::{probability_map, Error};
+/// let grid: Vec<f64> = (0..11).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// // P(class 1) = sigmoid(4 x): the left half is class 0, the right half class 1
+/// let probs: Vec<f64> = grid.iter().flat_map(|_y| grid.iter().map(|x| 1.0 / (1.0 + (-4.0 * x).exp()))).collect();
+/// let (points, labels) = ([[-0.5, 0.0], [0.5, 0.2]], [0, 1]);
+/// let path = std::env::temp_dir().join("weightspace_probability_map_doc.png");
+/// match probability_map(&path, "classifier", &grid, &grid, &probs, &points, &labels) {
+///     Ok(()) => assert!(std::fs::read(&path).unwrap().starts_with(b"\x89PNG")),
+///     Err(e) => assert!(matches!(e, Error::Plot { .. })), // e.g. no system font
+/// }
+/// // a probability grid of the wrong size is an error
+/// assert!(probability_map(&path, "bad", &grid, &grid, &probs[1..], &points, &labels).is_err());
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn probability_map(
     path: impl AsRef<Path>,

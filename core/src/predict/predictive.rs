@@ -113,6 +113,24 @@ impl Default for Predictive {
 }
 
 /// Per-point predictive summaries (row-major `(N, d_out)` buffers; for classifiers `(N, classes)`).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let x = dev.tensor_from_vec(vec![-1.0, 0.0, 1.0], (3usize, 1usize));
+/// let s: PredictiveSummary = Predictive::new(2000).run_prior(&model, &x)?;
+/// assert_eq!((s.n, s.cols, s.samples), (3, 1, 2000));
+/// // prior: f = w·x + b with w, b ~ N(0, 1), so Var f(x) = x² + 1; y adds the noise 0.5²
+/// assert!((s.f_std[0] - 2f64.sqrt()).abs() < 0.1 && (s.f_std[1] - 1.0).abs() < 0.1);
+/// assert!((s.std[1] - 1.25f64.sqrt()).abs() < 0.1);
+/// let (lo, hi) = (s.quantile(0.025).unwrap(), s.quantile(0.975).unwrap());
+/// assert!(lo[1] < s.mean[1] && s.mean[1] < hi[1]);
+/// assert!(s.quantile(0.1).is_none());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictiveSummary {
     /// Points.
@@ -167,6 +185,26 @@ impl std::fmt::Display for PredictiveSummary {
 }
 
 /// Test metrics from a predictive run.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::PredictiveMetrics;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// fit(&mut model, &mut guide, &data, &FitConfig { steps: 300, progress: false, ..Default::default() })?;
+/// let m: PredictiveMetrics = Predictive::new(200).evaluate(&model, &guide, &data)?;
+/// assert_eq!(m.pointwise_lpd.len(), 20);
+/// assert!(m.rmse.unwrap() < 0.5 && m.mean_lpd.is_finite() && m.mean_lpd_se >= 0.0);
+/// assert!(m.coverage_95.is_some() && m.accuracy.is_none() && m.ece.is_none()); // regression
+/// assert_eq!(m.summary.n, 20);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictiveMetrics {
     /// Mean over points of `ln (1/S) Σ_s p(y_n | x_n, w_s)` (the LPPD per point).

@@ -22,6 +22,23 @@ use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
 /// How the KL term is estimated.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0], 1, &[0.0, 1.0], 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let guide = model.mean_field(); // every weight N(0, 0.1²) against the prior N(0, 1)
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let exact = elbo(&model, &guide, &data, 2, &ElboConfig::default(), &mut rng)?.kl;
+/// assert!((exact - 2.0 * (10f64.ln() + 0.005 - 0.5)).abs() < 1e-9);
+/// let mc = ElboConfig { samples: 4000, kl: KlEstimator::MonteCarlo, ..Default::default() };
+/// let estimate = elbo(&model, &guide, &data, 2, &mc, &mut rng)?.kl;
+/// assert!((estimate - exact).abs() < 0.1);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KlEstimator {
     /// Closed form (Gaussian guide, Normal prior). The default.
@@ -59,6 +76,23 @@ impl Default for ElboConfig {
 }
 
 /// One ELBO estimate: the differentiable loss and its parts as numbers.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[0.0, 1.0, 2.0], 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let guide = model.mean_field();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+/// let est: ElboEstimate<f64, Cpu> = elbo(&model, &guide, &data, 3, &ElboConfig::default(), &mut rng)?;
+/// assert!((est.loss.array() + est.elbo).abs() < 1e-9); // the loss is −ELBO
+/// assert!(est.kl > 0.0 && est.expected_log_lik < 0.0);
+/// let grads = est.loss.backward();
+/// assert!(grads.get(&guide.out.loc).array().iter().any(|g| *g != 0.0));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct ElboEstimate<E: Dtype, D: Storage<E>> {
     /// `−ELBO`, on the tape of the guide (and learned hyperparameters): call `.backward()`.
@@ -74,6 +108,36 @@ pub struct ElboEstimate<E: Dtype, D: Storage<E>> {
 /// A training objective for [`crate::vi::fit::fit_objective`]: anything that turns a minibatch into a
 /// taped loss plus its reported parts. The plain ELBO implements it; so can symmetrised or tempered
 /// variants built on top of [`elbo`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// /// The plain ELBO, counting how often it is estimated.
+/// struct Counted { cfg: ElboConfig, calls: usize }
+/// impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for Counted {
+///     fn estimate(
+///         &mut self,
+///         model: &M,
+///         guide: &M::Guide,
+///         batch: &Dataset<E, D>,
+///         n_total: usize,
+///         rng: &mut rand::rngs::StdRng,
+///     ) -> Result<ElboEstimate<E, D>> {
+///         self.calls += 1;
+///         elbo(model, guide, batch, n_total, &self.cfg, rng)
+///     }
+/// }
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[0.0, 1.0, 2.0], 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// let mut objective = Counted { cfg: ElboConfig::default(), calls: 0 };
+/// let cfg = FitConfig { steps: 20, progress: false, ..Default::default() };
+/// fit_objective(&mut model, &mut guide, &data, &cfg, &mut objective)?;
+/// assert_eq!(objective.calls, 20);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait Objective<E: Real, D: Device<E>, M: Bnn<E, D>> {
     /// Estimates the objective on `batch` (a minibatch of a dataset of `n_total` points).
     fn estimate(

@@ -59,6 +59,22 @@ impl Default for FitConfig {
 }
 
 /// One entry of the fitting history.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[0.0, 1.0, 2.0], 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// let report = fit(&mut model, &mut guide, &data, &FitConfig { steps: 5, progress: false, ..Default::default() })?;
+/// let first: FitRecord = report.history[0];
+/// assert_eq!(first.step, 0);
+/// assert!((first.elbo - (first.expected_log_lik - first.kl)).abs() < 1e-9);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+/// One entry of the fitting history.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitRecord {
     /// Step index.
@@ -72,6 +88,24 @@ pub struct FitRecord {
 }
 
 /// What [`fit`] returns.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[0.0, 1.0, 2.0], 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// let cfg = FitConfig { steps: 25, record_every: 10, progress: false, ..Default::default() };
+/// let report: FitReport = fit(&mut model, &mut guide, &data, &cfg)?;
+/// assert_eq!(report.steps, 25);
+/// // records at steps 0, 10, 20 and the last step
+/// assert_eq!(report.history.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 10, 20, 24]);
+/// assert_eq!(report.final_elbo(1), report.history[3].elbo);
+/// assert!(report.seconds >= 0.0);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitReport {
     /// Recorded ELBO parts.
@@ -271,6 +305,24 @@ pub fn fit<E: Real, D: Device<E>, M: Bnn<E, D>>(
 
 /// [`fit`] with any [`Objective`] in place of the plain ELBO (e.g. a symmetrised ELBO). The
 /// objective's loss is minimised; its reported parts go into the history.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// // any Objective: here the ELBO with a Monte-Carlo KL term
+/// let mut objective = ElboConfig { kl: KlEstimator::MonteCarlo, ..Default::default() };
+/// let cfg = FitConfig { steps: 200, progress: false, ..Default::default() };
+/// let report = fit_objective(&mut model, &mut guide, &data, &cfg, &mut objective)?;
+/// assert!(report.final_elbo(3) > report.history[0].elbo);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>(
     model: &mut M,
     guide: &mut M::Guide,

@@ -185,6 +185,29 @@ impl<E: Real, D: Device<E>> LayerSampler<E, D> {
 /// [`crate::predict::predictive::Predictive::run_source`] and
 /// [`crate::predict::predictive::Predictive::evaluate_source`] give its predictive distribution and test
 /// metrics by averaging over `K` weight samples.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{fit_bali, BaliConfig, BaliPosterior};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 5.0 - 2.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| x.sin()).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Net::<f64, Cpu>::new(&dev);
+/// let (post, _): (BaliPosterior<f64, Cpu>, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 5, progress: false, ..Default::default() })?;
+/// assert_eq!(post.layers().len(), 2);
+/// assert_eq!(post.layers()[0].shape(), (4, 2)); // d_out × (d_in + 1)
+/// assert_eq!(post.arch().name, "Net");
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// assert_eq!(post.sample(7, &mut rng)?.num_samples(), 7);
+/// assert_eq!(post.mean_weights().num_samples(), 1);
+/// // a weight source for the predictive
+/// let pred = Predictive::new(50).run(&model, post.clone(), &data.x)?;
+/// assert_eq!(pred.mean.len(), 20);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct BaliPosterior<E: Dtype, D: Storage<E>> {
     arch: &'static Architecture,

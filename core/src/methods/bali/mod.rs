@@ -128,6 +128,23 @@ use crate::{Error, Real, Result};
 
 /// How the pseudo-noise covariance `Σ_l = (G_l + δ_l I)⁻¹` of a hidden layer is estimated. The
 /// output layer always uses its likelihood's exact curvature.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{fit_bali, BaliConfig, SigmaEstimate};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 5.0 - 2.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| x.sin()).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Net::<f64, Cpu>::new(&dev);
+/// assert_eq!(BaliConfig::default().sigma, SigmaEstimate::GaussNewton);
+/// let cfg = BaliConfig { epochs: 5, sigma: SigmaEstimate::EmpiricalFisher, progress: false, ..Default::default() };
+/// let (_, report) = fit_bali(&mut model, &data, &cfg)?;
+/// assert!(report.history.iter().all(|e| e.train_nll.is_finite()));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SigmaEstimate {
     /// The exact generalised Gauss–Newton factor `G_l = (1/N) Σ_n J_nᵀ H_n J_n`, with
@@ -144,6 +161,31 @@ pub enum SigmaEstimate {
 
 /// The prior precision `Λ_0` of each layer's matrix-normal prior `MN(M_0, Σ_l, Λ_0⁻¹)`; `M_0` is
 /// always the model's prior mean.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{fit_bali, BaliConfig, PriorPrecision};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let fitted = |prior| -> weightspace::Result<f64> {
+///     let cfg = BaliConfig { epochs: 1, prior, progress: false, ..Default::default() };
+///     let (post, _) = fit_bali(&mut model.clone(), &data, &cfg)?;
+///     Ok(post.layers()[0].mean()[(0, 0)]) // the posterior mean of the slope
+/// };
+/// // the model's N(0, 1) prior barely moves the slope of 20 points off 2 ...
+/// assert!((fitted(PriorPrecision::FromModel)? - 2.0).abs() < 0.1);
+/// // ... a very precise prior pins it at the prior mean 0
+/// assert!(fitted(PriorPrecision::Fixed(1e6))?.abs() < 0.01);
+/// // λ must be positive
+/// let bad = BaliConfig { prior: PriorPrecision::Fixed(0.0), ..Default::default() };
+/// assert!(bad.validate(20).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum PriorPrecision {
     /// Matched to the model's declared Normal prior (see the [module docs](self#choices)). The
@@ -156,6 +198,27 @@ pub enum PriorPrecision {
 }
 
 /// Which weights the forward/backward pass of an update uses.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{fit_bali, BaliConfig, Linearisation};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// assert_eq!(BaliConfig::default().linearisation, Linearisation::Samples(4));
+/// let slope = |linearisation| -> weightspace::Result<f64> {
+///     let cfg = BaliConfig { epochs: 1, linearisation, progress: false, ..Default::default() };
+///     Ok(fit_bali(&mut model.clone(), &data, &cfg)?.0.layers()[0].mean()[(0, 0)])
+/// };
+/// // a single linear layer with a Gaussian likelihood: the update is exact Bayesian linear
+/// // regression whichever weights it is linearised at
+/// assert!((slope(Linearisation::Mean)? - slope(Linearisation::Samples(4))?).abs() < 1e-9);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linearisation {
     /// The posterior mean: a deterministic K-FAC/Gauss–Newton step whose covariance is the
@@ -313,6 +376,26 @@ struct LayerState {
 }
 
 /// One update's figures.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{Bali, BaliConfig, StepRecord};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut bali = Bali::new(&model, BaliConfig::default())?;
+/// let first: StepRecord = bali.step(&mut model, &data, data.len())?;
+/// let second = bali.step(&mut model, &data, data.len())?;
+/// assert_eq!((first.step, second.step), (0, 1));
+/// assert_eq!(first.rho, 0.0); // full-batch updates forget everything
+/// assert!(second.nll < first.nll); // the second pass is linearised at the fitted weights
+/// assert!((first.noise_std.unwrap() - 0.5).abs() < 1e-12); // the fixed noise scale
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepRecord {
     /// Zero-based update index.
@@ -327,6 +410,25 @@ pub struct StepRecord {
 }
 
 /// One epoch's figures.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{Bali, BaliConfig, EpochRecord};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0 - 1.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| 2.0 * x).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut bali = Bali::new(&model, BaliConfig { batch_size: Some(6), ..Default::default() })?;
+/// let e: EpochRecord = bali.epoch(&mut model, &data)?;
+/// assert_eq!(e.epoch, 1);
+/// assert_eq!(e.steps, 4); // batches of 6, 6, 6 and 2
+/// assert!(e.train_nll.is_finite() && e.seconds >= 0.0);
+/// assert_eq!(bali.epoch(&mut model, &data)?.epoch, 2);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpochRecord {
     /// One-based epoch index.
@@ -343,6 +445,24 @@ pub struct EpochRecord {
 }
 
 /// What [`fit_bali`] returns beside the posterior.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bali::{fit_bali, BaliConfig, BaliReport};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 5.0 - 2.0).collect();
+/// let y: Vec<f64> = x.iter().map(|x| x.sin()).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+/// let mut model = Net::<f64, Cpu>::new(&dev);
+/// let (_, report): (_, BaliReport) = fit_bali(&mut model, &data, &BaliConfig { epochs: 3, progress: false, ..Default::default() })?;
+/// assert_eq!(report.history.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![1, 2, 3]);
+/// assert_eq!(report.steps, 3); // one full-batch update per epoch
+/// // the learned noise scale is reported every epoch
+/// assert!(report.history.iter().all(|e| e.noise_std.is_some()));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BaliReport {
     /// One record per epoch.

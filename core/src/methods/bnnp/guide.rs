@@ -20,6 +20,28 @@ type T3v<E, D> = Tensor<(usize, usize, usize), E, D>;
 
 /// Where the output layer's pseudo-precisions come from. Its pseudo-targets are always the real
 /// targets `y`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, OutputPrecision, PriorConfig};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let cfg = GuideConfig {
+///     output_precision: OutputPrecision::Likelihood,
+///     prior: PriorConfig { fan_in_scaled: false, ..Default::default() }, // N(0, I)
+///     ..Default::default()
+/// };
+/// let guide = Lin::<f64, Cpu>::new(&dev).amortised_guide(cfg)?;
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[-1.0, 0.0, 1.0], 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let post = guide.posterior_moments(&ctx, 1, &mut rng)?;
+/// // a single layer with λ = 1/σ² = 100: exact Bayesian linear regression,
+/// // slope = 100·Σxy / (1 + 100·Σx²) = 200/201, bias 0
+/// assert!((post[0].mean[0] - 200.0 / 201.0).abs() < 1e-4);
+/// assert!(post[0].mean[1].abs() < 1e-9);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputPrecision {
     /// An inference network emits `ln σ = r − 2` per point and output, `λ = 1/(σ² + 10⁻⁶)`.
@@ -31,6 +53,23 @@ pub enum OutputPrecision {
 }
 
 /// What the hidden layers' inference networks see.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, InferenceInput};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let model = Net::<f64, Cpu>::new(&Cpu::default());
+/// // the width of the output layer's inference-network input
+/// let input_width = |inference_input| -> weightspace::Result<usize> {
+///     let guide = model.amortised_guide(GuideConfig { inference_input, ..Default::default() })?;
+///     let w0 = guide.store().find("infer.out.w0").unwrap();
+///     Ok(guide.store().shape(w0)[1])
+/// };
+/// assert_eq!(input_width(InferenceInput::Data)?, 2); // [x, y]
+/// assert_eq!(input_width(InferenceInput::DataAndLayerInput)?, 6); // [x, a, y] with 4 hidden units
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InferenceInput {
     /// `[x, y]` per context point (the default): pseudo-observations are shared by every weight
@@ -112,6 +151,28 @@ impl Default for ForwardOptions {
 
 /// The result of one pass: network outputs for context and target points under the same weight
 /// samples, and the KL of the posterior to the prior.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, AmortisedForward, ForwardOptions, GuideConfig};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let guide = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[0.5, 0.1, -0.4], 1)?;
+/// let xt = dev.tensor_from_vec(vec![0.5f64, 2.0], (2usize, 1usize));
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let opts = ForwardOptions { samples: 4, ..Default::default() };
+/// let out: AmortisedForward<f64, Cpu> = guide.forward(Some(&ctx), Some(&xt), &opts, &mut rng)?;
+/// assert_eq!(out.n_context, 3);
+/// assert_eq!(*out.f.shape(), (4, 3 + 2, 1));
+/// assert_eq!(out.weights.num_samples(), 4);
+/// assert!(out.kl.is_some() && out.kl_value > 0.0);
+/// // without a context the pass runs under the prior
+/// let prior = guide.forward(None, Some(&xt), &opts, &mut rng)?;
+/// assert_eq!(prior.n_context, 0);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub struct AmortisedForward<E: Dtype, D: Storage<E>> {
     /// Outputs `(S, N_context + N_target, d_out)`: context points first, in their order.
     pub f: T3<E, D>,
@@ -133,6 +194,25 @@ pub struct AmortisedForward<E: Dtype, D: Storage<E>> {
 /// Parameter names: `prior.{layer}.*`, `infer.{layer}.w{i}` / `.b{i}`, and `noise.raw` (the
 /// Gaussian noise's raw parameter, trainable when the model declares it learned: `σ = e^raw`, or
 /// `upper·sigmoid(raw)` when bounded).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{AmortisedGuide, GuideConfig};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let mut guide = AmortisedGuide::<f64, Cpu>::new(&dev, Net::<f64, Cpu>::ARCH, GuideConfig::default())?;
+/// assert!((guide.noise_scale() - 0.1).abs() < 1e-12);
+/// guide.set_noise_scale(0.2)?;
+/// assert!((guide.noise_scale() - 0.2).abs() < 1e-12);
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[0.5, 0.1, -0.4], 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let xs = dev.tensor_from_vec(vec![-0.5f64, 0.5], (2usize, 1usize));
+/// assert_eq!(*guide.predict(Some(&ctx), &xs, 16, &mut rng)?.shape(), (16, 2, 1));
+/// assert_eq!(guide.sample_posterior(None, 5, &mut rng)?.num_samples(), 5);
+/// assert!(guide.log_predictive(Some(&ctx), &ctx, 16, &mut rng)?.is_finite());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct AmortisedGuide<E: Dtype, D: Storage<E>> {
     arch: &'static Architecture,
@@ -144,6 +224,22 @@ pub struct AmortisedGuide<E: Dtype, D: Storage<E>> {
 }
 
 /// Builds amortised guides for `#[bnn]` models: `model.amortised_guide(cfg)`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// #[bnn]
+/// struct Clf { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 2>, #[likelihood] y: Categorical }
+/// let dev = Cpu::default();
+/// let guide = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// assert_eq!(guide.arch().name, "Net");
+/// assert!((guide.noise_scale() - 0.1).abs() < 1e-12); // the model's noise
+/// // the output layer is a Bayesian linear regression: a Gaussian likelihood is required
+/// assert!(Clf::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait Amortised<E: Real, D: Device<E>>: crate::model::bnn::Bnn<E, D> {
     /// The BNNP guide for this model's architecture, with the model's likelihood noise as its
     /// starting value.
@@ -634,6 +730,29 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
 /// One layer's Gaussian posterior: `distinct` copies (one per weight sample of the earlier layers,
 /// or one when it does not depend on them) of `groups` independent blocks of `size` weights, in
 /// `[W | b]` row order.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, LayerPosterior, OutputPrecision, PriorConfig};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let cfg = GuideConfig {
+///     output_precision: OutputPrecision::Likelihood,
+///     prior: PriorConfig { fan_in_scaled: false, ..Default::default() },
+///     jitter: 0.0,
+///     ..Default::default()
+/// };
+/// let guide = Lin::<f64, Cpu>::new(&dev).amortised_guide(cfg)?;
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[-1.0, 0.0, 1.0], 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let post: LayerPosterior = guide.posterior_moments(&ctx, 1, &mut rng)?.remove(0);
+/// assert_eq!((post.distinct, post.groups, post.size), (1, 1, 2));
+/// // precision I + Φᵀ Φ / σ² with Φ = [x, 1]: diag(1 + 200, 1 + 300)
+/// assert!((post.precision[0] - 201.0).abs() < 1e-9 && (post.precision[3] - 301.0).abs() < 1e-9);
+/// assert!((post.covariance[0] - 1.0 / 201.0).abs() < 1e-12);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerPosterior {
     /// Number of distinct posteriors (1 or the number of samples).

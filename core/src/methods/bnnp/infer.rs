@@ -11,6 +11,21 @@ use crate::{Real, Result};
 /// An MLP `in → widths… → out` with one activation between layers and a linear output. Weights
 /// are `prefix.w{i}` `(out, in)` and biases `prefix.b{i}` `(out,)`, initialised uniformly in
 /// `±1/√fan_in` (PyTorch's default).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{InferenceNet, ParamStore};
+/// let dev = Cpu::default();
+/// let mut store = ParamStore::<f64, Cpu>::new(&dev);
+/// let net = InferenceNet::new(&mut store, "net", 2, &[8], 3, Activation::Tanh, 0)?;
+/// assert_eq!((net.d_in(), net.d_out()), (2, 3));
+/// assert_eq!(store.shape(store.find("net.w0").unwrap()), &[8, 2]);
+/// assert_eq!(store.shape(store.find("net.b1").unwrap()), &[3]);
+/// let z = dev.tensor_from_vec(vec![0.5; 10], (5usize, 2usize)).leaky_trace();
+/// let out = net.forward(&store, z, false);
+/// assert_eq!(*out.shape(), (5, 3));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct InferenceNet {
     layers: Vec<(ParamId, ParamId, usize, usize)>,

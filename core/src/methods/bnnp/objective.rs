@@ -68,6 +68,25 @@ impl TaskObjective {
 }
 
 /// One task's objective: the taped loss and every term as a number.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{task_terms, Amortised, ForwardOptions, GuideConfig, TaskObjective, TaskTerms};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let guide = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[0.5, 0.1, -0.4], 1)?;
+/// let tgt = Dataset::regression(&dev, &[0.5, 2.0], 1, &[0.0, -1.0], 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let opts = ForwardOptions { samples: 4, ..Default::default() };
+/// let t: TaskTerms<f64, Cpu> = task_terms(&guide, &ctx, Some(&tgt), &TaskObjective::PpAvi { beta: 1.0 }, &opts, &mut rng)?;
+/// assert_eq!((t.n_context, t.n_target), (3, 2));
+/// assert!((t.objective - (t.tgt_lpp + t.ctx_ell - t.kl)).abs() < 1e-6);
+/// assert!((t.loss.array() + t.objective).abs() < 1e-6); // the loss is −objective
+/// assert!(t.kl > 0.0 && t.tgt_ell <= t.tgt_lpp + 1e-9); // Jensen: E[ln p] ≤ ln E[p]
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct TaskTerms<E: Dtype, D: Storage<E>> {
     /// `−objective`, on the tape of the guide's parameters.
@@ -103,6 +122,28 @@ fn value<S: Shape, E: Real, D: Device<E>>(t: &Taped<S, E, D>) -> f64 {
 
 /// Evaluates `objective` on one task: the posterior from `context`, predictions on the context and
 /// `targets` through the same weight samples. `opts.kl` is overridden by what the objective needs.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{task_terms, Amortised, ForwardOptions, GuideConfig, TaskObjective};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let guide = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[0.5, 0.1, -0.4], 1)?;
+/// let tgt = Dataset::regression(&dev, &[0.5, 2.0], 1, &[0.0, -1.0], 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let opts = ForwardOptions { samples: 4, ..Default::default() };
+/// // amortised VI ignores the targets
+/// let avi = task_terms(&guide, &ctx, Some(&tgt), &TaskObjective::Avi { beta: 0.5 }, &opts, &mut rng)?;
+/// assert_eq!(avi.tgt_lpp, 0.0);
+/// assert!((avi.objective - (avi.ctx_ell - 0.5 * avi.kl)).abs() < 1e-6);
+/// // the neural-process objective is the target predictive alone, without a KL
+/// let np = task_terms(&guide, &ctx, Some(&tgt), &TaskObjective::TargetPredictive, &opts, &mut rng)?;
+/// assert_eq!(np.kl, 0.0);
+/// assert_eq!(np.objective, np.tgt_lpp);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn task_terms<E: Real, D: Device<E>>(
     guide: &AmortisedGuide<E, D>,
     context: &Dataset<E, D>,
@@ -199,6 +240,19 @@ pub fn task_terms<E: Real, D: Device<E>>(
 }
 
 /// A task split into context and (possibly no) targets.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{split_task, Split};
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64).collect();
+/// let task = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let (ctx, tgt): Split<f64, Cpu> = split_task(&task, (0.3, 0.3), &mut rng)?;
+/// assert_eq!(ctx.len(), 3);
+/// assert_eq!(tgt.map(|t| t.len()), Some(7));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub type Split<E, D> = (Dataset<E, D>, Option<Dataset<E, D>>);
 
 /// Splits a task at random into a context of `⌊p·n⌋` points, `p ~ U[lo, hi]`, and the disjoint

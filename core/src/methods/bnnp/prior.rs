@@ -31,6 +31,27 @@ use crate::{Error, Real, Result};
 /// Internally a prior is handed to the guide in *natural* form per group of units (one unit, or the
 /// whole layer): the precision `Π = Σ⁻¹ + jitter·I`, the mean, and a way to draw `N(0, Π)` noise
 /// that is a differentiable function of the parameters (needed for perturb-and-solve sampling).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, PriorConfig, PriorFamily};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let model = Net::<f64, Cpu>::new(&dev);
+/// let ctx = Dataset::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[0.5, 0.1, -0.4], 1)?;
+/// // (groups, size) of the first layer's posterior blocks under each family
+/// let blocks = |family| -> weightspace::Result<(usize, usize)> {
+///     let guide = model.amortised_guide(GuideConfig { prior: PriorConfig { family, ..Default::default() }, ..Default::default() })?;
+///     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+///     let post = guide.posterior_moments(&ctx, 2, &mut rng)?;
+///     Ok((post[0].groups, post[0].size))
+/// };
+/// assert_eq!(blocks(PriorFamily::UnitFullRank)?, (4, 2)); // one block per unit, [w, b]
+/// assert_eq!(blocks(PriorFamily::WeightDiagonal)?, (4, 2));
+/// assert_eq!(blocks(PriorFamily::LayerFullRank)?, (1, 8)); // the whole layer at once
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PriorFamily {
     /// A full covariance per output unit (BNNP's default).
@@ -43,6 +64,24 @@ pub enum PriorFamily {
 }
 
 /// Which prior parameters learn.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, PriorConfig, PriorTraining};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let model = Net::<f64, Cpu>::new(&Cpu::default());
+/// // whether `prior.out.mean` and `prior.out.log_scale` learn
+/// let learns = |training| -> weightspace::Result<(bool, bool)> {
+///     let guide = model.amortised_guide(GuideConfig { prior: PriorConfig { training, ..Default::default() }, ..Default::default() })?;
+///     let s = guide.store();
+///     Ok((s.is_trainable(s.find("prior.out.mean").unwrap()), s.is_trainable(s.find("prior.out.log_scale").unwrap())))
+/// };
+/// assert_eq!(learns(PriorTraining::All)?, (true, true));
+/// assert_eq!(learns(PriorTraining::MeanOnly)?, (true, false));
+/// assert_eq!(learns(PriorTraining::Frozen)?, (false, false));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum PriorTraining {
     /// Every parameter (the default).
@@ -158,6 +197,26 @@ impl<E: Real, D: Device<E>> Natural<E, D> {
 
 /// A learnable prior over all layers of an architecture. Its parameters live in a [`ParamStore`]
 /// under `prior.{layer}.mean`, `prior.{layer}.log_scale` and (full-rank) `prior.{layer}.off_diag`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, LearnedPrior};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let prior: &LearnedPrior = guide.prior();
+/// // layer `h` starts at N(0, I/(d_in + 1)) per unit: 4 blocks of 2 weights
+/// let (mean, sigma, g, k) = prior.moments(guide.store(), 0);
+/// assert_eq!((g, k), (4, 2));
+/// assert!(mean.iter().all(|m| *m == 0.0));
+/// assert!((sigma[0] - 0.5).abs() < 1e-12 && sigma[1].abs() < 1e-12);
+/// let marginals = prior.marginals(guide.store());
+/// assert!((marginals[0].1[0] - 0.5f64.sqrt()).abs() < 1e-12);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = prior.sample(guide.store(), 3, &mut rng)?;
+/// assert_eq!(prior.log_prob(guide.store(), &w)?.len(), 3);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct LearnedPrior {
     arch: &'static Architecture,

@@ -15,6 +15,31 @@ use dfdx::prelude::Device;
 
 /// Where meta-training gets its tasks. Implement it for your own data pipelines; the meta-learner
 /// splits each task into context and targets itself.
+///
+/// ```
+/// use rand::Rng;
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, MetaConfig, MetaLearner, TaskSource};
+/// /// Lines through the origin with a random slope.
+/// struct Lines;
+/// impl<E: Real, D: Device<E>> TaskSource<E, D> for Lines {
+///     fn next_task(&mut self, dev: &D, rng: &mut rand::rngs::StdRng) -> Result<Dataset<E, D>> {
+///         let a: f64 = rng.gen_range(-1.0..1.0);
+///         let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+///         let y: Vec<f64> = x.iter().map(|x| a * x).collect();
+///         Dataset::regression(dev, &x, 1, &y, 1)
+///     }
+/// }
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let dev = Cpu::default();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// assert_eq!(TaskSource::<f64, Cpu>::next_task(&mut Lines, &dev, &mut rng)?.len(), 10);
+/// let mut guide = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+/// let report = MetaLearner::new(MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() })?.run(&mut guide, &mut Lines)?;
+/// assert_eq!(report.history.len(), 3);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait TaskSource<E: Real, D: Device<E>> {
     /// The next task.
     fn next_task(&mut self, dev: &D, rng: &mut StdRng) -> Result<Dataset<E, D>>;
@@ -86,6 +111,29 @@ impl<E: Real, D: Device<E>> TaskSource<E, D> for TaskCollection<E, D> {
 }
 
 /// A random generator of 1-D regression tasks `(x, y)` on the host.
+///
+/// ```
+/// use rand::Rng;
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Generated, TaskGenerator, TaskSource};
+/// /// Five points of a random constant.
+/// struct Constants;
+/// impl TaskGenerator for Constants {
+///     fn generate(&self, rng: &mut rand::rngs::StdRng) -> (Vec<f64>, Vec<f64>) {
+///         let c: f64 = rng.gen_range(-1.0..1.0);
+///         ((0..5).map(|i| i as f64).collect(), vec![c; 5])
+///     }
+/// }
+/// let dev = Cpu::default();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let task = Constants.dataset::<f64, Cpu>(&dev, &mut rng)?;
+/// assert_eq!(task.len(), 5);
+/// let y = task.y_host();
+/// assert!(y.iter().all(|v| *v == y[0]));
+/// // every generator is a task source
+/// assert_eq!(TaskSource::<f64, Cpu>::next_task(&mut Generated(Constants), &dev, &mut rng)?.len(), 5);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait TaskGenerator {
     /// Draws one task's inputs and targets.
     fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>);
@@ -101,6 +149,19 @@ pub trait TaskGenerator {
 }
 
 /// Every generator is an endless task source.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Generated, GpTasks, TaskSource};
+/// let dev = Cpu::default();
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let mut source = Generated(GpTasks { n_range: (5, 6), ..Default::default() });
+/// let a: Dataset<f64, Cpu> = source.next_task(&dev, &mut rng)?;
+/// let b: Dataset<f64, Cpu> = source.next_task(&dev, &mut rng)?;
+/// assert_eq!((a.len(), b.len()), (5, 5));
+/// assert_ne!(a.y_host(), b.y_host()); // a fresh task every time
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Generated<G>(pub G);
 
@@ -173,6 +234,18 @@ impl TaskGenerator for Sawtooth {
 
 /// A zero-mean Gaussian-process sample with a squared-exponential kernel at `x`, drawn through a
 /// Cholesky factor (with a small jitter).
+///
+/// ```
+/// use weightspace::bnnp::gp_sample;
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let x = [0.0, 0.01, 3.0];
+/// let draws: Vec<Vec<f64>> = (0..2000).map(|_| gp_sample(&x, 0.5, 2.0, &mut rng)).collect();
+/// // the marginal variance is the kernel variance ...
+/// let var = draws.iter().map(|f| f[0] * f[0]).sum::<f64>() / 2000.0;
+/// assert!((var - 2.0).abs() < 0.25);
+/// // ... nearby inputs move together
+/// assert!(draws.iter().all(|f| (f[0] - f[1]).abs() < 0.2));
+/// ```
 pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -> Vec<f64> {
     let n = x.len();
     let mut k = vec![0.0; n * n];
@@ -196,6 +269,16 @@ pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -
 }
 
 /// Gaussian-process tasks: a squared-exponential GP sample plus noise.
+///
+/// ```
+/// use weightspace::bnnp::{GpTasks, TaskGenerator};
+/// let gen = GpTasks::default();
+/// assert_eq!((gen.lengthscale, gen.variance, gen.noise), (0.5, 1.0, 0.05));
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let (x, y) = gen.generate(&mut rng);
+/// assert!((40..100).contains(&x.len()) && x.len() == y.len());
+/// assert!(x.iter().all(|x| (-2.0..2.0).contains(x)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GpTasks {
     /// Input range. Default `[−2, 2]`.
@@ -226,6 +309,15 @@ impl TaskGenerator for GpTasks {
 }
 
 /// Heaviside tasks: the sign of a zero-mean SE-GP sample (centred on its sample mean), plus noise.
+///
+/// ```
+/// use weightspace::bnnp::{Heaviside, TaskGenerator};
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let (x, y) = Heaviside::default().generate(&mut rng);
+/// assert!(x.iter().all(|x| (-5.0..5.0).contains(x)));
+/// // steps of height ±1 with noise sd 0.01
+/// assert!(y.iter().all(|y| (y.abs() - 1.0).abs() < 0.1));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Heaviside {
     /// Input range. Default `[−5, 5]`.
@@ -256,6 +348,17 @@ impl TaskGenerator for Heaviside {
 
 /// Tasks drawn from a BNN prior: a fresh 1-D network per task with weights `N(0, 1/(fan_in + 1))`
 /// (biases included), plus noise.
+///
+/// ```
+/// use weightspace::bnnp::{BnnPriorTasks, TaskGenerator};
+/// let gen = BnnPriorTasks { widths: vec![8], ..Default::default() };
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let net = gen.draw_network(&mut rng);
+/// assert_eq!(net.iter().map(|(i, o, w)| (*i, *o, w.len())).collect::<Vec<_>>(), vec![(1, 8, 16), (8, 1, 9)]);
+/// assert!(gen.evaluate(&net, 0.3).is_finite());
+/// let (x, y) = gen.generate(&mut rng);
+/// assert!((40..100).contains(&x.len()) && x.len() == y.len());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BnnPriorTasks {
     /// Input range. Default `[−5, 5]`.

@@ -183,6 +183,23 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for LearnedPriorElb
 }
 
 /// Prior draws from a learned prior, for [`crate::predict::predictive::Predictive::run_source`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, LearnedPriorSource};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let dev = Cpu::default();
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let guide = model.amortised_guide(GuideConfig::default())?; // meta-train it first
+/// let x = dev.tensor_from_vec(vec![0.0], (1usize, 1usize));
+/// let mut pred = Predictive::new(4000);
+/// pred.include_noise = false;
+/// let s = pred.run(&model, LearnedPriorSource(&guide), &x)?;
+/// // the initial learned prior is N(0, I/(d_in + 1)): f(0) = b has sd √½
+/// assert!((s.std[0] - 0.5f64.sqrt()).abs() < 0.05);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub struct LearnedPriorSource<'a, E: Dtype, D: Storage<E>>(pub &'a AmortisedGuide<E, D>);
 
 impl<E: Real, D: Device<E>> crate::predict::predictive::WeightSource<E, D> for LearnedPriorSource<'_, E, D> {
@@ -192,6 +209,23 @@ impl<E: Real, D: Device<E>> crate::predict::predictive::WeightSource<E, D> for L
 }
 
 /// Draws `s` samples from a learned prior (no tape).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{sample_learned_prior, Amortised, GuideConfig};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let mut guide = Lin::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// guide.set_prior_diagonal(0, &[1.0, -1.0], &[0.1, 0.1])?; // slope ~ N(1, 0.1²), bias ~ N(−1, 0.1²)
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = sample_learned_prior(&guide, 1000, &mut rng)?;
+/// assert_eq!(w.num_samples(), 1000);
+/// let flat = w.to_flat();
+/// let mean_slope = flat.iter().map(|r| r[0]).sum::<f64>() / 1000.0;
+/// let mean_bias = flat.iter().map(|r| r[1]).sum::<f64>() / 1000.0;
+/// assert!((mean_slope - 1.0).abs() < 0.02 && (mean_bias + 1.0).abs() < 0.02);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn sample_learned_prior<E: Real, D: Device<E>>(guide: &AmortisedGuide<E, D>, s: usize, rng: &mut impl Rng) -> Result<Weights<E, D>> {
     guide.prior().sample(guide.store(), s, rng)
 }

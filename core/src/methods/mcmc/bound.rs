@@ -97,6 +97,14 @@ pub fn chains_needed(probs: &[f64], delta: f64) -> Result<usize> {
 
 /// The SYM-MCMC paper's default mode probabilities: `ν = 3` modes with `π ∝` the HalfNormal(1)
 /// density at `(0, 0.98, 1.96)`, i.e. about `(0.5665, 0.3505, 0.0830)`.
+///
+/// ```
+/// use weightspace::mcmc::paper_mode_probabilities;
+/// let p = paper_mode_probabilities();
+/// assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+/// assert!((p[0] - 0.5665).abs() < 1e-4 && (p[2] - 0.0830).abs() < 1e-4);
+/// assert!(p[0] > p[1] && p[1] > p[2]);
+/// ```
 pub fn paper_mode_probabilities() -> [f64; 3] {
     let d = [0.0f64, 0.98, 1.96].map(|x| (-0.5 * x * x).exp());
     let t: f64 = d.iter().sum();

@@ -32,6 +32,16 @@ pub struct Table {
 }
 
 /// Column means and standard deviations used by [`Table::standardise`] (inputs, then the target).
+///
+/// ```
+/// use weightspace::mcmc::data::{Standardisation, Table};
+/// let t = Table::new(vec![1.0, 2.0, 3.0], 1, vec![2.0, 4.0, 6.0])?;
+/// let (_, s): (Table, Standardisation) = t.standardise();
+/// assert_eq!((s.x_mean.clone(), s.y_mean), (vec![2.0], 4.0));
+/// assert!((s.x_sd[0] - (2.0f64 / 3.0).sqrt()).abs() < 1e-12); // population sd
+/// assert!((s.y_sd - 2.0 * s.x_sd[0]).abs() < 1e-12);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Standardisation {
     /// Means of the input columns.

@@ -47,6 +47,25 @@ impl Default for NutsSettings {
 }
 
 /// What happened in one NUTS transition.
+///
+/// ```
+/// use weightspace::mcmc::{sample_nuts, LogDensity, NutsSettings};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// use weightspace::mcmc::DrawStats;
+/// let run = sample_nuts(&mut StdNormal, &[1.0], &NutsSettings { warmup: 100, draws: 50, ..Default::default() })?;
+/// let last: DrawStats = run.stats[149];
+/// assert!(!last.warmup && run.stats[0].warmup);
+/// assert!(last.step_size > 0.0 && last.leapfrog_steps >= 1);
+/// assert!(last.tree_depth <= 10 && !last.max_depth_reached);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DrawStats {
     /// Whether this was a warm-up transition.
@@ -64,6 +83,25 @@ pub struct DrawStats {
 }
 
 /// The output of [`sample_nuts`].
+///
+/// ```
+/// use weightspace::mcmc::{sample_nuts, LogDensity, NutsSettings};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// let run = sample_nuts(&mut StdNormal, &[1.0], &NutsSettings { warmup: 100, draws: 50, ..Default::default() })?;
+/// assert_eq!(run.draws.len(), 50);
+/// assert_eq!(run.stats.len(), 150); // warm-up transitions too
+/// assert_eq!(run.divergences(), 0);
+/// assert!(run.step_size().unwrap() > 0.0);
+/// assert!(run.mean_tree_depth() >= 1.0 && run.leapfrog_steps() >= 150);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct NutsRun {
     /// The kept draws (positions), in order.

@@ -20,6 +20,29 @@ const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
 ///
 /// A non-finite value is not an error: the sampler treats it as a divergence. Return `Err` only for
 /// failures that make sampling pointless (a device error, a shape mismatch).
+///
+/// ```
+/// use weightspace::mcmc::LogDensity;
+/// /// An isotropic Gaussian N(mu, I).
+/// struct Gauss { mu: Vec<f64> }
+/// impl LogDensity for Gauss {
+///     fn dim(&self) -> usize { self.mu.len() }
+///     fn logp(&mut self, x: &[f64], grad: &mut [f64]) -> weightspace::Result<f64> {
+///         let mut lp = 0.0;
+///         for ((g, xi), mi) in grad.iter_mut().zip(x).zip(&self.mu) {
+///             *g = mi - xi;
+///             lp -= 0.5 * (xi - mi).powi(2);
+///         }
+///         Ok(lp)
+///     }
+/// }
+/// let mut target = Gauss { mu: vec![1.0, -1.0] };
+/// let mut grad = [0.0; 2];
+/// assert_eq!(target.logp(&[1.0, -1.0], &mut grad)?, 0.0);
+/// assert_eq!(target.logp(&[2.0, -1.0], &mut grad)?, -0.5);
+/// assert_eq!(grad, [-1.0, 0.0]);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait LogDensity {
     /// Dimension of a position.
     fn dim(&self) -> usize;
@@ -33,6 +56,27 @@ pub trait LogDensity {
 /// row-major `(C, dim)` gradients. As for [`LogDensity`], a non-finite entry marks a divergence of
 /// that chain only. The default evaluates the rows one by one with [`LogDensity::logp`]; targets
 /// with a batched evaluation override it. The dimension is [`LogDensity::dim`].
+///
+/// ```
+/// use weightspace::mcmc::{BatchLogDensity, LogDensity};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 2 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         g[1] = -x[1];
+///         Ok(-0.5 * (x[0] * x[0] + x[1] * x[1]))
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {} // row by row
+/// let (mut logp, mut grad) = ([0.0; 3], [0.0; 6]);
+/// StdNormal.logp_batch(&[0.0, 0.0, 1.0, 0.0, 1.0, 1.0], &mut logp, &mut grad)?;
+/// assert_eq!(logp, [0.0, -0.5, -1.0]);
+/// assert_eq!(grad, [0.0, 0.0, -1.0, 0.0, -1.0, -1.0]);
+/// // a shape mismatch is an error
+/// assert!(StdNormal.logp_batch(&[0.0; 5], &mut logp, &mut grad).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait BatchLogDensity: LogDensity {
     /// Evaluates every row of `positions`.
     fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
@@ -87,7 +131,7 @@ impl Default for NoisePrior {
 ///
 /// ```
 /// use weightspace::prelude::*;
-/// use weightspace::mcmc::{BatchLogDensity, BnnPosterior, NoisePrior};
+/// use weightspace::mcmc::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 /// #[bnn]
 /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
 /// let dev = Cpu::default();

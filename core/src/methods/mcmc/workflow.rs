@@ -23,12 +23,49 @@ use crate::{Error, Real, Result};
 /// The symmetry module provides the exact tanh canonicalisation (sign flips, then sorting by
 /// bias); [`NoCanonicalisation`] is the identity. Closures `Fn(&Architecture, &Weights) ->
 /// Result<Weights>` implement it too.
+///
+/// ```
+/// use weightspace::mcmc::Canonicalise;
+/// use weightspace::prelude::*;
+/// /// Sorts nothing: a (trivially function-preserving) canonicalisation of our own.
+/// struct Keep;
+/// impl<E: Real, D: Device<E>> Canonicalise<E, D> for Keep {
+///     fn canonicalise(&self, _arch: &Architecture, w: &Weights<E, D>) -> Result<Weights<E, D>> {
+///         Ok(w.clone())
+///     }
+/// }
+/// #[bnn]
+/// struct F1 { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+/// let model = F1::<f64, Cpu>::new(&Cpu::default());
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = model.sample_prior(4, &mut rng)?;
+/// let arch = F1::<f64, Cpu>::ARCH;
+/// assert_eq!(Keep.canonicalise(arch, &w)?.to_flat(), w.to_flat());
+/// // a closure works too; the exact tanh rule makes every hidden bias non-negative
+/// let exact = |a: &Architecture, w: &Weights<f64, Cpu>| Canonicalisation::Exact.canonicalise(a, w);
+/// let c = exact.canonicalise(arch, &w)?.to_flat();
+/// assert!(c.iter().all(|row| row[1] >= 0.0 && row[3] >= 0.0));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub trait Canonicalise<E: Real, D: Device<E>> {
     /// Canonicalises every sample of `weights`; must not change the network function.
     fn canonicalise(&self, arch: &Architecture, weights: &Weights<E, D>) -> Result<Weights<E, D>>;
 }
 
 /// The identity map: a stand-in until a real canonicalisation is plugged in.
+///
+/// ```
+/// use weightspace::mcmc::{Canonicalise, NoCanonicalisation};
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct F1 { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+/// let model = F1::<f64, Cpu>::new(&Cpu::default());
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let w = model.sample_prior(4, &mut rng)?;
+/// let same = NoCanonicalisation.canonicalise(F1::<f64, Cpu>::ARCH, &w)?;
+/// assert_eq!(same.to_flat(), w.to_flat());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCanonicalisation;
 
@@ -45,6 +82,27 @@ impl<E: Real, D: Device<E>, F: Fn(&Architecture, &Weights<E, D>) -> Result<Weigh
 }
 
 /// Which sampler runs the chains.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, ChainSampler, NoCanonicalisation, NutsSettings, SamplerReport, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// assert!(matches!(SymMcmcSettings::default().sampler, ChainSampler::ManyChain(_)));
+/// // one NUTS chain after the other instead
+/// let settings = SymMcmcSettings {
+///     chains: 2, warmup: 100, draws_per_chain: 5,
+///     sampler: ChainSampler::Nuts(NutsSettings::default()),
+///     ..Default::default()
+/// };
+/// let run = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// assert!(matches!(&run.report, SamplerReport::Nuts(per_chain) if per_chain.len() == 2));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChainSampler {
     /// All chains together in the batched ChEES-HMC sampler (the fast path).
@@ -54,6 +112,22 @@ pub enum ChainSampler {
 }
 
 /// How chains start.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, ChainInit, NoCanonicalisation, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// assert_eq!(SymMcmcSettings::default().init, ChainInit::Uniform(2.0));
+/// let settings = SymMcmcSettings { chains: 4, warmup: 50, draws_per_chain: 2, init: ChainInit::Prior, ..Default::default() };
+/// let run = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// assert_eq!(run.pooled().len(), 8);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ChainInit {
     /// Every coordinate (weights and `ln σ`) uniform on `(−a, a)`.
@@ -115,6 +189,16 @@ impl Default for SymMcmcSettings {
 }
 
 /// Mean test LPPD with its standard error over test points.
+///
+/// ```
+/// use weightspace::mcmc::{lppd, Lppd};
+/// // (S = 2, N = 2) log-likelihoods that agree across samples: the LPPD is the log-likelihood
+/// let l: Lppd = lppd(&[-1.0, -2.0, -1.0, -2.0], 2, 2)?;
+/// assert!((l.pointwise[0] + 1.0).abs() < 1e-12 && (l.pointwise[1] + 2.0).abs() < 1e-12);
+/// assert!((l.mean + 1.5).abs() < 1e-12);
+/// assert!((l.se - 0.5).abs() < 1e-12); // sample sd 0.5·√2 over √2 points
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lppd {
     /// `(1/n) Σ_i ln((1/S) Σ_s p(y_i | θ_s))`, by logsumexp, no point dropped.
@@ -143,6 +227,26 @@ pub fn lppd(loglik: &[f64], s: usize, n: usize) -> Result<Lppd> {
 }
 
 /// Convergence diagnostics over chains (needs at least 4 draws per chain).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, ChainDiagnostics, NoCanonicalisation, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 4, warmup: 200, draws_per_chain: 20, ..Default::default() };
+/// let run = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// let d: ChainDiagnostics = run.diagnostics(&model, &data)?;
+/// assert!(d.max_rhat_function.is_finite() && d.max_rhat_weights.is_finite());
+/// assert!(d.min_ess_function > 0.0 && d.min_ess_weights > 0.0);
+/// // one draw per chain gives no diagnostics
+/// let one = sym_mcmc(&model, &data, &SymMcmcSettings { chains: 4, warmup: 50, ..Default::default() }, &NoCanonicalisation)?;
+/// assert!(one.diagnostics(&model, &data).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainDiagnostics {
     /// Largest rank-normalised split R-hat of the network outputs at the evaluation inputs.
@@ -156,6 +260,24 @@ pub struct ChainDiagnostics {
 }
 
 /// Posterior predictive of a Gaussian model at some inputs, with each draw's own σ.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, NoCanonicalisation, PosteriorPredictive, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 8, warmup: 200, draws_per_chain: 4, ..Default::default() };
+/// let run = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// let pp: PosteriorPredictive = run.predictive(&model, &data)?;
+/// assert_eq!(pp.mean.len(), 10);
+/// // the predictive spread adds the noise to the spread of the network output
+/// assert!(pp.std.iter().zip(&pp.f_std).all(|(s, f)| s >= f));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct PosteriorPredictive {
     /// Predictive mean per input.
@@ -167,6 +289,27 @@ pub struct PosteriorPredictive {
 }
 
 /// Which sampler produced a [`SymMcmcRun`], with its own report.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, NoCanonicalisation, SamplerReport, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 4, warmup: 50, draws_per_chain: 2, ..Default::default() };
+/// let run = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// match &run.report {
+///     SamplerReport::ManyChain(mc) => {
+///         assert_eq!(mc.step_sizes.len(), 4);
+///         assert_eq!(mc.iterations.len(), 50 + 2);
+///     }
+///     SamplerReport::Nuts(_) => unreachable!("the default sampler is the many-chain one"),
+/// }
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub enum SamplerReport {
     /// The batched sampler's report (its draws are also in [`SymMcmcRun::draws`]).
@@ -176,6 +319,26 @@ pub enum SamplerReport {
 }
 
 /// The output of [`sym_mcmc`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::mcmc::{sym_mcmc, NoCanonicalisation, SymMcmcRun, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..10).map(|i| i as f64 / 5.0 - 1.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 4, warmup: 50, draws_per_chain: 3, ..Default::default() };
+/// let run: SymMcmcRun = sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?;
+/// assert_eq!((run.draws.len(), run.draws[0].len()), (4, 3));
+/// assert_eq!(run.num_weights, 2);
+/// assert!(run.samples_noise); // the learned σ is sampled: ln σ is the last coordinate
+/// assert_eq!(run.draws[0][0].len(), 3);
+/// assert_eq!(run.canonical, run.draws); // the identity canonicalisation
+/// assert!(run.gradient_evaluations > 0);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct SymMcmcRun {
     /// Raw draws `[chain][draw]` (positions: weights, then `ln σ` when sampled).

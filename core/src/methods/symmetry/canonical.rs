@@ -33,6 +33,25 @@ pub enum Canonicalisation {
 }
 
 /// Similarity between neighbouring unit vectors in the k-NN graph.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{DataDrivenSettings, Similarity, SymmetryGroup};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// assert_eq!(DataDrivenSettings::default().similarity, Similarity::InverseDistance);
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let base = vec![1.0, 0.5, -2.0, 1.5, 0.3, -0.2, 0.7, -0.4, 0.9, 0.1];
+/// let copies: Vec<Vec<f64>> = (0..20).map(|_| group.apply_flat(&group.random(&mut rng), &base).unwrap()).collect();
+/// let settings = DataDrivenSettings { neighbours: 8, iterations: 16, similarity: Similarity::Gaussian, ..Default::default() };
+/// let c = group.canonicalise_batch(&copies, &Canonicalisation::DataDriven(settings))?;
+/// // every output is its input moved by a group element, so the network function is unchanged
+/// for ((out, g), input) in c.samples.iter().zip(&c.elements).zip(&copies) {
+///     assert_eq!(group.apply_flat(g, input)?, *out);
+/// }
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Similarity {
     /// `1 / distance` (the paper's default).
@@ -139,6 +158,23 @@ impl DataDrivenSettings {
 }
 
 /// Canonicalised samples and the elements that produced them: `samples[s] = elements[s]·input[s]`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{Canonicalised, SymmetryGroup};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+/// let base = vec![1.0, 0.5, -2.0, 1.5, 0.3, -0.2, 0.7, -0.4, 0.9, 0.1];
+/// let copies: Vec<Vec<f64>> = (0..5).map(|_| group.apply_flat(&group.random(&mut rng), &base).unwrap()).collect();
+/// let c: Canonicalised = group.canonicalise_batch(&copies, &Canonicalisation::Exact)?;
+/// assert_eq!(c.elements.len(), 5);
+/// // symmetric copies of one network share one canonical point
+/// assert!(c.samples.iter().all(|s| group.canonicalise_flat(&base).unwrap() == *s));
+/// assert_eq!(group.apply_flat(&c.elements[0], &copies[0])?, c.samples[0]);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Canonicalised {
     /// The canonical samples (flat layout of [`Weights::to_flat`]).

@@ -12,6 +12,22 @@ use crate::model::params::NormalView;
 use crate::{Error, Real, Result};
 
 /// The largest group [`SymmetryGroup::elements`] enumerates (2²⁰ elements).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{SymmetryGroup, ENUMERATION_LIMIT};
+/// #[bnn]
+/// struct Small { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// #[bnn]
+/// struct Wide { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 16, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<16, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let small = SymmetryGroup::of(Small::<f64, Cpu>::ARCH);
+/// assert!(small.order().unwrap() <= ENUMERATION_LIMIT); // 3! · 2³ = 48
+/// assert_eq!(small.elements()?.count(), 48);
+/// let wide = SymmetryGroup::of(Wide::<f64, Cpu>::ARCH);
+/// assert!(wide.order().unwrap() > ENUMERATION_LIMIT); // 16! · 2¹⁶
+/// assert!(wide.elements().is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub const ENUMERATION_LIMIT: u128 = 1 << 20;
 
 /// One hidden layer's factor of the group: the permutations of its units, and per-unit sign flips
@@ -784,6 +800,21 @@ pub(crate) fn check_params_for<E: Real, D: Device<E>>(arch: &Architecture, param
 }
 
 /// Iterator over every element of a small group ([`SymmetryGroup::elements`]), the identity first.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{Elements, SymmetryGroup};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let elements: Elements<'_> = group.elements()?;
+/// let all: Vec<GroupElement> = elements.collect();
+/// assert_eq!(all.len(), 8); // 2! permutations × 2² sign patterns
+/// assert!(all[0].is_identity());
+/// // every element appears once
+/// assert!(all.iter().enumerate().all(|(i, g)| all[i + 1..].iter().all(|h| h != g)));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Elements<'a> {
     group: &'a SymmetryGroup,

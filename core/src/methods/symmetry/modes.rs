@@ -88,6 +88,18 @@ impl SymmetryGroup {
 }
 
 /// Settings of [`cluster_modes`].
+///
+/// ```
+/// use weightspace::symmetry::{cluster_modes, ModeSettings};
+/// assert_eq!(ModeSettings::default(), ModeSettings { threshold: 1.0, min_size: 1 });
+/// let points = vec![vec![0.0], vec![0.3], vec![5.0], vec![5.2], vec![10.0]];
+/// // three clusters at threshold 0.5; the singleton at 10 is too small to count with min_size 2
+/// let modes = cluster_modes(&points, &ModeSettings { threshold: 0.5, min_size: 2 })?;
+/// assert_eq!((modes.sizes.len(), modes.count()), (3, 2));
+/// // a coarser threshold joins the first two
+/// assert_eq!(cluster_modes(&points, &ModeSettings { threshold: 6.0, min_size: 1 })?.count(), 1);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModeSettings {
     /// Two points closer than this (Euclidean) are in the same cluster (single linkage). Default 1.
@@ -103,6 +115,17 @@ impl Default for ModeSettings {
 }
 
 /// The result of [`cluster_modes`]: clusters numbered by decreasing size.
+///
+/// ```
+/// use weightspace::symmetry::{cluster_modes, ModeSettings, Modes};
+/// let points = vec![vec![0.0, 0.0], vec![5.0, 5.0], vec![0.1, 0.0], vec![0.0, 0.1]];
+/// let modes: Modes = cluster_modes(&points, &ModeSettings { threshold: 1.0, min_size: 1 })?;
+/// assert_eq!(modes.sizes, vec![3, 1]); // decreasing
+/// assert_eq!(modes.labels, vec![0, 1, 0, 0]);
+/// assert_eq!(modes.representatives[1], 1);
+/// assert_eq!(modes.count(), 2);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Modes {
     /// Cluster of every point.

@@ -370,6 +370,23 @@ impl Default for InfoBound {
 }
 
 /// One estimate of the information term ([`information`]).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{information, InfoBound, InfoEstimate, SymmetryGroup};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+/// let model = Net::<f64, Cpu>::new(&Cpu::default());
+/// let guide = model.mean_field();
+/// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let est: InfoEstimate<f64, Cpu> = information(&group, &guide, InfoBound::Sampled { k: 4 }, 10, &mut rng)?;
+/// assert_eq!((est.k, est.per_sample.len()), (4, 10));
+/// assert!((est.value - est.per_sample.iter().sum::<f64>() / 10.0).abs() < 1e-12);
+/// assert!((est.term.array() - est.value).abs() < 1e-9); // the taped term has the same value
+/// assert!(est.per_sample.iter().all(|v| *v <= 4f64.ln() + 1e-9)); // I_K ≤ ln K
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct InfoEstimate<E: Dtype, D: Storage<E>> {
     /// The Monte-Carlo mean over weight samples, on the tape of the guide's parameters.
@@ -489,6 +506,25 @@ impl SymmetrisedElbo {
 }
 
 /// One estimate of the symmetrised ELBO with its parts.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::symmetry::{symmetrised_elbo, InfoBound, SymmetrisedElbo, SymmetrisedEstimate, SymmetryGroup};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 2, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<2, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+/// let dev = Cpu::default();
+/// let data = Dataset::<f64, _>::regression(&dev, &[-1.0, 0.0, 1.0], 1, &[-0.8, 0.1, 0.9], 1)?;
+/// let model = Net::<f64, Cpu>::new(&dev);
+/// let guide = model.mean_field();
+/// let cfg = SymmetrisedElbo::new(SymmetryGroup::of(Net::<f64, Cpu>::ARCH), InfoBound::Exact);
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let est: SymmetrisedEstimate<f64, Cpu> = symmetrised_elbo(&model, &guide, &data, 3, &cfg, &mut rng)?;
+/// // the exact information term is at most ln |G| = ln(2! · 2²)
+/// assert!(est.information <= 8f64.ln() + 1e-9);
+/// assert!(est.plain_elbo.is_finite());
+/// assert!((est.estimate.loss.array() + est.estimate.elbo).abs() < 1e-9);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct SymmetrisedEstimate<E: Dtype, D: Storage<E>> {
     /// The symmetrised objective: the loss to minimise, its value, the expected log-likelihood and
