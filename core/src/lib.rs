@@ -6,6 +6,8 @@
 //! (`Cpu`, or `Cuda` with the `cuda` feature). Users normally depend on the `weightspace` facade and
 //! declare models with `#[bnn]`; this crate holds the code those declarations call.
 #![warn(missing_docs)]
+// every `unsafe` block states why it is sound (`cargo clippy` enforces it)
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 // The layers, bottom to top. A module imports only from its own layer or the layers below it
 // (`core/tests/architecture.rs` checks this), and nothing but `testing` imports `testing`.

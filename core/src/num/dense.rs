@@ -21,6 +21,8 @@ use std::ops::{Index, IndexMut};
 
 use thiserror::Error;
 
+use crate::Real;
+
 /// Why a dense operation failed.
 ///
 /// ```
@@ -385,6 +387,131 @@ impl Cholesky {
     }
 }
 
+/// Whether every entry `(i, j)`, `i < rows`, `j < cols`, at `i·rs + j·cs` lies below `len`, with
+/// strides that fit an `isize` (as the matrix-product hook takes them).
+fn strided_fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    let small = |s: usize| isize::try_from(s).is_ok();
+    if !(small(rs) && small(cs)) {
+        return false;
+    }
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(a, b)| a.checked_add(b)).is_some_and(|last| last < len)
+}
+
+/// A read-only strided view of a `rows × cols` matrix inside a slice: entry `(i, j)` is
+/// `data[i·row_stride + j·col_stride]`. The constructors check that every entry lies inside the
+/// slice, so [`gemm`] can hand the view to the raw matrix-product kernel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a, E> {
+    data: &'a [E],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, E> MatRef<'a, E> {
+    /// A strided view (strides may be zero: a broadcast row or column).
+    ///
+    /// # Panics
+    /// If an entry lies outside `data` (a bug in the caller's index arithmetic).
+    #[track_caller]
+    pub(crate) fn strided(data: &'a [E], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
+        assert!(
+            strided_fits(data.len(), rows, cols, row_stride, col_stride),
+            "a {rows}×{cols} view with strides ({row_stride}, {col_stride}) does not fit in {} values",
+            data.len()
+        );
+        Self { data, rows, cols, rs: row_stride, cs: col_stride }
+    }
+
+    /// The row-major `rows × cols` matrix at the start of `data`.
+    #[track_caller]
+    pub(crate) fn row_major(data: &'a [E], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// The transpose (the same entries, strides swapped).
+    pub(crate) fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+}
+
+/// A writable `rows × cols` matrix inside a slice, rows `row_stride ≥ cols` apart (so no two
+/// entries share a place): entry `(i, j)` is `data[i·row_stride + j]`.
+#[derive(Debug)]
+pub(crate) struct MatMut<'a, E> {
+    data: &'a mut [E],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+}
+
+impl<'a, E> MatMut<'a, E> {
+    /// Rows `row_stride` apart.
+    ///
+    /// # Panics
+    /// If `row_stride < cols` (rows would overlap) or an entry lies outside `data`.
+    #[track_caller]
+    pub(crate) fn strided_rows(data: &'a mut [E], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(
+            (rows <= 1 || row_stride >= cols) && strided_fits(data.len(), rows, cols, row_stride, 1),
+            "a writable {rows}×{cols} view with row stride {row_stride} does not fit in {} values",
+            data.len()
+        );
+        Self { data, rows, cols, rs: row_stride }
+    }
+
+    /// The row-major `rows × cols` matrix at the start of `data`.
+    #[track_caller]
+    pub(crate) fn row_major(data: &'a mut [E], rows: usize, cols: usize) -> Self {
+        Self::strided_rows(data, rows, cols, cols)
+    }
+}
+
+/// `C ← α A B + β C` on checked views, through the dtype's matrix-product hook
+/// ([`Real`]'s `gemm`: `matrixmultiply`). With `β = 0`, `C` is not read.
+///
+/// # Panics
+/// If the shapes do not fit together (`A` is `m × k`, `B` `k × n`, `C` `m × n`).
+#[track_caller]
+pub(crate) fn gemm<E: Real>(alpha: E, a: MatRef<'_, E>, b: MatRef<'_, E>, beta: E, c: MatMut<'_, E>) {
+    assert!(
+        a.rows == c.rows && a.cols == b.rows && b.cols == c.cols,
+        "gemm: shapes {}×{} · {}×{} → {}×{} do not fit",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
+    // SAFETY: the views' constructors checked that every entry they name lies inside their
+    // slices and that the strides fit an isize; the shapes agree (checked above), so the kernel
+    // reads only entries of `a` and `b` and writes only entries of `c`. `c` borrows its slice
+    // mutably, so it aliases neither `a` nor `b`, and its rows do not overlap (row stride ≥ cols).
+    unsafe {
+        E::gemm(
+            c.rows,
+            a.cols,
+            c.cols,
+            alpha,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.data.as_mut_ptr(),
+            c.rs as isize,
+            1,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +558,44 @@ mod tests {
         let c = Matrix::identity(2).cholesky().unwrap();
         assert!(c.solve(&[1.0]).is_err());
         assert!(Matrix::zeros(2, 2).matmul(&Matrix::zeros(3, 1)).is_err());
+    }
+
+    /// The checked product over strided, transposed and broadcast views against plain loops.
+    #[test]
+    fn checked_gemm_matches_loops() {
+        let a: Vec<f64> = (0..40).map(|v| (v as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..40).map(|v| (v as f64 * 0.91).cos()).collect();
+        // A: 3×4 with row stride 5; B: 4×2 as the transpose of a 2×4 row-major block (stride 6)
+        let av = MatRef::strided(&a, 3, 4, 5, 1);
+        let bv = MatRef::strided(&b, 2, 4, 6, 1).t();
+        let mut c = vec![1.0; 3 * 3];
+        gemm(2.0, av, bv, 0.5, MatMut::strided_rows(&mut c, 3, 2, 3));
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = 0.5 + 2.0 * (0..4).map(|p| a[i * 5 + p] * b[j * 6 + p]).sum::<f64>();
+                assert!((c[i * 3 + j] - want).abs() < 1e-14);
+            }
+            assert_eq!(c[i * 3 + 2], 1.0, "outside the view: untouched");
+        }
+        // a broadcast column (stride 0) and empty shapes
+        let one = [1.0];
+        let mut s = [0.0; 2];
+        gemm(1.0, MatRef::strided(&one, 1, 4, 0, 0), MatRef::strided(&b, 4, 2, 6, 1), 0.0, MatMut::row_major(&mut s, 1, 2));
+        assert!((s[0] - (0..4).map(|p| b[p * 6]).sum::<f64>()).abs() < 1e-14);
+        gemm(1.0, MatRef::<f64>::row_major(&[], 0, 3), MatRef::row_major(&a, 3, 2), 0.0, MatMut::row_major(&mut [], 0, 2));
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn a_view_outside_its_slice_panics() {
+        let a = [0.0f64; 11];
+        let _ = MatRef::strided(&a, 3, 4, 4, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn mismatched_gemm_shapes_panic() {
+        let (a, b, mut c) = ([0.0f64; 6], [0.0f64; 6], [0.0f64; 4]);
+        gemm(1.0, MatRef::row_major(&a, 2, 3), MatRef::row_major(&b, 2, 3), 0.0, MatMut::row_major(&mut c, 2, 2));
     }
 }

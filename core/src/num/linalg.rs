@@ -62,6 +62,7 @@ pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
 /// Scalar kernels on row-major host slices. Every function works on one matrix; callers loop over
 /// batches.
 pub mod host {
+    use crate::num::dense::{gemm, MatMut, MatRef};
     use crate::Real;
 
     #[inline(always)]
@@ -167,24 +168,8 @@ pub mod host {
     pub fn chol_inverse<E: Real>(l: &[E], k: usize, c: &mut [E], work: &mut [E]) {
         tril_inverse(l, k, work);
         // C = Xᵀ X with X = L⁻¹ (row-major): element (i, j) = Σ_p X[p][i] X[p][j]
-        unsafe {
-            E::gemm(
-                k,
-                k,
-                k,
-                E::one(),
-                work.as_ptr(),
-                1,
-                k as isize,
-                work.as_ptr(),
-                k as isize,
-                1,
-                E::zero(),
-                c.as_mut_ptr(),
-                k as isize,
-                1,
-            );
-        }
+        let x = MatRef::row_major(work, k, k);
+        gemm(E::one(), x.t(), x, E::zero(), MatMut::row_major(c, k, k));
     }
 
     #[inline(always)]
@@ -231,13 +216,18 @@ pub mod host {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
+                // SAFETY: the callee is compiled with `avx2,fma` enabled, and both features were
+                // detected on this CPU just above; its body is the safe, bounds-checked `_impl`.
                 return unsafe { cholesky_avx2(a, k) };
             }
         }
         cholesky_impl(a, k)
     }
 
+    /// [`cholesky_impl`] compiled with AVX2 and FMA enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn cholesky_avx2<E: Real>(a: &mut [E], k: usize) -> Result<(), usize> {
@@ -249,13 +239,18 @@ pub mod host {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
+                // SAFETY: the callee is compiled with `avx2,fma` enabled, and both features were
+                // detected on this CPU just above; its body is the safe, bounds-checked `_impl`.
                 return unsafe { tril_inverse_avx2(l, k, x) };
             }
         }
         tril_inverse_impl(l, k, x)
     }
 
+    /// [`tril_inverse_impl`] compiled with AVX2 and FMA enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tril_inverse_avx2<E: Real>(l: &[E], k: usize, x: &mut [E]) {
@@ -267,13 +262,18 @@ pub mod host {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
+                // SAFETY: the callee is compiled with `avx2,fma` enabled, and both features were
+                // detected on this CPU just above; its body is the safe, bounds-checked `_impl`.
                 return unsafe { chol_solve_avx2(l, k, b, m) };
             }
         }
         chol_solve_impl(l, k, b, m)
     }
 
+    /// [`chol_solve_impl`] compiled with AVX2 and FMA enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn chol_solve_avx2<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
@@ -285,13 +285,18 @@ pub mod host {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
+                // SAFETY: the callee is compiled with `avx2,fma` enabled, and both features were
+                // detected on this CPU just above; its body is the safe, bounds-checked `_impl`.
                 return unsafe { gemv_avx2(m, n, a, x, y) };
             }
         }
         gemv_impl(m, n, a, x, y)
     }
 
+    /// [`gemv_impl`] compiled with AVX2 and FMA enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gemv_avx2<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
@@ -319,13 +324,18 @@ pub mod host {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
+                // SAFETY: the callee is compiled with `avx2,fma` enabled, and both features were
+                // detected on this CPU just above; its body is the safe, bounds-checked `_impl`.
                 return unsafe { batch_spd_inverse_avx2(a, m, k, c, logdet, work) };
             }
         }
         batch_spd_inverse_impl(a, m, k, c, logdet, work)
     }
 
+    /// [`batch_spd_inverse_impl`] compiled with AVX2 and FMA enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn batch_spd_inverse_avx2<E: Real>(
@@ -463,10 +473,12 @@ pub mod host {
     }
 
     /// `C ← α A B + β C` for row-major `m×k`, `k×n` and `m×n` matrices.
+    ///
+    /// # Panics
+    /// If a slice is shorter than its matrix.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_rm<E: Real>(m: usize, k: usize, n: usize, alpha: E, a: &[E], b: &[E], beta: E, c: &mut [E]) {
-        debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-        unsafe { E::gemm(m, k, n, alpha, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, beta, c.as_mut_ptr(), n as isize, 1) }
+        gemm(alpha, MatRef::row_major(a, m, k), MatRef::row_major(b, k, n), beta, MatMut::row_major(c, m, n));
     }
 }
 

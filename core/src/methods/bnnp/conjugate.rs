@@ -27,6 +27,7 @@
 
 use dfdx::prelude::*;
 
+use crate::num::dense::{gemm, MatMut, MatRef};
 use crate::num::linalg::host;
 use crate::num::linalg::{attach, constant_of};
 use crate::vi::prior::Taped;
@@ -377,13 +378,18 @@ fn run_chunk<E: Real>(
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the clone is compiled for
+            // SAFETY: `run_chunk_avx2` is compiled with `avx2,fma` enabled, and both features were
+            // detected on this CPU just above; its body is the safe `run_chunk_impl`.
             return unsafe { run_chunk_avx2(ctx, spis, w0, cinv, state) };
         }
     }
     run_chunk_impl(ctx, spis, w0, cinv, state)
 }
 
+/// [`run_chunk_impl`] compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_chunk_avx2<E: Real>(
@@ -536,48 +542,16 @@ fn run_chunk_impl<E: Real>(
                     for u in 0..units {
                         let d = gi * units + u;
                         // Q (K×N) = C[:, u·k..(u+1)·k] Φᵀ
-                        unsafe {
-                            E::gemm(
-                                kk,
-                                k,
-                                n,
-                                E::one(),
-                                c[u * k..].as_ptr(),
-                                kk as isize,
-                                1,
-                                pf.as_ptr(),
-                                1,
-                                k as isize,
-                                E::zero(),
-                                qbuf.as_mut_ptr(),
-                                n as isize,
-                                1,
-                            )
-                        };
+                        let c_cols = MatRef::strided(&c[u * k..], kk, k, kk, 1);
+                        gemm(E::one(), c_cols, MatRef::row_major(pf, n, k).t(), E::zero(), MatMut::row_major(&mut qbuf, kk, n));
                         for i in 0..kk {
                             for r in 0..n {
                                 qlam[i * n + r] = qbuf[i * n + r] * dt.lam[lo + r * dt.d_out + d];
                             }
                         }
                         // CΠC −= (QΛ) Qᵀ
-                        unsafe {
-                            E::gemm(
-                                kk,
-                                n,
-                                kk,
-                                -E::one(),
-                                qlam.as_ptr(),
-                                n as isize,
-                                1,
-                                qbuf.as_ptr(),
-                                1,
-                                n as isize,
-                                E::one(),
-                                t2.as_mut_ptr(),
-                                kk as isize,
-                                1,
-                            )
-                        };
+                        let q = MatRef::row_major(&qbuf, kk, n);
+                        gemm(-E::one(), MatRef::row_major(&qlam, kk, n), q.t(), E::one(), MatMut::row_major(&mut t2, kk, kk));
                     }
                 }
                 _ => {
@@ -615,24 +589,8 @@ fn run_chunk_impl<E: Real>(
                 for u in 0..units {
                     let d = gi * units + u;
                     // P̄_d Φᵀ: (k×k)(k×N)
-                    unsafe {
-                        E::gemm(
-                            k,
-                            k,
-                            n,
-                            E::one(),
-                            pbar[u * k * kk + u * k..].as_ptr(),
-                            kk as isize,
-                            1,
-                            pf.as_ptr(),
-                            1,
-                            k as isize,
-                            E::zero(),
-                            pphi.as_mut_ptr(),
-                            n as isize,
-                            1,
-                        )
-                    };
+                    let pbar_d = MatRef::strided(&pbar[u * k * kk + u * k..], k, k, kk, 1);
+                    gemm(E::one(), pbar_d, MatRef::row_major(pf, n, k).t(), E::zero(), MatMut::row_major(&mut pphi, k, n));
                     let hb = &uv[u * k..(u + 1) * k];
                     for r in 0..n {
                         let phi_n = &pf[r * k..(r + 1) * k];
@@ -775,10 +733,7 @@ fn add_unit_terms<E: Real>(u: UnitData<'_, E>, scaled: &mut [E], p: &mut [E], kk
             scaled[r * k + c] = phi[r * k + c] * l;
         }
     }
-    // SAFETY: phi and scaled hold n×k values; p holds a k×k block with row stride kk.
-    unsafe {
-        E::gemm(k, n, k, E::one(), phi.as_ptr(), 1, k as isize, scaled.as_ptr(), k as isize, 1, E::one(), p.as_mut_ptr(), kk as isize, 1)
-    };
+    gemm(E::one(), MatRef::row_major(phi, n, k).t(), MatRef::row_major(scaled, n, k), E::one(), MatMut::strided_rows(p, k, k, kk));
     for r in 0..n {
         let lv = lam[lo + r * d_out + d] * v[lo + r * d_out + d];
         for c in 0..k {

@@ -274,7 +274,7 @@ impl<E: Real> FusedMlp<E> {
     /// [`Self::eval_range_impl`] compiled for AVX2 and FMA.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn eval_range_avx2(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
@@ -285,7 +285,8 @@ impl<E: Real> FusedMlp<E> {
     fn eval_range(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
+            // SAFETY: `eval_range_avx2` is compiled with `avx2,fma` enabled, and both features were
+            // detected on this CPU just above; its body is the safe `eval_range_impl`.
             unsafe { self.eval_range_avx2(pos, lp, gr) };
             return;
         }
