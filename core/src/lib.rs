@@ -23,7 +23,7 @@ mod vi;
 pub use error::{Error, Result};
 pub use methods::{bali, bnnp, mcmc, symmetry};
 pub use model::{arch, checkpoint, data, params};
-pub use num::linalg;
+pub use num::{dense, linalg};
 pub use predict::{metrics, plot, predictive};
 pub use vi::{elbo, fit, guide, likelihood, network, prior};
 

@@ -27,8 +27,8 @@
 
 use dfdx::prelude::*;
 
+use crate::num::dense as host;
 use crate::num::dense::{gemm, MatMut, MatRef};
-use crate::num::linalg::host;
 use crate::num::linalg::{attach, constant_of};
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};

@@ -9,6 +9,7 @@
 //! split over threads.
 
 use crate::model::arch::{Activation, Architecture};
+use crate::num::dense::dot;
 use crate::Real;
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
@@ -51,24 +52,6 @@ struct Scratch<E> {
     z: Vec<Option<Vec<E>>>,
     g: Vec<E>,
     g2: Vec<E>,
-}
-
-#[inline(always)]
-fn dot<E: Real>(a: &[E], b: &[E]) -> E {
-    let mut acc = [E::zero(); 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    s
 }
 
 #[inline(always)]
