@@ -1,6 +1,6 @@
 //! Saving and loading models and guides as safetensors files. Round trips are bit-exact.
 //!
-//! Every save goes through [`write_atomically`]: the file is written beside the target under a
+//! Every save goes through `write_atomically`: the file is written beside the target under a
 //! temporary name, synced, and renamed over it, so a process killed mid-save leaves the previous
 //! checkpoint as it was.
 
@@ -16,7 +16,7 @@ use crate::{Error, Real, Result};
 
 /// Saves every parameter of a model, guide or any dfdx tensor collection to `path`. Parameter names
 /// are the declaration's field paths, e.g. `hidden.weight.log_scale`. The file is replaced
-/// atomically (see [`write_atomically`]): a save that fails or is interrupted leaves the previous
+/// atomically (see `write_atomically`): a save that fails or is interrupted leaves the previous
 /// checkpoint intact.
 ///
 /// ```
