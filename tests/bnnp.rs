@@ -403,7 +403,7 @@ struct SawSmall {
 /// layer integrated out exactly (Gaussian prior, Gaussian noise `sigma`). Exact inference in the
 /// limit, so comparing two priors with it isolates the priors.
 fn prior_predictive_lpd(guide: &AmortisedGuide<f32, Cpu>, sigma: f64, x: &[f64], y: &[f64], nc: usize, s: usize, rng: &mut Rng64) -> f64 {
-    use weightspace::linalg::host;
+    use weightspace::testing::dense as host;
     let n = x.len();
     let w = guide.prior().sample(guide.store(), s, rng).unwrap();
     let (w1, w2) = (w.layers[0].as_vec(), w.layers[1].as_vec());

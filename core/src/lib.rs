@@ -61,7 +61,7 @@ pub mod metrics {
 /// Batched symmetric-positive-definite linear algebra on the tape, on every device: Cholesky,
 /// solves, inverses and log-determinants with exact first-order gradients.
 pub mod linalg {
-    pub use crate::num::linalg::{cholesky, host, spd_inverse, spd_logdet, spd_solve, Batch};
+    pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
 }
 
 // the methods, each with its own explicit list

@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 
 use super::activation::{act_backward, act_forward, Activation};
 use super::{activation, gemm};
+use crate::num::dense::{self as host, MatMut, MatRef};
 use crate::Real;
 
 /// One weight sample of a dense layer, pre-activations: `out (n×o) = h (n×i) · W[:, :i]ᵀ + b`,
@@ -27,10 +28,14 @@ pub(crate) fn sample_linear<E: Real>(
     scratch: &mut Vec<E>,
     tanh: bool,
 ) -> bool {
-    debug_assert!(h.len() >= n * i && ws.len() >= o * (i + 1) && out.len() >= n * o);
+    // the bounds the AVX-512 kernels rely on (the checked views below test them again)
+    assert!(h.len() >= n * i && ws.len() >= o * (i + 1) && out.len() >= n * o, "sample_linear: buffers too short");
     if let Some(k) = gemm::Kernels::get::<E>() {
-        // SAFETY: the slices hold n×i, o×(i+1) and n×o values (checked above in debug builds;
-        // callers slice them so), scratch holds (i+1)×o, and `k` exists only for f32.
+        // SAFETY: `k` exists, so `E` is f32 and the CPU runs AVX-512F. `h`, `ws` and `out` hold at
+        // least n×i, o×(i+1) and n×o values (asserted above), which is every index `dots` and the
+        // product below name: A(r, p) = h[r·i + p], B[p, u] = scratch[p·o + u] for p < i, u < o,
+        // C[r, u] = out[r·o + u], and the bias row scratch[i·o + u]; scratch was resized to
+        // (i+1)×o just before the pointers into it are taken.
         unsafe {
             if o <= 4 {
                 // a narrow output (the last layer of a regression net): dot products over i
@@ -72,10 +77,8 @@ pub(crate) fn sample_linear<E: Real>(
         row.copy_from_slice(scratch);
     }
     // out += h · Wᵀ; element (k, u) of Wᵀ sits at u·(i+1) + k
-    // SAFETY: the slices hold n×i, o×(i+1) and n×o values (callers slice them so).
-    unsafe {
-        E::gemm(n, i, o, E::one(), h.as_ptr(), i as isize, 1, ws.as_ptr(), 1, (i + 1) as isize, E::one(), out.as_mut_ptr(), o as isize, 1);
-    }
+    let wt = MatRef::strided(ws, o, i, i + 1, 1).t();
+    host::gemm(E::one(), MatRef::row_major(h, n, i), wt, E::one(), MatMut::row_major(out, n, o));
     false
 }
 
@@ -85,14 +88,19 @@ pub(crate) fn sample_linear<E: Real>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], h: &[E], dws: &mut [E], scratch: &mut Vec<E>) {
-    debug_assert!(g.len() >= n * o && h.len() >= n * i && dws.len() >= o * (i + 1));
+    // the bounds the AVX-512 kernels rely on
+    assert!(g.len() >= n * o && h.len() >= n * i && dws.len() >= o * (i + 1), "sample_weight_grad: buffers too short");
     scratch.clear();
     scratch.resize(o, E::zero());
     if let Some(k) = gemm::Kernels::get::<E>() {
         // rows of the data at a time, so that the rows of `h` a pass reads stay in L1
         const CHUNK: usize = 128;
-        // SAFETY: the slices hold n×o, n×i and o×(i+1) values (callers slice them so), scratch
-        // holds o (+ i×o) values, and `k` exists only for f32.
+        // SAFETY: `k` exists, so `E` is f32 and the CPU runs AVX-512F. `g`, `h` and `dws` hold at
+        // least n×o, n×i and o×(i+1) values (asserted above). The bias product reads g[p·o + u]
+        // (p < n, u < o) and writes scratch[..o] (resized to o above). Each chunk reads rows
+        // n0..n0+len < n of `g` and `h` and writes dws[u·(i+1) + p] (u < o, p < i), or the
+        // transpose t[p·o + u] inside scratch[o..o + i·o] (resized before `t` is taken; nothing
+        // reallocates scratch while `t` is in use).
         unsafe {
             let one = [E::one()];
             // the bias column: Σ_n g[n, u], as a one-row product with a broadcast 1
@@ -166,25 +174,9 @@ pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E],
             }
         }
     } else {
-        // SAFETY: the slices hold n×o, n×i and o×(i+1) values; β = 0, so dws is not read.
-        unsafe {
-            E::gemm(
-                o,
-                n,
-                i,
-                E::one(),
-                g.as_ptr(),
-                1,
-                o as isize,
-                h.as_ptr(),
-                i as isize,
-                1,
-                E::zero(),
-                dws.as_mut_ptr(),
-                (i + 1) as isize,
-                1,
-            );
-        }
+        // dws[:, :i] = gᵀ h (β = 0: not read)
+        let gt = MatRef::row_major(g, n, o).t();
+        host::gemm(E::one(), gt, MatRef::row_major(h, n, i), E::zero(), MatMut::strided_rows(dws, o, i, i + 1));
         for row in g.chunks_exact(o) {
             scratch.iter_mut().zip(row).for_each(|(b, g)| *b += *g);
         }
@@ -200,14 +192,18 @@ pub(crate) fn sample_weight_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E],
 /// by their derivative `1 − a²`; the return value says whether it did.
 #[inline(always)]
 pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], ws: &[E], dh: &mut [E], tanh_of: Option<&[E]>) -> bool {
-    debug_assert!(g.len() >= n * o && ws.len() >= o * (i + 1) && dh.len() >= n * i);
-    debug_assert!(tanh_of.is_none_or(|a| a.len() >= n * i));
+    // the bounds the AVX-512 kernels rely on
+    assert!(g.len() >= n * o && ws.len() >= o * (i + 1) && dh.len() >= n * i, "sample_input_grad: buffers too short");
+    assert!(tanh_of.is_none_or(|a| a.len() >= n * i), "sample_input_grad: activations too short");
     if let Some(k) = gemm::Kernels::get::<E>() {
         let epilogue = match tanh_of {
             Some(a) => gemm::Epilogue::TanhGrad { a: a.as_ptr(), a_row: i },
             None => gemm::Epilogue::None,
         };
-        // SAFETY: as below, and `tanh_of` holds n×i values; `k` exists only for f32.
+        // SAFETY: `k` exists, so `E` is f32 and the CPU runs AVX-512F. `g`, `ws`, `dh` and (when
+        // given) `tanh_of` hold at least n×o, o×(i+1), n×i and n×i values (asserted above): the
+        // product reads g[r·o + p] and ws[p·(i+1) + j] and writes dh[r·i + j] (r < n, p < o, j < i),
+        // and the epilogue reads a[r·i + j].
         unsafe {
             k.rows(gemm::Product {
                 rows: n,
@@ -227,10 +223,9 @@ pub(crate) fn sample_input_grad<E: Real>(n: usize, i: usize, o: usize, g: &[E], 
         };
         return tanh_of.is_some();
     }
-    // SAFETY: the slices hold n×o, o×(i+1) and n×i values; β = 0, so dh is not read.
-    unsafe {
-        E::gemm(n, o, i, E::one(), g.as_ptr(), o as isize, 1, ws.as_ptr(), (i + 1) as isize, 1, E::zero(), dh.as_mut_ptr(), i as isize, 1);
-    }
+    // dh = g · W[:, :i] (β = 0: not read)
+    let w = MatRef::strided(ws, o, i, i + 1, 1);
+    host::gemm(E::one(), MatRef::row_major(g, n, o), w, E::zero(), MatMut::row_major(dh, n, i));
     false
 }
 

@@ -100,8 +100,9 @@ impl Kernels {
     /// Computes `p` (see [`Product`]).
     ///
     /// # Safety
-    /// Every index `p` names (and those of the epilogue's operand) must lie inside its buffer,
-    /// and `E` must be `f32` (checked by [`Kernels::get`], which is the only way to obtain `self`).
+    /// Every index `p` names (and those of the epilogue's operand) must lie inside its buffer, and
+    /// `c` must not overlap `a`, `b`, `init` or the epilogue's operand. `E` must be `f32` and the
+    /// CPU must run AVX-512F: both are checked by [`Kernels::get`], the only way to obtain `self`.
     #[inline]
     pub(crate) unsafe fn rows<E>(self, p: Product<E>) {
         #[cfg(target_arch = "x86_64")]
@@ -112,7 +113,8 @@ impl Kernels {
     /// [`super::tanh_f32`], evaluated with FMAs).
     ///
     /// # Safety
-    /// `E` must be `f32`.
+    /// `E` must be `f32` (with AVX-512F on the CPU): both are checked by [`Kernels::get`], the only
+    /// way to obtain `self`.
     #[inline]
     pub(crate) unsafe fn tanh<E>(self, v: &mut [E]) {
         #[cfg(target_arch = "x86_64")]
@@ -123,7 +125,9 @@ impl Kernels {
     /// dense layer's pre-activations with `[W | b]` rows in `w`, as dot products (for narrow `o`).
     ///
     /// # Safety
-    /// `h`, `w` and `out` must hold `n × i`, `o × (i + 1)` and `n × o` values; `E` must be `f32`.
+    /// `h`, `w` and `out` must hold `n × i`, `o × (i + 1)` and `n × o` values, `out` overlapping
+    /// neither input. `E` must be `f32` with AVX-512F on the CPU (checked by [`Kernels::get`], the
+    /// only way to obtain `self`).
     #[inline]
     pub(crate) unsafe fn dots<E>(self, n: usize, i: usize, o: usize, h: *const E, w: *const E, out: *mut E) {
         #[cfg(target_arch = "x86_64")]
@@ -181,6 +185,10 @@ mod avx512 {
     }
 
     /// `tanh` in place.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F. (Memory accesses stay inside `v`: full 16-lane loads and
+    /// stores over `chunks_exact(16)`, masked ones over the remainder.)
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tanh_slice(v: &mut [f32]) {
         let mut chunks = v.chunks_exact_mut(16);
@@ -198,6 +206,12 @@ mod avx512 {
 
     /// One `R × V·16` tile of [`rows`] at the corner `p` points to (the last vector masked by
     /// `tail`; `p.rows` and `p.cols` are not read).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, and every index the tile names must lie inside its buffer:
+    /// `a[r·a_row + q·a_step]`, `b[q·b_step + c]`, `c[r·c_row + c]`, `init[c]` and the epilogue's
+    /// `a[r·a_row + c]` for `r < R`, `q < k` and the unmasked columns `c < 16·V` (as [`rows`]
+    /// ensures for the product its caller vouches for).
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const R: usize, const V: usize>(p: &Product<f32>, tail: __mmask16) {
@@ -253,6 +267,11 @@ mod avx512 {
 
     /// See [`super::Kernels::rows`]. Column blocks of 64 outside, row tiles of 6 inside, so one
     /// block of `B` (`k × 64`) stays in L1 while the rows of `A` stream past it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, and every index `p` names must lie inside its buffer (see
+    /// [`super::Kernels::rows`]). The tiles cover rows `r0..r0 + mr ≤ p.rows` and columns
+    /// `j0..j0 + width ≤ p.cols` (the last vector masked to `width`), so they name no other index.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn rows(p: Product<f32>) {
         let mut j0 = 0;
@@ -292,6 +311,10 @@ mod avx512 {
     }
 
     /// See [`super::Kernels::dots`]. Four rows at a time share each load of a weight row.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `h`, `w` and `out` must hold `n × i`, `o × (i + 1)` and
+    /// `n × o` values. (Loads of a row of `i` values are masked to `i` in the last vector.)
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dots(n: usize, i: usize, o: usize, h: *const f32, w: *const f32, out: *mut f32) {
         const ROWS: usize = 4;
@@ -387,6 +410,11 @@ mod tests {
                         accumulate: acc_on,
                         epilogue: epi,
                     };
+                    // SAFETY: `kern` came from `Kernels::get::<f32>`. The largest index of A,
+                    // (rows−1)(k+1) + k−1 or rows−1 + (k−1)(rows+2), is below 3·rows·k + 8 =
+                    // a.len(); B's and C's rows are b_step, c_row ≥ cols apart inside k·b_step and
+                    // rows·c_row values; init holds cols values and the epilogue's operand
+                    // rows·act_row with act_row ≥ cols.
                     unsafe { kern.rows(product) };
                     for r in 0..rows {
                         for j in 0..c_row {
@@ -434,6 +462,8 @@ mod tests {
             accumulate: false,
             epilogue: Epilogue::None,
         };
+        // SAFETY: `kern` came from `Kernels::get::<f32>`; A is the one value `one` (strides 0), B
+        // holds 40 rows of 7 and C one row of 7.
         unsafe { kern.rows(product) };
         for (j, v) in c.iter().enumerate() {
             assert_eq!(*v as f64, (0..40).map(|p| (p * 7 + j) as f64).sum::<f64>());
@@ -442,6 +472,7 @@ mod tests {
             let h: Vec<f32> = (0..n * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let w: Vec<f32> = (0..o * (i + 1)).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut out = vec![0f32; n * o];
+            // SAFETY: `kern` came from `Kernels::get::<f32>`; the buffers hold n×i, o×(i+1), n×o.
             unsafe { kern.dots(n, i, o, h.as_ptr(), w.as_ptr(), out.as_mut_ptr()) };
             for r in 0..n {
                 for u in 0..o {
@@ -463,6 +494,7 @@ mod tests {
         };
         let xs: Vec<f32> = (0..24_001).map(|k| -12.0 + 1e-3 * k as f32).chain([0.0, 1e-5, -3e-4, 5e-4]).collect();
         let mut ys = xs.clone();
+        // SAFETY: `kern` came from `Kernels::get::<f32>` and `ys` is a `Vec<f32>`.
         unsafe { kern.tanh(&mut ys) };
         let worst = xs.iter().zip(&ys).map(|(x, y)| (y - x.tanh()).abs() / f32::EPSILON).fold(0f32, f32::max);
         assert!(worst <= 4.0, "worst error {worst} ulp(1)");

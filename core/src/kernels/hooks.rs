@@ -5,6 +5,9 @@ use super::activation::tanh_f32;
 use super::{gemm, normal};
 use crate::num::real::hooks::KernelHooks;
 
+// The `gemm` hooks forward to `matrixmultiply`, whose safety contract (valid pointers and strides
+// for the `m×k`, `k×n` and `m×n` operands, `c` aliasing neither input) is the one the hook
+// documents on `KernelHooks::gemm`; callers go through `num::dense::gemm`, which checks it.
 impl KernelHooks for f32 {
     #[inline(always)]
     fn cast_from_f64(x: f64) -> f32 {
@@ -45,7 +48,9 @@ impl KernelHooks for f32 {
     #[inline(always)]
     fn tanh_slice(v: &mut [f32]) {
         match gemm::Kernels::get::<f32>() {
-            // SAFETY: the kernels exist only for f32
+            // SAFETY: `Kernels::get::<f32>` returned `Some`, so this CPU runs AVX-512F and `E` is
+            // f32 (as `tanh` requires); the kernel touches only `v`'s own elements (full vectors
+            // over `chunks_exact(16)`, a masked load and store over the remainder).
             Some(k) => unsafe { k.tanh(v) },
             None => v.iter_mut().for_each(|x| *x = tanh_f32(*x)),
         }

@@ -303,14 +303,15 @@ impl<E: Real> Saved<E> {
     fn forward_part(&self, part: &mut Part<E>) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
+            // SAFETY: `forward_part_avx2` is compiled with `avx2,fma` enabled, and both features
+            // were detected on this CPU just above; its body is the safe `forward_part_impl`.
             return unsafe { self.forward_part_avx2(part) };
         }
         self.forward_part_impl(part)
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn forward_part_avx2(&self, part: &mut Part<E>) {
@@ -366,14 +367,15 @@ impl<E: Real> Saved<E> {
     fn backward_part(&self, part: &Part<E>, g_out: &[E]) -> GuideGrads<E> {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
+            // SAFETY: `backward_part_avx2` is compiled with `avx2,fma` enabled, and both features
+            // were detected on this CPU just above; its body is the safe `backward_part_impl`.
             return unsafe { self.backward_part_avx2(part, g_out) };
         }
         self.backward_part_impl(part, g_out)
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn backward_part_avx2(&self, part: &Part<E>, g_out: &[E]) -> GuideGrads<E> {

@@ -23,8 +23,12 @@ const BLOCK: usize = 32;
 pub(crate) fn fill_f32<R: RngCore + ?Sized>(rng: &mut R, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was just detected.
-        return fill_with(rng, out, |bits, z| unsafe { avx512::block(bits, z) });
+        return fill_with(rng, out, |bits, z| {
+            // SAFETY: `avx512::block` is compiled with `avx512f` enabled, which was detected on
+            // this CPU just above; it reads the 32 words of `bits` and writes the 32 lanes of `z`
+            // (two 16-lane loads and stores each), both arrays of exactly 32.
+            unsafe { avx512::block(bits, z) }
+        });
     }
     fill_with(rng, out, scalar_block)
 }
@@ -57,7 +61,8 @@ fn uniforms(b1: u32, b2: u32) -> (f32, f32) {
 fn scalar_block(bits: &[u32; BLOCK], z: &mut [f32; BLOCK]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
+        // SAFETY: `scalar_block_avx2` is compiled with `avx2` enabled, which was detected on this
+        // CPU just above; its body is the safe `scalar_block_impl`.
         return unsafe { scalar_block_avx2(bits, z) };
     }
     scalar_block_impl(bits, z)
@@ -65,6 +70,9 @@ fn scalar_block(bits: &[u32; BLOCK], z: &mut [f32; BLOCK]) {
 
 /// [`scalar_block_impl`] compiled for AVX2, which vectorises its loop 8 lanes wide (Rust does not
 /// fuse `a * b + c`, so the results are the same as without AVX2).
+///
+/// # Safety
+/// The CPU must support AVX2 (checked with `is_x86_feature_detected!` by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn scalar_block_avx2(bits: &[u32; BLOCK], z: &mut [f32; BLOCK]) {
@@ -132,6 +140,10 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// One block, 16 lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F. (The loads and stores are in bounds by the types: `bits` and
+    /// `z` hold 32 values, read and written as two vectors of 16 at offsets 0 and 16.)
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block(bits: &[u32; crate::kernels::normal::BLOCK], z: &mut [f32; crate::kernels::normal::BLOCK]) {
         let c = _mm512_set1_ps;
@@ -293,6 +305,7 @@ mod tests {
             worst_scalar = worst_scalar.max(ulps(&z, &want));
             #[cfg(target_arch = "x86_64")]
             if vector {
+                // SAFETY: AVX-512F was detected (`vector`); the arrays have the 32 lanes `block` uses.
                 unsafe { avx512::block(&bits, &mut z) };
                 worst_vector = worst_vector.max(ulps(&z, &want));
             }

@@ -31,8 +31,10 @@
 //!
 //! # Host kernels
 //!
-//! [`host`] holds the scalar kernels (Cholesky, triangular inverse, SPD inverse, solves) on
-//! row-major slices; [`crate::methods::bnnp`] calls them directly in its fused layer update.
+//! The factorisations themselves are the host kernels of [`crate::num::dense`] (Cholesky,
+//! triangular inverse, batched SPD inverse, solves) on row-major slices (users reach them as
+//! `weightspace::testing::dense`); [`crate::methods::bnnp`] calls them directly in its fused
+//! layer update.
 //!
 //! ```
 //! use weightspace::prelude::*;
@@ -54,421 +56,11 @@
 
 use dfdx::prelude::*;
 
+use crate::num::dense;
 use crate::{Error, Real, Result};
 
 /// A batch of matrices `(B, rows, cols)`.
 pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
-
-/// Scalar kernels on row-major host slices. Every function works on one matrix; callers loop over
-/// batches.
-pub mod host {
-    use crate::Real;
-
-    #[inline(always)]
-    fn cholesky_impl<E: Real>(a: &mut [E], k: usize) -> Result<(), usize> {
-        debug_assert!(a.len() >= k * k);
-        // mirror the lower triangle into the upper one, factor A = Uᵀ U in the upper triangle with
-        // unit-stride row updates (right-looking), then transpose U into L
-        for i in 0..k {
-            for j in 0..i {
-                a[j * k + i] = a[i * k + j];
-            }
-        }
-        for j in 0..k {
-            let d = a[j * k + j];
-            if !(d > E::zero() && d.is_finite()) {
-                return Err(j);
-            }
-            let d = d.sqrt();
-            a[j * k + j] = d;
-            let inv = E::one() / d;
-            a[j * k + j + 1..(j + 1) * k].iter_mut().for_each(|v| *v *= inv);
-            for i in j + 1..k {
-                let f = a[j * k + i];
-                if f != E::zero() {
-                    let (head, tail) = a.split_at_mut(i * k);
-                    let uj = &head[j * k + i..(j + 1) * k];
-                    let ai = &mut tail[i..k];
-                    for (x, y) in ai.iter_mut().zip(uj) {
-                        *x -= f * *y;
-                    }
-                }
-            }
-        }
-        for i in 0..k {
-            for j in 0..i {
-                a[i * k + j] = a[j * k + i];
-                a[j * k + i] = E::zero();
-            }
-        }
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn gemv_impl<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
-        for (i, yi) in y[..m].iter_mut().enumerate() {
-            *yi = dot(&a[i * n..(i + 1) * n], &x[..n]);
-        }
-    }
-
-    /// `Σ aᵢ bᵢ` with eight independent accumulators, so that the compiler can vectorise it.
-    #[inline]
-    pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [E::zero(); 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for (x, y) in ra.iter().zip(rb) {
-            s += *x * *y;
-        }
-        s
-    }
-
-    /// `ln det (L Lᵀ) = 2 Σ ln Lᵢᵢ`.
-    pub fn chol_logdet<E: Real>(l: &[E], k: usize) -> E {
-        let mut s = E::zero();
-        for i in 0..k {
-            s += l[i * k + i].ln();
-        }
-        s + s
-    }
-
-    #[inline(always)]
-    fn tril_inverse_impl<E: Real>(l: &[E], k: usize, x: &mut [E]) {
-        x[..k * k].iter_mut().for_each(|v| *v = E::zero());
-        for i in 0..k {
-            let inv = E::one() / l[i * k + i];
-            // row i of X: (e_i − Σ_{p<i} L[i][p] X[p][:]) / L[i][i]
-            for p in 0..i {
-                let c = l[i * k + p];
-                if c != E::zero() {
-                    let (head, tail) = x.split_at_mut(i * k);
-                    let xp = &head[p * k..p * k + p + 1];
-                    let xi = &mut tail[..p + 1];
-                    for (a, b) in xi.iter_mut().zip(xp) {
-                        *a -= c * *b;
-                    }
-                }
-            }
-            let row = &mut x[i * k..i * k + i + 1];
-            row[i] = E::one();
-            row.iter_mut().for_each(|v| *v *= inv);
-        }
-    }
-
-    /// `C = (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`. `work` must hold `k²` values; on return it holds `L⁻¹`.
-    pub fn chol_inverse<E: Real>(l: &[E], k: usize, c: &mut [E], work: &mut [E]) {
-        tril_inverse(l, k, work);
-        // C = Xᵀ X with X = L⁻¹ (row-major): element (i, j) = Σ_p X[p][i] X[p][j]
-        unsafe {
-            E::gemm(
-                k,
-                k,
-                k,
-                E::one(),
-                work.as_ptr(),
-                1,
-                k as isize,
-                work.as_ptr(),
-                k as isize,
-                1,
-                E::zero(),
-                c.as_mut_ptr(),
-                k as isize,
-                1,
-            );
-        }
-    }
-
-    #[inline(always)]
-    fn chol_solve_impl<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
-        // forward: L Y = B
-        for i in 0..k {
-            for p in 0..i {
-                let c = l[i * k + p];
-                for j in 0..m {
-                    b[i * m + j] -= c * b[p * m + j];
-                }
-            }
-            let inv = E::one() / l[i * k + i];
-            for j in 0..m {
-                b[i * m + j] *= inv;
-            }
-        }
-        // backward: Lᵀ X = Y
-        for i in (0..k).rev() {
-            for p in i + 1..k {
-                let c = l[p * k + i];
-                for j in 0..m {
-                    b[i * m + j] -= c * b[p * m + j];
-                }
-            }
-            let inv = E::one() / l[i * k + i];
-            for j in 0..m {
-                b[i * m + j] *= inv;
-            }
-        }
-    }
-
-    /// In-place lower Cholesky factor of a row-major `k×k` SPD matrix (only the lower triangle is
-    /// read); the strict upper triangle is set to zero. Returns `Err(j)` when pivot `j` is not
-    /// positive and finite.
-    ///
-    /// ```
-    /// let mut a = [4.0f64, 2.0, 2.0, 3.0];
-    /// weightspace::linalg::host::cholesky(&mut a, 2).unwrap();
-    /// assert_eq!(a, [2.0, 0.0, 1.0, 2f64.sqrt()]);
-    /// assert_eq!(weightspace::linalg::host::cholesky(&mut [1.0f64, 2.0, 2.0, 1.0], 2), Err(1));
-    /// ```
-    pub fn cholesky<E: Real>(a: &mut [E], k: usize) -> Result<(), usize> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
-                return unsafe { cholesky_avx2(a, k) };
-            }
-        }
-        cholesky_impl(a, k)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn cholesky_avx2<E: Real>(a: &mut [E], k: usize) -> Result<(), usize> {
-        cholesky_impl(a, k)
-    }
-
-    /// `X = L⁻¹` for a lower-triangular `L` (row-major; `X` lower-triangular).
-    pub fn tril_inverse<E: Real>(l: &[E], k: usize, x: &mut [E]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
-                return unsafe { tril_inverse_avx2(l, k, x) };
-            }
-        }
-        tril_inverse_impl(l, k, x)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tril_inverse_avx2<E: Real>(l: &[E], k: usize, x: &mut [E]) {
-        tril_inverse_impl(l, k, x)
-    }
-
-    /// Solves `L Lᵀ X = B` in place for a `k×m` row-major `B`.
-    pub fn chol_solve<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
-                return unsafe { chol_solve_avx2(l, k, b, m) };
-            }
-        }
-        chol_solve_impl(l, k, b, m)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn chol_solve_avx2<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
-        chol_solve_impl(l, k, b, m)
-    }
-
-    /// `y = A x` for a row-major `m×n` matrix.
-    pub fn gemv<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
-                return unsafe { gemv_avx2(m, n, a, x, y) };
-            }
-        }
-        gemv_impl(m, n, a, x, y)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn gemv_avx2<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
-        gemv_impl(m, n, a, x, y)
-    }
-
-    /// Matrices factorised together by [`batch_spd_inverse`] (one per SIMD lane).
-    pub const LANES: usize = 8;
-
-    /// Inverses `C = A⁻¹` and log-determinants of up to [`LANES`] row-major `k×k` SPD matrices at
-    /// once, stored contiguously in `a` (`m·k²` values; only lower triangles are read). The
-    /// matrices are interleaved so that every arithmetic operation (Cholesky, triangular inverse,
-    /// `L⁻ᵀL⁻¹`) works on all of them in one SIMD instruction, which is several times faster than
-    /// factorising small matrices one by one. Writes `C` to `c` (`m·k²`) and `ln det A` to
-    /// `logdet` (`m`); `work` is scratch space, grown as needed. Returns `Err((matrix, pivot))` for
-    /// the first matrix that is not positive definite.
-    pub fn batch_spd_inverse<E: Real>(
-        a: &[E],
-        m: usize,
-        k: usize,
-        c: &mut [E],
-        logdet: &mut [E],
-        work: &mut Vec<E>,
-    ) -> Result<(), (usize, usize)> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the clone is compiled for
-                return unsafe { batch_spd_inverse_avx2(a, m, k, c, logdet, work) };
-            }
-        }
-        batch_spd_inverse_impl(a, m, k, c, logdet, work)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn batch_spd_inverse_avx2<E: Real>(
-        a: &[E],
-        m: usize,
-        k: usize,
-        c: &mut [E],
-        logdet: &mut [E],
-        work: &mut Vec<E>,
-    ) -> Result<(), (usize, usize)> {
-        batch_spd_inverse_impl(a, m, k, c, logdet, work)
-    }
-
-    #[inline(always)]
-    fn batch_spd_inverse_impl<E: Real>(
-        a: &[E],
-        m: usize,
-        k: usize,
-        c: &mut [E],
-        logdet: &mut [E],
-        work: &mut Vec<E>,
-    ) -> Result<(), (usize, usize)> {
-        assert!(m <= LANES && a.len() >= m * k * k && c.len() >= m * k * k && logdet.len() >= m);
-        const W: usize = LANES;
-        let kw = k * k * W;
-        work.clear();
-        work.resize(3 * kw + k * W, E::zero());
-        let (buf, rest) = work.split_at_mut(kw);
-        let (xb, rest) = rest.split_at_mut(kw);
-        let (cb, col) = rest.split_at_mut(kw);
-        // interleave: buf[(i·k + j)·W + lane]; unused lanes hold the identity
-        for i in 0..k {
-            for j in 0..=i {
-                let cell = &mut buf[(i * k + j) * W..(i * k + j + 1) * W];
-                for (lane, v) in cell.iter_mut().enumerate() {
-                    *v = if lane < m {
-                        a[lane * k * k + i * k + j]
-                    } else if i == j {
-                        E::one()
-                    } else {
-                        E::zero()
-                    };
-                }
-            }
-        }
-        // lower Cholesky, column by column (right-looking), every step on all lanes
-        let mut inv = [E::zero(); W];
-        for j in 0..k {
-            let dj = (j * k + j) * W;
-            for lane in 0..W {
-                let d = buf[dj + lane];
-                if !(d > E::zero() && d.is_finite()) {
-                    return Err((lane, j));
-                }
-                let r = d.sqrt();
-                buf[dj + lane] = r;
-                inv[lane] = E::one() / r;
-            }
-            // column j below the diagonal, scaled, copied contiguously
-            for i in j + 1..k {
-                let cell = &mut buf[(i * k + j) * W..(i * k + j + 1) * W];
-                for lane in 0..W {
-                    cell[lane] *= inv[lane];
-                }
-                col[i * W..(i + 1) * W].copy_from_slice(cell);
-            }
-            // trailing update A[i][c] −= L[i][j] L[c][j], j < c ≤ i
-            for i in j + 1..k {
-                let mut f = [E::zero(); W];
-                f.copy_from_slice(&col[i * W..(i + 1) * W]);
-                let row = &mut buf[(i * k + j + 1) * W..(i * k + i + 1) * W];
-                let src = &col[(j + 1) * W..(i + 1) * W];
-                for (d, s) in row.chunks_exact_mut(W).zip(src.chunks_exact(W)) {
-                    for lane in 0..W {
-                        d[lane] -= f[lane] * s[lane];
-                    }
-                }
-            }
-        }
-        // X = L⁻¹, row by row: X[i] = (e_i − Σ_{p<i} L[i][p] X[p]) / L[i][i]
-        for i in 0..k {
-            let (lo, hi) = xb.split_at_mut(i * k * W);
-            let row = &mut hi[..(i + 1) * W];
-            for p in 0..i {
-                let mut f = [E::zero(); W];
-                f.copy_from_slice(&buf[(i * k + p) * W..(i * k + p + 1) * W]);
-                let src = &lo[p * k * W..(p * k + p + 1) * W];
-                for (d, s) in row.chunks_exact_mut(W).zip(src.chunks_exact(W)) {
-                    for lane in 0..W {
-                        d[lane] -= f[lane] * s[lane];
-                    }
-                }
-            }
-            let d = (i * k + i) * W;
-            let mut r = [E::zero(); W];
-            for lane in 0..W {
-                row[i * W + lane] += E::one();
-                r[lane] = E::one() / buf[d + lane];
-            }
-            for cell in row.chunks_exact_mut(W) {
-                for lane in 0..W {
-                    cell[lane] *= r[lane];
-                }
-            }
-        }
-        // C = Xᵀ X, lower triangle: C[i][j] = Σ_{p ≥ i} X[p][i] X[p][j], j ≤ i
-        for p in 0..k {
-            let xp = &xb[p * k * W..(p * k + p + 1) * W];
-            for i in 0..=p {
-                let mut f = [E::zero(); W];
-                f.copy_from_slice(&xp[i * W..(i + 1) * W]);
-                let dst = &mut cb[i * k * W..(i * k + i + 1) * W];
-                for (d, s) in dst.chunks_exact_mut(W).zip(xp[..(i + 1) * W].chunks_exact(W)) {
-                    for lane in 0..W {
-                        d[lane] += f[lane] * s[lane];
-                    }
-                }
-            }
-        }
-        // de-interleave C (both triangles) and the log-determinants
-        for lane in 0..m {
-            let out = &mut c[lane * k * k..(lane + 1) * k * k];
-            let mut ld = E::zero();
-            for i in 0..k {
-                ld += buf[(i * k + i) * W + lane].ln();
-                for j in 0..=i {
-                    let v = cb[(i * k + j) * W + lane];
-                    out[i * k + j] = v;
-                    out[j * k + i] = v;
-                }
-            }
-            logdet[lane] = ld + ld;
-        }
-        Ok(())
-    }
-
-    /// `C ← α A B + β C` for row-major `m×k`, `k×n` and `m×n` matrices.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_rm<E: Real>(m: usize, k: usize, n: usize, alpha: E, a: &[E], b: &[E], beta: E, c: &mut [E]) {
-        debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-        unsafe { E::gemm(m, k, n, alpha, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, beta, c.as_mut_ptr(), n as isize, 1) }
-    }
-}
 
 /// Host factorisation of a batch: Cholesky factors and inverses of every matrix, or the first that
 /// is not positive definite.
@@ -496,22 +88,22 @@ fn factor<E: Real>(what: &str, a: &[E], b: usize, k: usize) -> Result<Factored<E
     let mut inv = vec![E::zero(); b * k * k];
     for i in 0..b {
         let r = i * k * k..(i + 1) * k * k;
-        host::cholesky(&mut l[r.clone()], k).map_err(|pivot| Error::NotPositiveDefinite { what: what.to_string(), index: i, pivot })?;
-        host::chol_inverse(&l[r.clone()], k, &mut inv[r.clone()], &mut linv[r]);
+        dense::cholesky(&mut l[r.clone()], k).map_err(|pivot| Error::NotPositiveDefinite { what: what.to_string(), index: i, pivot })?;
+        dense::chol_inverse(&l[r.clone()], k, &mut inv[r.clone()], &mut linv[r]);
     }
     Ok(Factored { k, l, linv, inv })
 }
 
-/// Inverses and log-determinants of a batch, [`host::LANES`] matrices at a time.
+/// Inverses and log-determinants of a batch, [`dense::LANES`] matrices at a time.
 fn inverse_logdet<E: Real>(what: &str, a: &[E], b: usize, k: usize) -> Result<(Vec<E>, Vec<E>)> {
     let mut inv = vec![E::zero(); b * k * k];
     let mut ld = vec![E::zero(); b];
     let mut work = Vec::new();
     let mut start = 0;
     while start < b {
-        let m = host::LANES.min(b - start);
+        let m = dense::LANES.min(b - start);
         let r = start * k * k..(start + m) * k * k;
-        host::batch_spd_inverse(&a[r.clone()], m, k, &mut inv[r], &mut ld[start..start + m], &mut work)
+        dense::batch_spd_inverse(&a[r.clone()], m, k, &mut inv[r], &mut ld[start..start + m], &mut work)
             .map_err(|(lane, pivot)| Error::NotPositiveDefinite { what: what.to_string(), index: start + lane, pivot })?;
         start += m;
     }
@@ -555,7 +147,7 @@ where
     let f = factor("spd_solve", &a.as_vec(), bs, k)?;
     let mut x = b.as_vec();
     for i in 0..bs {
-        host::chol_solve(&f.l[i * k * k..(i + 1) * k * k], k, &mut x[i * k * m..(i + 1) * k * m], m);
+        dense::chol_solve(&f.l[i * k * k..(i + 1) * k * k], k, &mut x[i * k * m..(i + 1) * k * m], m);
     }
     let dev = a.device().clone();
     let x0: Batch<E, D> = dev.tensor_from_vec(x, (bs, k, m));
@@ -659,16 +251,16 @@ mod tests {
             let m = Matrix::from_row_major(k, k, a.clone()).unwrap();
             let chol = m.cholesky().unwrap();
             let mut l = a.clone();
-            host::cholesky(&mut l, k).unwrap();
+            dense::cholesky(&mut l, k).unwrap();
             let lr = Matrix::from_row_major(k, k, l.clone()).unwrap();
             assert!(lr.max_abs_diff(chol.factor()).unwrap() < 1e-12);
-            assert!((host::chol_logdet(&l, k) - chol.log_det()).abs() < 1e-10);
+            assert!((dense::chol_logdet(&l, k) - chol.log_det()).abs() < 1e-10);
             let (mut c, mut w) = (vec![0.0; k * k], vec![0.0; k * k]);
-            host::chol_inverse(&l, k, &mut c, &mut w);
+            dense::chol_inverse(&l, k, &mut c, &mut w);
             assert!(Matrix::from_row_major(k, k, c).unwrap().max_abs_diff(&chol.inverse()).unwrap() < 1e-10);
             let rhs: Vec<f64> = (0..k * 3).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut x = rhs.clone();
-            host::chol_solve(&l, k, &mut x, 3);
+            dense::chol_solve(&l, k, &mut x, 3);
             for j in 0..3 {
                 let col: Vec<f64> = (0..k).map(|i| rhs[i * 3 + j]).collect();
                 let want = chol.solve(&col).unwrap();
@@ -686,7 +278,7 @@ mod tests {
         for (m, k) in [(1, 1), (3, 5), (8, 17), (5, 33)] {
             let a = batch(&mut rng, m, k);
             let (mut c, mut ld) = (vec![0.0; m * k * k], vec![0.0; m]);
-            host::batch_spd_inverse(&a, m, k, &mut c, &mut ld, &mut work).unwrap();
+            dense::batch_spd_inverse(&a, m, k, &mut c, &mut ld, &mut work).unwrap();
             for i in 0..m {
                 let chol = Matrix::from_row_major(k, k, a[i * k * k..(i + 1) * k * k].to_vec()).unwrap().cholesky().unwrap();
                 let ci = Matrix::from_row_major(k, k, c[i * k * k..(i + 1) * k * k].to_vec()).unwrap();
@@ -697,7 +289,7 @@ mod tests {
         let mut bad = batch(&mut rng, 3, 4);
         bad[2 * 16 + 5] = -10.0;
         let (mut c, mut ld) = (vec![0.0; 48], vec![0.0; 3]);
-        assert_eq!(host::batch_spd_inverse(&bad, 3, 4, &mut c, &mut ld, &mut work), Err((2, 1)));
+        assert_eq!(dense::batch_spd_inverse(&bad, 3, 4, &mut c, &mut ld, &mut work), Err((2, 1)));
     }
 
     /// Central finite differences of `f` at `a` along every entry, against `grad`. With

@@ -38,8 +38,9 @@ pub(crate) mod hooks {
         /// `C ← α A B + β C` for strided row/column layouts.
         ///
         /// # Safety
-        /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices, and `c`
-        /// must not alias `a` or `b`.
+        /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices (every
+        /// entry inside its allocation), `c`'s entries must be distinct elements, and `c` must not
+        /// alias `a` or `b`. [`crate::num::dense::gemm`] is the checked, safe way to call it.
         #[allow(clippy::too_many_arguments)]
         unsafe fn gemm(
             m: usize,

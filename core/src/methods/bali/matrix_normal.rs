@@ -123,18 +123,7 @@ impl MatrixNormal {
 
     /// `R⁻¹`, with `R` the lower Cholesky factor of the column precision (`Λ = R Rᵀ`).
     pub fn column_factor(&self) -> Matrix {
-        let n = self.col_precision.rows();
-        let mut inv = Matrix::zeros(n, n);
-        let mut e = vec![0.0; n];
-        for j in 0..n {
-            e.iter_mut().for_each(|v| *v = 0.0);
-            e[j] = 1.0;
-            let col = self.col_chol.solve_lower(&e).expect("length matches");
-            for r in 0..n {
-                inv[(r, j)] = col[r];
-            }
-        }
-        inv
+        self.col_chol.factor_inverse()
     }
 
     /// One draw `M + L_Σ E R⁻¹` on the host.

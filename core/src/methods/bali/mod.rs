@@ -505,14 +505,14 @@ pub struct Bali<E: Dtype, D: Storage<E>> {
 }
 
 /// The model's prior as host matrices: means `M_0` and per-entry variances, `d_out × (d_in + 1)`.
-fn prior_host<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M) -> Vec<(Matrix, Matrix)> {
+fn prior_host<E: Real, D: Device<E>, M: Bnn<E, D>>(model: &M) -> Result<Vec<(Matrix, Matrix)>> {
     crate::vi::prior::expand(M::ARCH.layers, &model.prior_params(), false)
         .into_iter()
         .map(|p| {
             let (o, i) = *p.loc.shape();
             let loc = pass::host(&p.loc.split_tape().0);
             let var = pass::host(&p.log_scale.split_tape().0).into_iter().map(|ls| (2.0 * ls).exp()).collect();
-            (Matrix::from_row_major(o, i, loc).expect("shape"), Matrix::from_row_major(o, i, var).expect("shape"))
+            Ok((Matrix::from_row_major(o, i, loc)?, Matrix::from_row_major(o, i, var)?))
         })
         .collect()
 }
@@ -535,7 +535,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
             return Err(Error::config("BaliConfig::learn_noise", true, "only a Gaussian likelihood has a noise scale"));
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-        let prior = prior_host(model);
+        let prior = prior_host(model)?;
         let sd = crate::vi::likelihood::noise_value(&arch.likelihood, model.likelihood_params());
         let last = arch.layers.len() - 1;
         let mut mns = Vec::with_capacity(arch.layers.len());
@@ -600,7 +600,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         };
         let sd = crate::vi::likelihood::noise_value(&arch.likelihood, model.likelihood_params());
         let pass = pass::run(arch, model.likelihood_params(), &weights, batch, self.cfg.sigma, sd)?;
-        let prior = prior_host(model);
+        let prior = prior_host(model)?;
 
         // work on copies so that a failure leaves the state untouched
         let mut layers = self.layers.clone();
@@ -618,15 +618,16 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
                         return Err(diverged(format!("curvature factor of layer `{}` (entry {k})", spec.name)));
                     }
                     g.update(gb, rho);
-                    let mut gd = Matrix::from_row_major(o, o, g.value()).expect("shape");
+                    let mut gd = Matrix::from_row_major(o, o, g.value())?;
                     let tr: f64 = gd.diagonal().iter().sum::<f64>() / o as f64;
                     for d in 0..o {
                         gd[(d, d)] += self.cfg.damping * tr.max(0.0) + 1e-12;
                     }
-                    let gd = gd.symmetrize().expect("square");
+                    let gd = gd.symmetrize()?;
                     gd.cholesky().map_err(|e| diverged(format!("G + δI of layer `{}` ({e})", spec.name)))?.inverse()
                 }
-                _ => Matrix::identity(o).scale(sd.expect("Gaussian output").powi(2)),
+                // no curvature factor: the Gaussian output layer, whose Σ is σ² I
+                _ => Matrix::identity(o).scale(sd.ok_or_else(|| diverged(format!("noise scale of layer `{}`", spec.name)))?.powi(2)),
             };
             let ta: Vec<f64> = pass::target_stat(&pass, l, self.cfg.alpha, sigma.as_slice()).into_iter().map(|v| v * scale).collect();
             if let Some(k) = ta.iter().position(|v| !v.is_finite()) {
@@ -634,21 +635,20 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
             }
             st.ta.update(&ta, rho);
             let (lambda0, _) = prior_precision(&self.cfg, &sigma, var).map_err(|e| diverged(e.to_string()))?;
-            let a_bar = Matrix::from_row_major(i, i, st.aa.value()).expect("shape");
-            let lambda = lambda0.add(&a_bar).expect("shape").symmetrize().expect("square");
+            let a_bar = Matrix::from_row_major(i, i, st.aa.value())?;
+            let lambda = lambda0.add(&a_bar)?.symmetrize()?;
             let chol = lambda.cholesky().map_err(|e| diverged(format!("Λ of layer `{}` ({e})", spec.name)))?;
             // M = (M_0 Λ_0 + T̄) Λ⁻¹, row by row: Λ M[d,:]ᵀ = Λ_0 M_0[d,:]ᵀ + T̄[d,:]ᵀ
             // the prior enters as a pseudo-observation of the mean too, moved by the same step α:
             // M_prior = M − α (M − M_0), so that α < 1 damps the whole step and keeps the fixed points
             let current = self.posterior.layers()[l].mean();
-            let m_prior = current.add(&current.add(&m0.scale(-1.0)).expect("shape").scale(-self.cfg.alpha)).expect("shape");
-            let rhs =
-                m_prior.matmul(&lambda0).expect("shape").add(&Matrix::from_row_major(o, i, st.ta.value()).expect("shape")).expect("shape");
+            let m_prior = current.add(&current.add(&m0.scale(-1.0))?.scale(-self.cfg.alpha))?;
+            let rhs = m_prior.matmul(&lambda0)?.add(&Matrix::from_row_major(o, i, st.ta.value())?)?;
             let mut mean = Vec::with_capacity(o * i);
             for d in 0..o {
-                mean.extend(chol.solve(rhs.row(d)).expect("length"));
+                mean.extend(chol.solve(rhs.row(d))?);
             }
-            let mean = Matrix::from_row_major(o, i, mean).expect("shape");
+            let mean = Matrix::from_row_major(o, i, mean)?;
             if let Some(k) = mean.as_slice().iter().position(|v| !v.is_finite()) {
                 return Err(diverged(format!("posterior mean of layer `{}` (entry {k})", spec.name)));
             }
@@ -659,7 +659,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         let mut noise = self.noise.clone();
         let mut noise_std = sd;
         if learns_noise(&self.cfg, arch) {
-            let r = pass.sq_residual.expect("Gaussian likelihood");
+            let r = pass.sq_residual.ok_or_else(|| diverged("squared residual of the Gaussian likelihood".into()))?;
             noise.update(&[r], rho);
             let mut s = noise.value()[0].max(1e-24).sqrt();
             if let LikelihoodSpec::Gaussian { upper: Some(ub), .. } = arch.likelihood {

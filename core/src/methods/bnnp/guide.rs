@@ -779,14 +779,14 @@ impl LayerPosterior {
         let mut work = vec![0.0; kk * kk];
         for i in 0..sp * g {
             let mut l = precision[i * kk * kk..(i + 1) * kk * kk].to_vec();
-            crate::num::linalg::host::cholesky(&mut l, kk).map_err(|pivot| Error::NotPositiveDefinite {
+            crate::num::dense::cholesky(&mut l, kk).map_err(|pivot| Error::NotPositiveDefinite {
                 what: "posterior precision".into(),
                 index: i,
                 pivot,
             })?;
-            crate::num::linalg::host::chol_inverse(&l, kk, &mut covariance[i * kk * kk..(i + 1) * kk * kk], &mut work);
+            crate::num::dense::chol_inverse(&l, kk, &mut covariance[i * kk * kk..(i + 1) * kk * kk], &mut work);
             let mut m = shift[i * kk..(i + 1) * kk].to_vec();
-            crate::num::linalg::host::chol_solve(&l, kk, &mut m, 1);
+            crate::num::dense::chol_solve(&l, kk, &mut m, 1);
             mean[i * kk..(i + 1) * kk].copy_from_slice(&m);
         }
         Ok(Self { distinct: sp, groups: g, size: kk, mean, covariance, precision })

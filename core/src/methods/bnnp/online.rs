@@ -123,7 +123,7 @@ impl<E: Real, D: Device<E>> OnlineLastLayer<E, D> {
         for gi in 0..g {
             for oi in 0..so {
                 let mut p = self.state.dp[(oi * g + gi) * kk * kk..][..kk * kk].to_vec();
-                crate::num::linalg::host::cholesky(&mut p, kk).map_err(|pivot| Error::NotPositiveDefinite {
+                crate::num::dense::cholesky(&mut p, kk).map_err(|pivot| Error::NotPositiveDefinite {
                     what: "online output-layer precision".into(),
                     index: oi * g + gi,
                     pivot,
@@ -132,7 +132,7 @@ impl<E: Real, D: Device<E>> OnlineLastLayer<E, D> {
                 for si in range {
                     let b = &mut w[(si * g + gi) * kk..][..kk];
                     b.copy_from_slice(&self.state.db[(si * g + gi) * kk..][..kk]);
-                    crate::num::linalg::host::chol_solve(&p, kk, b, 1);
+                    crate::num::dense::chol_solve(&p, kk, b, 1);
                 }
             }
         }

@@ -189,7 +189,9 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
         crate::vi::prior::param(&self.entries[id.0].value, trace && self.entries[id.0].trainable)
     }
 
-    /// Saves every parameter to a safetensors file, under its name and logical shape.
+    /// Saves every parameter to a safetensors file, under its name and logical shape. The file is
+    /// replaced atomically (written beside it, synced, renamed over it): a save that fails or is
+    /// interrupted leaves the previous file intact.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let p = path.as_ref();
         let err = |reason: String| Error::Checkpoint { path: p.display().to_string(), reason };
@@ -208,7 +210,9 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
             .map(|(n, s, d)| ::safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| err(format!("{e:?}")))?;
-        ::safetensors::serialize_to_file(views, &None, p).map_err(|e| err(format!("{e:?}")))
+        crate::model::checkpoint::write_atomically(p, |tmp| {
+            ::safetensors::serialize_to_file(views, &None, tmp).map_err(|e| err(format!("{e:?}")))
+        })
     }
 
     /// Loads every parameter from a safetensors file written by [`ParamStore::save`]: names, shapes
@@ -356,5 +360,45 @@ pub fn linear_lr(start: f64, end: Option<f64>, step: usize, steps: usize) -> f64
             let t = step as f64 / (steps.max(2) - 1) as f64;
             start + (end - start) * t.min(1.0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ParamStore::save` replaces the file rather than writing into it (a hard link to the old
+    /// checkpoint keeps the old bytes; an in-place write would change both), leaves no temporary
+    /// file behind, and round-trips bit-exactly.
+    #[test]
+    fn save_replaces_the_file_and_round_trips_bit_exactly() {
+        let dir = std::env::temp_dir().join(format!("weightspace_paramstore_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, old) = (dir.join("store.safetensors"), dir.join("old.safetensors"));
+        let dev = Cpu::default();
+        let mut store = ParamStore::<f64, Cpu>::new(&dev);
+        let w = store.add("net.w", &[2, 3], &[0.1, -0.2, 1.0 / 3.0, 1e-300, -7.5, std::f64::consts::PI]).unwrap();
+        let b = store.add("net.b", &[2], &[0.25, -0.0]).unwrap();
+        store.save(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        std::fs::hard_link(&path, &old).unwrap();
+        store.set_values(w, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0 + f64::EPSILON * 6.0]).unwrap();
+        store.save(&path).unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), first, "the save wrote into the old file in place");
+        let mut names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["old.safetensors", "store.safetensors"], "a temporary file was left behind");
+        let mut back = ParamStore::<f64, Cpu>::new(&dev);
+        let (w2, b2) = (back.add("net.w", &[2, 3], &[0.0; 6]).unwrap(), back.add("net.b", &[2], &[0.0; 2]).unwrap());
+        back.load(&path).unwrap();
+        let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+        assert_eq!(bits(back.values(w2)), bits(store.values(w)));
+        assert_eq!(bits(back.values(b2)), bits(store.values(b)));
+        // the old checkpoint still loads, to the old values
+        back.load(&old).unwrap();
+        assert_eq!(back.values(w2)[2].to_bits(), (1.0f64 / 3.0).to_bits());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -502,12 +502,12 @@ impl LearnedPrior {
             let wv = w.as_vec();
             for gi in 0..g {
                 let blk = &mut sigma[gi * kk * kk..(gi + 1) * kk * kk];
-                crate::num::linalg::host::cholesky(blk, kk).map_err(|pivot| Error::NotPositiveDefinite {
+                crate::num::dense::cholesky(blk, kk).map_err(|pivot| Error::NotPositiveDefinite {
                     what: format!("prior covariance of layer `{}`", self.arch.layers[l].name),
                     index: gi,
                     pivot,
                 })?;
-                let ld = crate::num::linalg::host::chol_logdet(blk, kk);
+                let ld = crate::num::dense::chol_logdet(blk, kk);
                 for (si, o) in out.iter_mut().enumerate() {
                     let base = si * g * kk + gi * kk;
                     let mut z: Vec<f64> = (0..kk).map(|i| wv[base + i].cast_to_f64() - mean[gi * kk + i]).collect();

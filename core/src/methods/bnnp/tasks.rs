@@ -257,13 +257,13 @@ pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -
     }
     // the jitter keeps the kernel matrix positive definite for any inputs
     let mut jitter = 1e-6 * variance.max(1e-12);
-    while crate::num::linalg::host::cholesky(&mut k.clone(), n).is_err() {
+    while crate::num::dense::cholesky(&mut k.clone(), n).is_err() {
         jitter *= 10.0;
         for i in 0..n {
             k[i * n + i] += jitter;
         }
     }
-    crate::num::linalg::host::cholesky(&mut k, n).expect("positive definite after jitter");
+    crate::num::dense::cholesky(&mut k, n).expect("positive definite after jitter");
     let z: Vec<f64> = (0..n).map(|_| normal(rng)).collect();
     (0..n).map(|i| (0..=i).map(|p| k[i * n + p] * z[p]).sum()).collect()
 }

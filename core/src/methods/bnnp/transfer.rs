@@ -40,13 +40,13 @@ fn constants<E: Real, D: Device<E>>(prior: &LearnedPrior, store: &ParamStore<E, 
     let mut logdet = 0.0;
     for gi in 0..g {
         let blk = &mut sigma[gi * k * k..(gi + 1) * k * k];
-        crate::num::linalg::host::cholesky(blk, k).map_err(|pivot| Error::NotPositiveDefinite {
+        crate::num::dense::cholesky(blk, k).map_err(|pivot| Error::NotPositiveDefinite {
             what: format!("learned prior of layer `{}`", prior.arch().layers[l].name),
             index: gi,
             pivot,
         })?;
-        logdet += crate::num::linalg::host::chol_logdet(blk, k);
-        crate::num::linalg::host::chol_inverse(blk, k, &mut inv[gi * k * k..(gi + 1) * k * k], &mut work);
+        logdet += crate::num::dense::chol_logdet(blk, k);
+        crate::num::dense::chol_inverse(blk, k, &mut inv[gi * k * k..(gi + 1) * k * k], &mut work);
     }
     let dev = store.device();
     let to = |v: Vec<f64>| v.into_iter().map(|x| crate::num::cast::from_f64::<E>(x)).collect::<Vec<E>>();

@@ -9,6 +9,7 @@
 //! split over threads.
 
 use crate::model::arch::{Activation, Architecture};
+use crate::num::dense::dot;
 use crate::Real;
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
@@ -51,24 +52,6 @@ struct Scratch<E> {
     z: Vec<Option<Vec<E>>>,
     g: Vec<E>,
     g2: Vec<E>,
-}
-
-#[inline(always)]
-fn dot<E: Real>(a: &[E], b: &[E]) -> E {
-    let mut acc = [E::zero(); 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    s
 }
 
 #[inline(always)]
@@ -274,7 +257,7 @@ impl<E: Real> FusedMlp<E> {
     /// [`Self::eval_range_impl`] compiled for AVX2 and FMA.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn eval_range_avx2(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
@@ -285,7 +268,8 @@ impl<E: Real> FusedMlp<E> {
     fn eval_range(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
+            // SAFETY: `eval_range_avx2` is compiled with `avx2,fma` enabled, and both features were
+            // detected on this CPU just above; its body is the safe `eval_range_impl`.
             unsafe { self.eval_range_avx2(pos, lp, gr) };
             return;
         }

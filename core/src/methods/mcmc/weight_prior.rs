@@ -4,7 +4,7 @@
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::num::linalg::host;
+use crate::num::dense as host;
 use crate::{Error, Result};
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;

@@ -10,6 +10,7 @@ use rand_distr::StandardNormal;
 use super::group::{FactorElement, GroupElement, SymmetryGroup};
 use crate::model::arch::Architecture;
 use crate::model::bnn::Weights;
+use crate::num::dense::dot;
 use crate::{Error, Real, Result};
 
 /// How samples are canonicalised (see [`SymmetryGroup::canonicalise_batch`]).
@@ -492,10 +493,6 @@ impl SymmetryGroup {
         }
         Ok(Canonicalised { samples: w, elements })
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Minimises `‖n‖ + C Σ max(0, 1 − |v·n|)` by minibatch subgradient descent from a random unit
