@@ -91,7 +91,15 @@ fn testing_errors_convert_with_question_mark() {
     }
     assert!(run(&[0.1, -0.2, 0.05, 0.3, -0.1, 0.0]).is_ok());
     let e = run(&[]).unwrap_err();
-    assert!(matches!(e, weightspace::Error::Testing(_)), "{e:?}");
+    let weightspace::Error::Testing(inner) = &e else { panic!("not a testing error: {e:?}") };
+    // the toolkit's own error is kept, typed
+    assert!(
+        matches!(
+            inner.downcast_ref::<weightspace::testing::InferenceTestError>(),
+            Some(weightspace::testing::InferenceTestError::TooFew { .. })
+        ),
+        "{e:?}"
+    );
 }
 
 /// A guide's log density of untaped weights, without reaching for dfdx's tape API.

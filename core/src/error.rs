@@ -89,9 +89,10 @@ pub enum Error {
     #[error(transparent)]
     Dense(#[from] crate::num::dense::DenseError),
     /// A `testing` routine (a statistical assertion, a reference solution, SBC, a plot) could not
-    /// run or rejected its hypothesis; the message is the testing error's own.
-    #[error("{0}")]
-    Testing(String),
+    /// run or rejected its hypothesis. The testing error itself is the source (downcast it with
+    /// [`TestingError::downcast_ref`]).
+    #[error(transparent)]
+    Testing(#[from] TestingError),
     /// A plotting error.
     #[error("plot {path}: {reason}")]
     Plot {
@@ -200,6 +201,52 @@ pub enum MetricError {
         /// Why it is invalid.
         reason: String,
     },
+}
+
+/// An error of the `testing` toolkit inside an [`Error`]: the toolkit's own error value (one of
+/// `InferenceTestError`, `ReferenceError`, `SbcError`, `PlotError`), shared, with its message and
+/// its type kept.
+///
+/// ```
+/// use weightspace::testing::{check_mean, InferenceTestError};
+/// fn run() -> weightspace::Result<f64> {
+///     Ok(check_mean(&[][..], 0.0, 0.01)?.p_value)
+/// }
+/// let weightspace::Error::Testing(e) = run().unwrap_err() else { panic!("a testing error") };
+/// assert!(matches!(e.downcast_ref::<InferenceTestError>(), Some(InferenceTestError::TooFew { .. })));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestingError(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl TestingError {
+    /// Wraps a testing error.
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(e))
+    }
+
+    /// The testing error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Display for TestingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TestingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Two testing errors are equal when they say the same thing.
+impl PartialEq for TestingError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
 }
 
 /// `std::result::Result` with [`Error`].

@@ -24,7 +24,7 @@ mod vi;
 // the foundation
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
-pub use error::{Error, MetricError, Result};
+pub use error::{Error, MetricError, Result, TestingError};
 pub use num::{Real, Taped};
 pub use progress::Progress;
 

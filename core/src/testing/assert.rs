@@ -227,7 +227,7 @@ pub enum InferenceTestError {
 
 impl From<InferenceTestError> for crate::Error {
     fn from(e: InferenceTestError) -> Self {
-        crate::Error::Testing(e.to_string())
+        crate::Error::Testing(crate::error::TestingError::new(e))
     }
 }
 

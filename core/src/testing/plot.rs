@@ -47,7 +47,7 @@ pub enum PlotError {
 
 impl From<PlotError> for crate::Error {
     fn from(e: PlotError) -> Self {
-        crate::Error::Testing(e.to_string())
+        crate::Error::Testing(crate::error::TestingError::new(e))
     }
 }
 

@@ -69,7 +69,7 @@ pub enum ReferenceError {
 
 impl From<ReferenceError> for crate::Error {
     fn from(e: ReferenceError) -> Self {
-        crate::Error::Testing(e.to_string())
+        crate::Error::Testing(crate::error::TestingError::new(e))
     }
 }
 

@@ -171,7 +171,7 @@ pub enum SbcError {
 
 impl From<SbcError> for crate::Error {
     fn from(e: SbcError) -> Self {
-        crate::Error::Testing(e.to_string())
+        crate::Error::Testing(crate::error::TestingError::new(e))
     }
 }
 
