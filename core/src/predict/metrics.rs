@@ -2,7 +2,7 @@
 //!
 //! There is one implementation of each metric, and everything in weightspace that reports a
 //! predictive score (the predictive types, the examples, the inference tests in
-//! [`crate::testing`]) calls these functions. They work on plain `f64` slices, so they can be
+//! `weightspace::testing`) calls these functions. They work on plain `f64` slices, so they can be
 //! fed from any tensor after one host copy.
 //!
 //! | metric | function | input |
@@ -23,7 +23,7 @@
 //! point `i`, and `loglik[s * n + i]` is the log-likelihood of point `i` under posterior sample `s`.
 //!
 //! A reliability diagram can be drawn to a PNG with
-//! [`crate::testing::plot::write_reliability_diagram_png`].
+//! `weightspace::testing::plot::write_reliability_diagram_png`.
 //!
 //! ```
 //! use weightspace::metrics::{accuracy, expected_calibration_error, mean_and_se,
@@ -391,7 +391,7 @@ impl ReliabilityBin {
 ///
 /// The confidence of a point is its largest class probability; bin `b` holds confidences in
 /// `[b/B, (b+1)/B)`, and the last bin also holds `1`. All `n_bins` bins are returned, empty ones
-/// with `count == 0`. Draw it with [`crate::testing::plot::write_reliability_diagram_png`].
+/// with `count == 0`. Draw it with `weightspace::testing::plot::write_reliability_diagram_png`.
 ///
 /// ```
 /// use weightspace::metrics::reliability_diagram;
