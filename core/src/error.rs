@@ -102,7 +102,7 @@ pub enum Error {
         reason: String,
     },
     /// A matrix that must be symmetric positive definite is not, numerically (see
-    /// [`crate::num::linalg`]).
+    /// [`linalg`](crate::linalg)).
     #[error("{what}: matrix {index} of the batch is not positive definite (Cholesky pivot {pivot})")]
     NotPositiveDefinite {
         /// The operation.

@@ -45,7 +45,7 @@ pub trait Bnn<E: Real, D: Device<E>>: TensorCollection<E, D, To<E, D> = Self> + 
     /// The likelihood's parameters.
     fn likelihood_params(&self) -> &LikelihoodParams<E, D>;
 
-    /// Builds a guide from per-layer `(loc, scale)` host values (layout: [`crate::vi::guide`]).
+    /// Builds a guide from per-layer `(loc, scale)` host values (one pair per layer, row-major `(d_out, d_in + 1)` with the bias last in each row).
     fn guide_from_values(&self, values: &[(Vec<f64>, Vec<f64>)]) -> crate::Result<Self::Guide>;
 }
 

@@ -11,7 +11,7 @@
 //! | [`diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021) |
 //! | [`plot`] | PNG rank histograms and reliability diagrams |
 //! | [`dense`], [`special`] | the small linear algebra and special functions underneath |
-//! | [`crate::predict::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
+//! | [`crate::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
 //!
 //! # How to write an inference test
 //!

@@ -91,8 +91,8 @@ pub(crate) fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<No
 
 /// Network outputs `(S, N, d_out)` for `S` fresh reparameterised samples `W = μ + σ ⊙ ε` of a
 /// mean-field guide, on the tape of the guide's parameters: the same as
-/// [`crate::vi::guide::sample_mean_field`] followed by [`forward`] (the same weights for the same `rng`
-/// state), and on the CPU one fused op whose backward yields the guide's gradients directly, with
+/// [`rsample_guide`](crate::rsample_guide) followed by [`BnnExt::forward`](crate::BnnExt::forward)
+/// (the same weights for the same `rng` state), and on the CPU one fused op whose backward yields the guide's gradients directly, with
 /// the samples split over threads.
 ///
 /// ```

@@ -171,8 +171,8 @@ impl<E: Real, D: Device<E>> LayerSampler<E, D> {
 
 /// BALI's posterior over a whole network: one [`MatrixNormal`] per layer, independent across
 /// layers, with a device-side sampler. It is a [`WeightSource`], so
-/// [`crate::predict::predictive::Predictive::run_source`] and
-/// [`crate::predict::predictive::Predictive::evaluate_source`] give its predictive distribution and test
+/// [`crate::Predictive::run`] and
+/// [`crate::Predictive::evaluate`] give its predictive distribution and test
 /// metrics by averaging over `K` weight samples.
 ///
 /// ```

@@ -32,7 +32,7 @@
 //! drawn by *perturb and solve*, `w = P⁻¹(h + ζ + Φᵀ(√λ_d ⊙ ε))` with `ζ ~ N(0, Π)`, which is an
 //! exact reparameterised draw that needs only a solve. The factorisations, the sample and the KL
 //! with its exact gradient run on the host (threads over samples), and dfdx's tape carries
-//! first-order surrogates with the exact value and derivative (see [`crate::num::linalg`]), so the same
+//! first-order surrogates with the exact value and derivative (see [`linalg`](crate::linalg)), so the same
 //! code runs on every dfdx device.
 //!
 //! Hidden layers' inference networks see `[x, y]` (or `[x, a, y]` with

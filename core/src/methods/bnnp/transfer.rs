@@ -4,7 +4,7 @@
 //!   against a learned prior (any family, closed form), for [`crate::vi::fit::fit_objective`].
 //! - [`LearnedPrior::log_density`]: `ln p(w)` per sample, differentiable in the weights, for
 //!   samplers (MCMC) that need the prior's log density and its gradient.
-//! - [`LearnedPriorSource`]: prior draws for [`crate::predict::predictive::Predictive::run_source`].
+//! - [`LearnedPriorSource`]: prior draws for [`crate::Predictive::run`].
 //! - [`AmortisedGuide::weight_prior`]: the prior as a [`GaussianWeightPrior`], so that the samplers
 //!   of [`crate::methods::mcmc`] (NUTS, the many-chain sampler, the SYM-MCMC workflow) run under it.
 
@@ -182,7 +182,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for LearnedPriorElb
     }
 }
 
-/// Prior draws from a learned prior, for [`crate::predict::predictive::Predictive::run_source`].
+/// Prior draws from a learned prior, for [`crate::Predictive::run`].
 ///
 /// ```
 /// use weightspace::prelude::*;

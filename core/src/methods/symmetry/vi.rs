@@ -606,7 +606,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for SymmetrisedElbo
 /// return `g·ω₀`.
 ///
 /// Its predictions equal the guide's (`E_{q^G}[p(y|x,ω)] = E_q[p(y|x,ω)]`); it implements
-/// [`crate::predict::predictive::WeightSource`] for use with [`crate::predict::predictive::Predictive::run_source`].
+/// [`crate::predict::predictive::WeightSource`] for use with [`crate::Predictive::run`].
 ///
 /// ```
 /// use weightspace::prelude::*;
