@@ -436,7 +436,7 @@ fn gemv_impl<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
 /// shorter length when the lengths differ). The crate's one dot product.
 ///
 /// ```
-/// assert_eq!(weightspace::dense::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+/// assert_eq!(weightspace::testing::dense::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
 /// ```
 #[inline(always)]
 pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
@@ -533,9 +533,9 @@ fn chol_solve_impl<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
 ///
 /// ```
 /// let mut a = [4.0f64, 2.0, 2.0, 3.0];
-/// weightspace::dense::cholesky(&mut a, 2).unwrap();
+/// weightspace::testing::dense::cholesky(&mut a, 2).unwrap();
 /// assert_eq!(a, [2.0, 0.0, 1.0, 2f64.sqrt()]);
-/// assert_eq!(weightspace::dense::cholesky(&mut [1.0f64, 2.0, 2.0, 1.0], 2), Err(1));
+/// assert_eq!(weightspace::testing::dense::cholesky(&mut [1.0f64, 2.0, 2.0, 1.0], 2), Err(1));
 /// ```
 pub fn cholesky<E: Real>(a: &mut [E], k: usize) -> std::result::Result<(), usize> {
     #[cfg(target_arch = "x86_64")]

@@ -132,8 +132,10 @@ pub fn sample_guide<E: Real, D: Device<E>, G: MeanFieldGuide<E, D>>(
 /// let model = Lin::<f64, Cpu>::new(&Cpu::default());
 /// let guide = model.mean_field();
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// use weightspace::dfdx::prelude::SumTo;
 /// let w = weightspace::rsample_guide(Lin::<f64, Cpu>::ARCH, &guide, 5, &mut rng)?;
-/// let grads = w.layers[0].clone().sum().backward();
+/// let Some(layer) = w.layers.into_iter().next() else { unreachable!() };
+/// let grads = layer.sum::<(), _>().backward();
 /// assert_eq!(grads.get(&guide.out.loc).array(), [5.0; 3]); // ∂ Σ_s W_s / ∂μ = S
 /// # Ok::<(), weightspace::Error>(())
 /// ```
