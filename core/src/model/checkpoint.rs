@@ -38,6 +38,25 @@ pub fn save<E: Real, D: Device<E>, M: TensorCollection<E, D>>(m: &M, path: impl 
 }
 
 /// Loads parameters saved by [`save`] into `m`. On error, `m` is left unchanged.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, Learned(1.0)))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<0.5>> }
+/// let dev = Cpu::default();
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// model.set_noise_scale(0.25)?;
+/// let path = std::env::temp_dir().join(format!("weightspace_doc_load_{}.safetensors", std::process::id()));
+/// save(&model, &path)?;
+/// let mut fresh = Lin::<f64, Cpu>::new(&dev);
+/// load(&mut fresh, &path)?;
+/// assert_eq!(fresh.noise_scale(), Some(0.25));
+/// // a missing file is an error, and the model keeps its values
+/// assert!(load(&mut fresh, path.with_extension("missing")).is_err());
+/// assert_eq!(fresh.noise_scale(), Some(0.25));
+/// std::fs::remove_file(&path).ok();
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn load<E: Real, D: Device<E>, M: TensorCollection<E, D> + Clone>(m: &mut M, path: impl AsRef<Path>) -> Result<()> {
     let p = path.as_ref();
     let mut tmp = m.clone();

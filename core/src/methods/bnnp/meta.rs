@@ -17,7 +17,24 @@ use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
-/// Where and how often [`MetaLearner::run`] writes checkpoints.
+/// Where and how often [`MetaLearner::run`] writes checkpoints (atomically: a failed write leaves
+/// the previous checkpoint intact).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let path = std::env::temp_dir().join(format!("weightspace_doc_meta_ckpt_{}.safetensors", std::process::id()));
+/// let checkpoint = Some(Checkpointing { path: path.clone(), every: 2 });
+/// let cfg = MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, checkpoint, ..Default::default() };
+/// MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
+/// assert!(std::fs::metadata(&path)?.len() > 0);
+/// std::fs::remove_file(&path).ok();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpointing {
     /// File to (over)write, in safetensors format.
@@ -134,6 +151,20 @@ impl MetaConfig {
 }
 
 /// Task-averaged terms of one meta-training step.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let mut meta = MetaLearner::new(MetaConfig { steps: 2, tasks_per_step: 2, samples: 2, progress: false, ..Default::default() })?;
+/// let rec: MetaRecord = meta.step(&mut guide, &mut tasks)?;
+/// assert_eq!(rec.step, 0);
+/// assert!(rec.objective.is_finite() && rec.kl >= 0.0 && rec.noise > 0.0 && rec.lr > 0.0);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetaRecord {
     /// Step index.
@@ -153,6 +184,22 @@ pub struct MetaRecord {
 }
 
 /// What [`MetaLearner::run`] returns.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::*;
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let mut guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+/// let cfg = MetaConfig { steps: 4, tasks_per_step: 2, samples: 2, progress: false, record_every: 2, ..Default::default() };
+/// let report: MetaReport = MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
+/// assert_eq!(report.steps, 4);
+/// assert!(!report.stopped_early);
+/// assert!(report.history.iter().any(|r| r.step == 3)); // the last step is always recorded
+/// assert!(report.final_objective(2).is_finite());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetaReport {
     /// Recorded steps.

@@ -13,6 +13,24 @@ use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// How the many-chain sampler adapts step sizes.
+///
+/// ```
+/// use weightspace::mcmc::{sample_many_chains, LogDensity, BatchLogDensity, ManyChainSettings, StepSizeAdaptation};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {} // the default evaluates chain by chain
+/// let settings = ManyChainSettings { warmup: 100, draws: 5, step_size: StepSizeAdaptation::PerChain, ..Default::default() };
+/// let run = sample_many_chains(&mut StdNormal, vec![vec![0.5]; 8], &settings)?;
+/// assert_eq!(run.step_sizes.len(), 8); // one adapted step size per chain
+/// assert_eq!(StepSizeAdaptation::default(), StepSizeAdaptation::Shared);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StepSizeAdaptation {
     /// One step size for all chains, from the harmonic mean of their acceptance probabilities
@@ -113,6 +131,24 @@ impl ManyChainSettings {
 }
 
 /// Per-iteration summary over chains.
+///
+/// ```
+/// use weightspace::mcmc::{sample_many_chains, LogDensity, BatchLogDensity, ManyChainSettings, StepSizeAdaptation};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {} // the default evaluates chain by chain
+/// let run = sample_many_chains(&mut StdNormal, vec![vec![0.5]; 8], &ManyChainSettings { warmup: 50, draws: 10, ..Default::default() })?;
+/// assert_eq!(run.iterations.len(), 60); // warm-up first, then the draws
+/// assert!(run.iterations[..50].iter().all(|it| it.warmup) && run.iterations[50..].iter().all(|it| !it.warmup));
+/// assert!(run.iterations.iter().all(|it| it.mean_accept >= 0.0 && it.mean_accept <= 1.0 && it.step_size > 0.0));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IterationStats {
     /// Whether this was a warm-up iteration.
@@ -130,6 +166,25 @@ pub struct IterationStats {
 }
 
 /// The output of [`sample_many_chains`].
+///
+/// ```
+/// use weightspace::mcmc::{sample_many_chains, LogDensity, BatchLogDensity, ManyChainSettings, StepSizeAdaptation};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {} // the default evaluates chain by chain
+/// let run = sample_many_chains(&mut StdNormal, vec![vec![0.5]; 8], &ManyChainSettings { warmup: 50, draws: 10, ..Default::default() })?;
+/// assert_eq!((run.draws.len(), run.draws[0].len(), run.draws[0][0].len()), (8, 10, 1)); // [chain][draw][coordinate]
+/// assert_eq!(run.pooled().len(), 80);
+/// assert_eq!(run.logp[3][7], -0.5 * run.draws[3][7][0].powi(2));
+/// assert!(run.gradient_evaluations >= run.batched_calls);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ManyChainRun {
     /// `draws[c][t]` is draw `t` of chain `c` (a position).
