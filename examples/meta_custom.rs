@@ -18,6 +18,7 @@ mod common;
 use rand::{Rng, SeedableRng};
 use weightspace::bnnp::*;
 use weightspace::prelude::*;
+use weightspace::Progress;
 
 #[bnn]
 struct StepNet {
@@ -103,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     restored.load(path)?;
 
     // held-out heaviside task: amortised posterior from 5 points, then 5 more folded in online
-    let (x, y) = heaviside.generate(&mut rng);
+    let (x, y) = heaviside.generate(&mut rng)?;
     let first = Dataset::<f32, _>::regression(&dev, &x[..5], 1, &y[..5], 1)?;
     let more = Dataset::<f32, _>::regression(&dev, &x[5..10], 1, &y[5..10], 1)?;
     let targets = Dataset::<f32, _>::regression(&dev, &x[10..], 1, &y[10..], 1)?;

@@ -134,7 +134,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. held-out tasks
     let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
-    let tasks: Vec<(Vec<f64>, Vec<f64>)> = (0..held_out).map(|_| Sawtooth { n_range: (108, 109), ..sawtooth }.generate(&mut rng)).collect();
+    let tasks: Vec<(Vec<f64>, Vec<f64>)> =
+        (0..held_out).map(|_| Sawtooth { n_range: (108, 109), ..sawtooth }.generate(&mut rng)).collect::<Result<_, _>>()?;
     println!("\nheld-out tasks: {held_out}, 100 targets each; mean per-point log predictive density (higher is better)");
     println!("{:>9} | {:>16} | {:>16} | {:>16}", "context", "BNNP learned", "MFVI standard", "MFVI learned");
     let mut summary = String::from("meta_sawtooth");

@@ -37,7 +37,7 @@ pub use weightspace_macros::bnn;
 
 // The public surface, one explicit list (the same items as weightspace-core's root).
 pub use weightspace_core::{band_plot, probability_map, BandPlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
-pub use weightspace_core::{dfdx, Error, MetricError, Progress, Real, Result, Taped, TestingError};
+pub use weightspace_core::{dfdx, Error, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
 pub use weightspace_core::{
     elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
 };

@@ -85,8 +85,8 @@ fn a_posterior_has_one_dim() -> weightspace::Result<()> {
 #[test]
 fn testing_errors_convert_with_question_mark() {
     fn run(draws: &[f64]) -> weightspace::Result<f64> {
-        let outcome = weightspace::testing::check_mean(draws, 0.0, 0.01)?;
-        let r = weightspace::testing::rhat(&[draws.to_vec(), draws.to_vec()])?;
+        let outcome = weightspace::testing::assert::check_mean(draws, 0.0, 0.01)?;
+        let r = weightspace::testing::diagnostics::rhat(&[draws.to_vec(), draws.to_vec()])?;
         Ok(outcome.p_value + r)
     }
     assert!(run(&[0.1, -0.2, 0.05, 0.3, -0.1, 0.0]).is_ok());
@@ -95,8 +95,8 @@ fn testing_errors_convert_with_question_mark() {
     // the toolkit's own error is kept, typed
     assert!(
         matches!(
-            inner.downcast_ref::<weightspace::testing::InferenceTestError>(),
-            Some(weightspace::testing::InferenceTestError::TooFew { .. })
+            inner.downcast_ref::<weightspace::testing::assert::InferenceTestError>(),
+            Some(weightspace::testing::assert::InferenceTestError::TooFew { .. })
         ),
         "{e:?}"
     );

@@ -7,11 +7,11 @@
 
 use rand::{Rng, SeedableRng};
 use weightspace::bali::{fit_bali, Bali, BaliConfig, BaliPosterior, Linearisation, MatrixNormal, PriorPrecision};
+use weightspace::linalg::Matrix;
 use weightspace::prelude::*;
-use weightspace::testing::dense::Matrix;
+use weightspace::testing::assert::{assert_covariance, assert_mean, check_covariance};
 use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 use weightspace::testing::special::normal_quantile;
-use weightspace::testing::{assert_covariance, assert_mean, check_covariance};
 
 fn normal(rng: &mut impl Rng) -> f64 {
     rng.sample(rand_distr::StandardNormal)
@@ -171,7 +171,7 @@ fn matrix_normal_sampler_has_the_kronecker_covariance() {
     let post = BaliPosterior::<f64, Cpu>::new(&dev, &ARCH, vec![mn.clone()]).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let device_draws = post.sample(20_000, &mut rng).unwrap().to_flat();
-    let host_draws: Vec<Vec<f64>> = (0..20_000).map(|_| mn.sample(&mut rng).as_slice().to_vec()).collect();
+    let host_draws: Vec<Vec<f64>> = (0..20_000).map(|_| mn.sample(&mut rng).unwrap().as_slice().to_vec()).collect();
     for draws in [&device_draws, &host_draws] {
         // every covariance entry within its Bonferroni-corrected MCSE bound (false alarm ≤ 1e-3)
         assert_covariance(draws, &want, 1e-3);

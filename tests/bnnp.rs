@@ -110,9 +110,13 @@ fn exactness_samples_follow_the_posterior() {
     let draws: Vec<Vec<f64>> = w;
     for j in 0..3 {
         let col: Vec<f64> = draws.iter().map(|r| r[j]).collect();
-        weightspace::testing::assert_mean(weightspace::testing::Draws::independent(&col), exact.mean()[j], 1e-3);
+        weightspace::testing::assert::assert_mean(weightspace::testing::assert::Draws::independent(&col), exact.mean()[j], 1e-3);
     }
-    weightspace::testing::assert_covariance(weightspace::testing::VectorDraws::independent(&draws), exact.covariance(), 1e-3);
+    weightspace::testing::assert::assert_covariance(
+        weightspace::testing::assert::VectorDraws::independent(&draws),
+        exact.covariance(),
+        1e-3,
+    );
 }
 
 /// A small tanh network for gradient checks.
@@ -403,7 +407,7 @@ struct SawSmall {
 /// layer integrated out exactly (Gaussian prior, Gaussian noise `sigma`). Exact inference in the
 /// limit, so comparing two priors with it isolates the priors.
 fn prior_predictive_lpd(guide: &AmortisedGuide<f32, Cpu>, sigma: f64, x: &[f64], y: &[f64], nc: usize, s: usize, rng: &mut Rng64) -> f64 {
-    use weightspace::testing::dense as host;
+    use weightspace::linalg::Matrix;
     let n = x.len();
     let w = guide.prior().sample(guide.store(), s, rng).unwrap();
     let (w1, w2) = (w.layers[0].as_vec(), w.layers[1].as_vec());
@@ -441,16 +445,14 @@ fn prior_predictive_lpd(guide: &AmortisedGuide<f32, Cpu>, sigma: f64, x: &[f64],
                 kc[i * nc + j] = dot(&phi[i], &sphi[j]) + if i == j { sigma * sigma } else { 0.0 };
             }
         }
-        host::cholesky(&mut kc, nc).unwrap();
+        let kc = Matrix::from_row_major(nc, nc, kc).unwrap().cholesky().unwrap();
         let mut r: Vec<f64> = (0..nc).map(|i| y[i] - dot(&phi[i], &mu)).collect();
-        let mut alpha = r.clone();
-        host::chol_solve(&kc, nc, &mut alpha, 1);
-        log_w[si] = -0.5 * dot(&r, &alpha) - 0.5 * host::chol_logdet(&kc, nc) - 0.5 * nc as f64 * (2.0 * std::f64::consts::PI).ln();
+        let alpha = kc.solve(&r).unwrap();
+        log_w[si] = -0.5 * dot(&r, &alpha) - 0.5 * kc.log_det() - 0.5 * nc as f64 * (2.0 * std::f64::consts::PI).ln();
         for t in nc..n {
             // predictive of point t: mean φᵀμ + (Σφ)ᵀΦ_cᵀ α, variance σ² + φᵀΣφ − cᵀ K⁻¹ c with c = Φ_c Σ φ
             let c: Vec<f64> = (0..nc).map(|i| dot(&phi[i], &sphi[t])).collect();
-            let mut kic = c.clone();
-            host::chol_solve(&kc, nc, &mut kic, 1);
+            let kic = kc.solve(&c).unwrap();
             let mean = dot(&phi[t], &mu) + dot(&c, &alpha);
             let var = sigma * sigma + dot(&phi[t], &sphi[t]) - dot(&c, &kic);
             log_pred[t - nc][si] = -0.5 * (y[t] - mean).powi(2) / var - 0.5 * (2.0 * std::f64::consts::PI * var).ln();
@@ -490,7 +492,7 @@ fn meta_learning_helps() {
     let mut rng = Rng64::seed_from_u64(2024);
     let diffs: Vec<f64> = (0..200)
         .map(|_| {
-            let (x, y) = Sawtooth { n_range: (24, 25), ..Default::default() }.generate(&mut rng);
+            let (x, y) = Sawtooth { n_range: (24, 25), ..Default::default() }.generate(&mut rng).unwrap();
             let learned = prior_predictive_lpd(&guide, sigma, &x, &y, 4, 1000, &mut rng);
             let init = prior_predictive_lpd(&initial, sigma, &x, &y, 4, 1000, &mut rng);
             learned - init
@@ -765,14 +767,19 @@ fn partial_trainability_generators_and_meta_checkpoints() {
 
     // task generators: sizes, ranges and values
     let mut rng = Rng64::seed_from_u64(11);
-    let (x, y) = Sawtooth::default().generate(&mut rng);
+    let (x, y) = Sawtooth::default().generate(&mut rng).unwrap();
     assert!((40..100).contains(&x.len()) && x.iter().all(|v| (-2.0..2.0).contains(v)) && y.iter().all(|v| v.abs() < 5.0));
-    let (x, y) = Heaviside::default().generate(&mut rng);
+    let (x, y) = Heaviside::default().generate(&mut rng).unwrap();
     assert!(x.iter().all(|v| (-5.0..5.0).contains(v)) && y.iter().all(|v| (v.abs() - 1.0).abs() < 0.1));
-    let (x, y) = BnnPriorTasks { widths: vec![8, 8], ..Default::default() }.generate(&mut rng);
+    let (x, y) = BnnPriorTasks { widths: vec![8, 8], ..Default::default() }.generate(&mut rng).unwrap();
     assert_eq!(x.len(), y.len());
     // GP samples at two close inputs are strongly correlated, at far ones nearly independent
-    let draws: Vec<Vec<f64>> = (0..2000).map(|_| gp_sample(&[0.0, 0.05, 3.0], 0.5, 1.0, &mut rng)).collect();
+    let draws: Vec<Vec<f64>> = (0..2000).map(|_| gp_sample(&[0.0, 0.05, 3.0], 0.5, 1.0, &mut rng).unwrap()).collect();
+    // settings no kernel has, and non-finite inputs, are errors rather than an endless jitter loop
+    assert!(matches!(gp_sample(&[0.0, 1.0], f64::NAN, 1.0, &mut rng), Err(weightspace::Error::InvalidConfig { .. })));
+    assert!(matches!(gp_sample(&[0.0, 1.0], 0.5, -1.0, &mut rng), Err(weightspace::Error::InvalidConfig { .. })));
+    assert!(matches!(gp_sample(&[0.0, f64::INFINITY], 0.5, 1.0, &mut rng), Err(weightspace::Error::NonFinite { .. })));
+    assert!(GpTasks { lengthscale: 0.0, ..Default::default() }.dataset::<f32, Cpu>(&Cpu::default(), &mut rng).is_err());
     let corr = |i: usize, j: usize| draws.iter().map(|d| d[i] * d[j]).sum::<f64>() / 2000.0;
     assert!((corr(0, 1) - (-0.5f64 * 0.01).exp()).abs() < 0.1, "near correlation {}", corr(0, 1));
     assert!(corr(0, 2).abs() < 0.1, "far correlation {}", corr(0, 2));

@@ -6,10 +6,10 @@
 //! errors use the ESS) at a false-alarm rate of 0.001 per check, with fixed seeds.
 
 use rand::{Rng, SeedableRng};
+use weightspace::linalg::Matrix;
 use weightspace::mcmc::*;
 use weightspace::prelude::*;
 use weightspace::testing::assert::{assert_covariance, assert_mean, Draws, VectorDraws};
-use weightspace::testing::dense::Matrix;
 use weightspace::testing::diagnostics::rhat;
 use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 

@@ -72,13 +72,20 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// A device (allocation, kernel) error.
+    /// A device (allocation, kernel) error. dfdx's device errors (`Storage::Err`) are only
+    /// `Debug + Display` (neither `'static` nor `Send`), so the variant carries their message.
     #[error("device error: {0}")]
     Device(String),
-    /// An MCMC sampler could not run (settings its backend rejects, an unrecoverable error inside
-    /// the sampler).
-    #[error("sampler: {0}")]
-    Sampler(String),
+    /// An MCMC sampler backend could not run (settings it rejects, an unrecoverable error inside
+    /// it). The backend's own error is the source.
+    #[error("sampler: {what}: {source}")]
+    Sampler {
+        /// What the sampler was doing.
+        what: String,
+        /// The backend's error (downcast it with [`SourceError::downcast_ref`]).
+        #[source]
+        source: SourceError,
+    },
     /// A metric could not be computed.
     #[error(transparent)]
     Metric(#[from] MetricError),
@@ -208,7 +215,7 @@ pub enum MetricError {
 /// its type kept.
 ///
 /// ```
-/// use weightspace::testing::{check_mean, InferenceTestError};
+/// use weightspace::testing::assert::{check_mean, InferenceTestError};
 /// fn run() -> weightspace::Result<f64> {
 ///     Ok(check_mean(&[][..], 0.0, 0.01)?.p_value)
 /// }
@@ -244,6 +251,52 @@ impl std::error::Error for TestingError {
 
 /// Two testing errors are equal when they say the same thing.
 impl PartialEq for TestingError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+/// An error from another library (an MCMC backend, ...), kept as the typed source of an
+/// [`Error`] variant.
+///
+/// ```
+/// use std::error::Error as _;
+/// use weightspace::{Error, SourceError};
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "backend gave up");
+/// let e = Error::Sampler { what: "nuts-rs: a draw".into(), source: SourceError::new(io) };
+/// assert_eq!(e.to_string(), "sampler: nuts-rs: a draw: backend gave up");
+/// let source = e.source().and_then(|s| s.downcast_ref::<SourceError>()).unwrap();
+/// assert!(source.downcast_ref::<std::io::Error>().is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct SourceError(std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl SourceError {
+    /// Wraps another library's error.
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(std::sync::Arc::from(e.into()))
+    }
+
+    /// The wrapped error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Two wrapped errors are equal when they say the same thing.
+impl PartialEq for SourceError {
     fn eq(&self, other: &Self) -> bool {
         self.0.to_string() == other.0.to_string()
     }

@@ -24,7 +24,7 @@ mod vi;
 // the foundation
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
-pub use error::{Error, MetricError, Result, TestingError};
+pub use error::{Error, MetricError, Result, SourceError, TestingError};
 pub use num::{Real, Taped};
 pub use progress::Progress;
 
@@ -55,12 +55,13 @@ pub mod metrics {
         gaussian_negative_log_likelihood, interval_coverage, log_mean_exp, logsumexp, mean_and_se, mean_log_predictive_density,
         pointwise_log_predictive_density, reliability_diagram, rmse, ReliabilityBin, PROB_SUM_TOLERANCE,
     };
-    pub use crate::MetricError;
 }
 
-/// Batched symmetric-positive-definite linear algebra on the tape, on every device: Cholesky,
-/// solves, inverses and log-determinants with exact first-order gradients.
+/// Linear algebra: batched symmetric-positive-definite operations on the tape, on every device
+/// (Cholesky, solves, inverses and log-determinants with exact first-order gradients), and the
+/// small dense host matrices (`f64`) that BALI and the inference-test references work in.
 pub mod linalg {
+    pub use crate::num::dense::{dot, Cholesky, DenseError, Matrix};
     pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
 }
 

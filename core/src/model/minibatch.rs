@@ -28,13 +28,18 @@ impl Minibatches {
         Self { n, batch, seed, order: (0..n).collect(), cursor: n, epoch: 0 }
     }
 
+    /// How many batches make one epoch, or `None` when every batch is the whole dataset.
+    pub(crate) fn batches_per_epoch(&self) -> Option<usize> {
+        self.batch.map(|b| self.n.div_ceil(b))
+    }
+
     /// The rows of the next batch, or `None` when every batch is the whole dataset.
     pub(crate) fn next_batch(&mut self) -> Option<&[usize]> {
         let b = self.batch?;
         if self.cursor >= self.n {
             use rand::seq::SliceRandom;
             self.order.sort_unstable();
-            self.order.shuffle(&mut stream(self.seed, Purpose::Shuffle, self.epoch));
+            self.order.shuffle(&mut stream(self.seed, Purpose::Shuffle, &[self.epoch]));
             self.epoch += 1;
             self.cursor = 0;
         }
@@ -69,6 +74,8 @@ mod tests {
     #[test]
     fn no_batch_size_or_one_at_least_n_means_the_whole_dataset() {
         assert!(Minibatches::new(5, None, 0).next_batch().is_none());
+        assert_eq!(Minibatches::new(5, None, 0).batches_per_epoch(), None);
+        assert_eq!(Minibatches::new(10, Some(4), 0).batches_per_epoch(), Some(3));
         assert!(Minibatches::new(5, Some(5), 0).next_batch().is_none());
         assert!(Minibatches::new(5, Some(9), 0).next_batch().is_none());
     }

@@ -8,7 +8,7 @@
 //!   BALI, built on the same kernels.
 //!
 //! ```
-//! use weightspace::testing::dense::Matrix;
+//! use weightspace::linalg::Matrix;
 //!
 //! let a = Matrix::from_rows(&[vec![4.0, 2.0], vec![2.0, 3.0]])?;
 //! let chol = a.cholesky()?;
@@ -17,7 +17,7 @@
 //! assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12);
 //! let inv = chol.inverse();
 //! assert!(a.matmul(&inv)?.max_abs_diff(&Matrix::identity(2))? < 1e-12);
-//! # Ok::<(), weightspace::testing::dense::DenseError>(())
+//! # Ok::<(), weightspace::linalg::DenseError>(())
 //! ```
 
 use std::ops::{Index, IndexMut};
@@ -29,7 +29,7 @@ use crate::Real;
 /// Why a dense operation failed.
 ///
 /// ```
-/// use weightspace::testing::dense::{DenseError, Matrix};
+/// use weightspace::linalg::{DenseError, Matrix};
 ///
 /// let err = Matrix::from_rows(&[vec![1.0, 2.0], vec![2.0, 1.0]])?.cholesky().unwrap_err();
 /// assert!(matches!(err, DenseError::NotPositiveDefinite { pivot: 1, .. }));
@@ -85,13 +85,13 @@ type Result<T> = std::result::Result<T, DenseError>;
 /// A dense row-major `f64` matrix.
 ///
 /// ```
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 ///
 /// let m = Matrix::from_row_major(2, 3, vec![1., 2., 3., 4., 5., 6.])?;
 /// assert_eq!(m[(1, 2)], 6.0);
 /// assert_eq!(m.transpose().shape(), (3, 2));
 /// assert_eq!(m.matvec(&[1.0, 0.0, -1.0])?, vec![-2.0, -2.0]);
-/// # Ok::<(), weightspace::testing::dense::DenseError>(())
+/// # Ok::<(), weightspace::linalg::DenseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
@@ -275,13 +275,13 @@ impl IndexMut<(usize, usize)> for Matrix {
 /// The Cholesky factor `L` (lower triangular) of an SPD matrix `A = L Lᵀ`.
 ///
 /// ```
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 ///
 /// let a = Matrix::from_diagonal(&[4.0, 9.0]);
 /// let chol = a.cholesky()?;
 /// assert_eq!(chol.factor().diagonal(), vec![2.0, 3.0]);
 /// assert_eq!(chol.solve_lower(&[2.0, 3.0])?, vec![1.0, 1.0]);
-/// # Ok::<(), weightspace::testing::dense::DenseError>(())
+/// # Ok::<(), weightspace::linalg::DenseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cholesky {
@@ -436,7 +436,7 @@ fn gemv_impl<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
 /// shorter length when the lengths differ). The crate's one dot product.
 ///
 /// ```
-/// assert_eq!(weightspace::testing::dense::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+/// assert_eq!(weightspace::linalg::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
 /// ```
 #[inline(always)]
 pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
@@ -458,7 +458,7 @@ pub fn dot<E: Real>(a: &[E], b: &[E]) -> E {
 }
 
 /// `ln det (L Lᵀ) = 2 Σ ln Lᵢᵢ`.
-pub fn chol_logdet<E: Real>(l: &[E], k: usize) -> E {
+pub(crate) fn chol_logdet<E: Real>(l: &[E], k: usize) -> E {
     let mut s = E::zero();
     for i in 0..k {
         s += l[i * k + i].ln();
@@ -490,7 +490,7 @@ fn tril_inverse_impl<E: Real>(l: &[E], k: usize, x: &mut [E]) {
 }
 
 /// `C = (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`. `work` must hold `k²` values; on return it holds `L⁻¹`.
-pub fn chol_inverse<E: Real>(l: &[E], k: usize, c: &mut [E], work: &mut [E]) {
+pub(crate) fn chol_inverse<E: Real>(l: &[E], k: usize, c: &mut [E], work: &mut [E]) {
     tril_inverse(l, k, work);
     // C = Xᵀ X with X = L⁻¹ (row-major): element (i, j) = Σ_p X[p][i] X[p][j]
     let x = MatRef::row_major(work, k, k);
@@ -530,14 +530,7 @@ fn chol_solve_impl<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
 /// In-place lower Cholesky factor of a row-major `k×k` SPD matrix (only the lower triangle is
 /// read); the strict upper triangle is set to zero. Returns `Err(j)` when pivot `j` is not
 /// positive and finite.
-///
-/// ```
-/// let mut a = [4.0f64, 2.0, 2.0, 3.0];
-/// weightspace::testing::dense::cholesky(&mut a, 2).unwrap();
-/// assert_eq!(a, [2.0, 0.0, 1.0, 2f64.sqrt()]);
-/// assert_eq!(weightspace::testing::dense::cholesky(&mut [1.0f64, 2.0, 2.0, 1.0], 2), Err(1));
-/// ```
-pub fn cholesky<E: Real>(a: &mut [E], k: usize) -> std::result::Result<(), usize> {
+pub(crate) fn cholesky<E: Real>(a: &mut [E], k: usize) -> std::result::Result<(), usize> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -560,7 +553,7 @@ unsafe fn cholesky_avx2<E: Real>(a: &mut [E], k: usize) -> std::result::Result<(
 }
 
 /// `X = L⁻¹` for a lower-triangular `L` (row-major; `X` lower-triangular).
-pub fn tril_inverse<E: Real>(l: &[E], k: usize, x: &mut [E]) {
+pub(crate) fn tril_inverse<E: Real>(l: &[E], k: usize, x: &mut [E]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -583,7 +576,7 @@ unsafe fn tril_inverse_avx2<E: Real>(l: &[E], k: usize, x: &mut [E]) {
 }
 
 /// Solves `L Lᵀ X = B` in place for a `k×m` row-major `B`.
-pub fn chol_solve<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
+pub(crate) fn chol_solve<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -606,7 +599,7 @@ unsafe fn chol_solve_avx2<E: Real>(l: &[E], k: usize, b: &mut [E], m: usize) {
 }
 
 /// `y = A x` for a row-major `m×n` matrix.
-pub fn gemv<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
+pub(crate) fn gemv<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -629,7 +622,7 @@ unsafe fn gemv_avx2<E: Real>(m: usize, n: usize, a: &[E], x: &[E], y: &mut [E]) 
 }
 
 /// Matrices factorised together by [`batch_spd_inverse`] (one per SIMD lane).
-pub const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 
 /// Inverses `C = A⁻¹` and log-determinants of up to [`LANES`] row-major `k×k` SPD matrices at
 /// once, stored contiguously in `a` (`m·k²` values; only lower triangles are read). The
@@ -638,7 +631,7 @@ pub const LANES: usize = 8;
 /// factorising small matrices one by one. Writes `C` to `c` (`m·k²`) and `ln det A` to
 /// `logdet` (`m`); `work` is scratch space, grown as needed. Returns `Err((matrix, pivot))` for
 /// the first matrix that is not positive definite.
-pub fn batch_spd_inverse<E: Real>(
+pub(crate) fn batch_spd_inverse<E: Real>(
     a: &[E],
     m: usize,
     k: usize,
@@ -802,7 +795,7 @@ fn batch_spd_inverse_impl<E: Real>(
 /// # Panics
 /// If a slice is shorter than its matrix.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_rm<E: Real>(m: usize, k: usize, n: usize, alpha: E, a: &[E], b: &[E], beta: E, c: &mut [E]) {
+pub(crate) fn gemm_rm<E: Real>(m: usize, k: usize, n: usize, alpha: E, a: &[E], b: &[E], beta: E, c: &mut [E]) {
     gemm(alpha, MatRef::row_major(a, m, k), MatRef::row_major(b, k, n), beta, MatMut::row_major(c, m, n));
 }
 
@@ -933,6 +926,14 @@ pub(crate) fn gemm<E: Real>(alpha: E, a: MatRef<'_, E>, b: MatRef<'_, E>, beta: 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slice_cholesky_factors_in_place_and_names_the_failing_pivot() {
+        let mut a = [4.0f64, 2.0, 2.0, 3.0];
+        cholesky(&mut a, 2).unwrap();
+        assert_eq!(a, [2.0, 0.0, 1.0, 2f64.sqrt()]);
+        assert_eq!(cholesky(&mut [1.0f64, 2.0, 2.0, 1.0], 2), Err(1));
+    }
+
     use super::*;
 
     fn spd(n: usize) -> Matrix {

@@ -427,7 +427,7 @@ pub struct Summary {
 /// Computes every field of [`Summary`].
 ///
 /// ```
-/// use weightspace::testing::summarize;
+/// use weightspace::testing::diagnostics::summarize;
 /// // two well-mixed chains of a deterministic low-discrepancy sequence in [0, 1)
 /// let chain = |k: usize| -> Vec<f64> { (0..300).map(|t| ((t * 163 + k) % 300) as f64 / 300.0).collect() };
 /// let s = summarize(&[chain(0), chain(7)])?;

@@ -31,10 +31,9 @@
 //!
 //! # Host kernels
 //!
-//! The factorisations themselves are the host kernels of [`crate::num::dense`] (Cholesky,
-//! triangular inverse, batched SPD inverse, solves) on row-major slices (users reach them as
-//! `weightspace::testing::dense`); [`crate::methods::bnnp`] calls them directly in its fused
-//! layer update.
+//! The factorisations themselves are the crate's host kernels on row-major slices (Cholesky,
+//! triangular inverse, batched SPD inverse, solves), the same ones behind [`Matrix`](crate::linalg::Matrix);
+//! [`crate::methods::bnnp`] calls them directly in its fused layer update.
 //!
 //! ```
 //! use weightspace::prelude::*;
@@ -59,7 +58,15 @@ use dfdx::prelude::*;
 use crate::num::dense;
 use crate::{Error, Real, Result};
 
-/// A batch of matrices `(B, rows, cols)`.
+/// A batch of matrices `(B, rows, cols)`, with a tape `T` (none by default).
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::linalg::Batch;
+/// let dev = Cpu::default();
+/// let two_identities: Batch<f64, Cpu> = dev.tensor_from_vec(vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], (2, 2, 2));
+/// assert_eq!(two_identities.shape().0, 2);
+/// ```
 pub type Batch<E, D, T = NoneTape> = Tensor<(usize, usize, usize), E, D, T>;
 
 /// Host factorisation of a batch: Cholesky factors and inverses of every matrix, or the first that
@@ -130,6 +137,24 @@ pub(crate) fn attach<S: Shape, E: Real, D: Device<E>, T: Tape<E, D> + Merge<None
 /// Differentiable in both arguments: `∂X` = `A⁻¹(∂B − ∂A X)`. Returns
 /// [`Error::NotPositiveDefinite`] naming the first matrix whose factorisation fails and
 /// [`Error::Shape`] on mismatched shapes.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::dfdx::tensor_ops::SumTo;
+/// use weightspace::linalg::spd_solve;
+/// let dev = Cpu::default();
+/// // A = [[4, 2], [2, 3]], b = [2, 1]: x = [0.5, 0]
+/// let a = dev.tensor_from_vec(vec![4.0f64, 2.0, 2.0, 3.0], (1, 2, 2));
+/// let b = dev.tensor_from_vec(vec![2.0f64, 1.0], (1, 2, 1));
+/// let grads = spd_solve(a.leaky_trace(), b)?.sum().backward();
+/// // ∂(Σx)/∂A = −A⁻ᵀ 1 xᵀ: only the first column, where x is non-zero, moves
+/// let g = grads.get(&a).as_vec();
+/// assert!((g[0] + 0.0625).abs() < 1e-12 && g[1].abs() < 1e-12);
+/// // a matrix that is not positive definite is an error naming it
+/// let bad = dev.tensor_from_vec(vec![1.0f64, 2.0, 2.0, 1.0], (1, 2, 2));
+/// assert!(matches!(spd_solve(bad, dev.tensor_from_vec(vec![1.0, 1.0], (1, 2, 1))), Err(weightspace::Error::NotPositiveDefinite { index: 0, .. })));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn spd_solve<E: Real, D: Device<E>, T1, T2>(a: Batch<E, D, T1>, b: Batch<E, D, T2>) -> Result<Batch<E, D, T1>>
 where
     T1: Tape<E, D> + Merge<T2> + Merge<NoneTape>,
@@ -163,6 +188,20 @@ where
 /// `ln det A` for a batch of SPD matrices `(B, k, k)`: shape `(B,)`.
 ///
 /// Differentiable: `∂ ln det A = tr(A⁻¹ ∂A)`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::dfdx::tensor_ops::SumTo;
+/// use weightspace::linalg::spd_logdet;
+/// let dev = Cpu::default();
+/// let a = dev.tensor_from_vec(vec![4.0f64, 2.0, 2.0, 3.0, 2.0, 0.0, 0.0, 2.0], (2, 2, 2));
+/// let ld = spd_logdet(a.leaky_trace())?;
+/// assert!((ld.as_vec()[0] - 8f64.ln()).abs() < 1e-12 && (ld.as_vec()[1] - 4f64.ln()).abs() < 1e-12);
+/// // the gradient is A⁻ᵀ
+/// let g = ld.sum().backward().get(&a).as_vec();
+/// assert!((g[0] - 3.0 / 8.0).abs() < 1e-12 && (g[1] + 2.0 / 8.0).abs() < 1e-12 && (g[4] - 0.5).abs() < 1e-12);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn spd_logdet<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(a: Batch<E, D, T>) -> Result<Tensor<(usize,), E, D, T>> {
     let (bs, k) = check_square("spd_logdet", a.shape())?;
     let (inv, ld) = inverse_logdet("spd_logdet", &a.as_vec(), bs, k)?;
@@ -175,6 +214,17 @@ pub fn spd_logdet<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(a: Bat
 /// `A⁻¹` for a batch of SPD matrices `(B, k, k)`.
 ///
 /// Differentiable: `∂A⁻¹ = −A⁻¹ ∂A A⁻¹`.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::linalg::spd_inverse;
+/// let dev = Cpu::default();
+/// let a = dev.tensor_from_vec(vec![4.0f64, 2.0, 2.0, 3.0], (1, 2, 2));
+/// let inv = spd_inverse(a)?.as_vec();
+/// let want = [3.0 / 8.0, -2.0 / 8.0, -2.0 / 8.0, 4.0 / 8.0];
+/// assert!(inv.iter().zip(want).all(|(x, w)| (x - w).abs() < 1e-12));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn spd_inverse<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(a: Batch<E, D, T>) -> Result<Batch<E, D, T>> {
     let (bs, k) = check_square("spd_inverse", a.shape())?;
     let (inv, _) = inverse_logdet("spd_inverse", &a.as_vec(), bs, k)?;
@@ -191,6 +241,16 @@ pub fn spd_inverse<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(a: Ba
 /// Differentiable: `∂L = L Φ(L⁻¹ ∂A L⁻ᵀ)` with `Φ` the strict lower triangle plus half the diagonal
 /// (Murray 2016). This costs four batched `k×k` products on the tape; prefer [`spd_solve`] and
 /// [`spd_logdet`] when they suffice.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::linalg::cholesky;
+/// let dev = Cpu::default();
+/// let a = dev.tensor_from_vec(vec![4.0f64, 2.0, 2.0, 3.0], (1, 2, 2));
+/// let l = cholesky(a)?.as_vec();
+/// assert!((l[0] - 2.0).abs() < 1e-12 && l[1] == 0.0 && (l[2] - 1.0).abs() < 1e-12 && (l[3] - 2f64.sqrt()).abs() < 1e-12);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 pub fn cholesky<E: Real, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(a: Batch<E, D, T>) -> Result<Batch<E, D, T>> {
     let (bs, k) = check_square("cholesky", a.shape())?;
     let f = factor("cholesky", &a.as_vec(), bs, k)?;

@@ -14,6 +14,10 @@ pub(crate) enum Purpose {
     Shuffle = 1,
     /// Monte-Carlo noise of an objective's estimate.
     Noise = 2,
+    /// The random initial state of a run.
+    Init = 3,
+    /// Drawing a task (and its context/target split) in meta-learning.
+    Task = 4,
 }
 
 /// SplitMix64's finaliser: a bijection on `u64` that mixes every input bit into every output bit.
@@ -23,10 +27,11 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The generator of the stream `(purpose, index)` of a run seeded with `seed`.
-pub(crate) fn stream(seed: u64, purpose: Purpose, index: u64) -> rand::rngs::StdRng {
+/// The generator of the stream `(purpose, key...)` of a run seeded with `seed`; `key` is, e.g.,
+/// `[step]` or `[step, task]`.
+pub(crate) fn stream(seed: u64, purpose: Purpose, key: &[u64]) -> rand::rngs::StdRng {
     let mut h = mix(seed ^ 0x9e37_79b9_7f4a_7c15);
-    for word in [purpose as u64, index] {
+    for &word in std::iter::once(&(purpose as u64)).chain(key) {
         h = mix(h.wrapping_add(0x9e37_79b9_7f4a_7c15) ^ word);
     }
     rand::rngs::StdRng::seed_from_u64(h)
@@ -39,10 +44,17 @@ mod tests {
 
     #[test]
     fn streams_differ_by_every_part_of_the_key_and_repeat_for_the_same_key() {
-        let first = |seed, p, i| stream(seed, p, i).gen::<u64>();
-        let a = first(1, Purpose::Noise, 5);
-        assert_eq!(a, first(1, Purpose::Noise, 5));
-        for other in [first(2, Purpose::Noise, 5), first(1, Purpose::Shuffle, 5), first(1, Purpose::Noise, 6)] {
+        let first = |seed, p, key: &[u64]| stream(seed, p, key).gen::<u64>();
+        let a = first(1, Purpose::Noise, &[5, 2]);
+        assert_eq!(a, first(1, Purpose::Noise, &[5, 2]));
+        for other in [
+            first(2, Purpose::Noise, &[5, 2]),
+            first(1, Purpose::Shuffle, &[5, 2]),
+            first(1, Purpose::Noise, &[6, 2]),
+            first(1, Purpose::Noise, &[5, 3]),
+            first(1, Purpose::Noise, &[2, 5]),
+            first(1, Purpose::Noise, &[5]),
+        ] {
             assert_ne!(a, other);
         }
     }

@@ -41,7 +41,7 @@
 //! assert_eq!(accuracy(&probs, 2, &[0, 0])?, 0.5);
 //! let ece = expected_calibration_error(&probs, 2, &[0, 0], 10)?;
 //! assert!((ece - 0.45).abs() < 1e-12); // (|1 - 0.9| + |0 - 0.8|) / 2
-//! # Ok::<(), weightspace::metrics::MetricError>(())
+//! # Ok::<(), weightspace::MetricError>(())
 //! ```
 
 use crate::num::special::normal_quantile;
@@ -124,7 +124,7 @@ pub fn logsumexp(xs: &[f64]) -> f64 {
 /// let v = log_mean_exp(&[-1000.0, f64::NEG_INFINITY])?;
 /// assert!((v - (-1000.0 - 2f64.ln())).abs() < 1e-12);
 /// assert!(log_mean_exp(&[]).is_err());
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn log_mean_exp(xs: &[f64]) -> Result<f64> {
     const M: &str = "log_mean_exp";
@@ -166,7 +166,7 @@ fn check_loglik(metric: &'static str, loglik: &[f64], s: usize, n: usize) -> Res
 /// let lpd = pointwise_log_predictive_density(&loglik, 2, 2)?;
 /// assert!((lpd[0] + 1.0).abs() < 1e-12);
 /// assert!((lpd[1] - (-3.0 - 2f64.ln())).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn pointwise_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result<Vec<f64>> {
     check_loglik("pointwise_log_predictive_density", loglik, s, n)?;
@@ -193,7 +193,7 @@ pub fn pointwise_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> R
 /// // one sample: the mean lpd is the mean log-likelihood
 /// let m = mean_log_predictive_density(&[-1.0, -2.0, -3.0], 1, 3)?;
 /// assert!((m + 2.0).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn mean_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result<f64> {
     check_loglik("mean_log_predictive_density", loglik, s, n)?;
@@ -211,7 +211,7 @@ pub fn mean_log_predictive_density(loglik: &[f64], s: usize, n: usize) -> Result
 /// let (m, se) = mean_and_se(&[1.0, 2.0, 3.0, 4.0])?;
 /// assert_eq!(m, 2.5);
 /// assert!((se - (5.0f64 / 12.0).sqrt() ).abs() < 1e-12); // sd² = 5/3, n = 4
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn mean_and_se(xs: &[f64]) -> Result<(f64, f64)> {
     const M: &str = "mean_and_se";
@@ -231,7 +231,7 @@ pub fn mean_and_se(xs: &[f64]) -> Result<(f64, f64)> {
 /// use weightspace::metrics::rmse;
 ///
 /// assert!((rmse(&[1.0, 2.0], &[2.0, 4.0])? - 2.5f64.sqrt()).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "rmse";
@@ -254,7 +254,7 @@ pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
 ///
 /// let nll = gaussian_negative_log_likelihood(&[0.0], &[1.0], &[0.0])?;
 /// assert!((nll - 0.5 * (2.0 * std::f64::consts::PI).ln()).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn gaussian_negative_log_likelihood(mean: &[f64], variance: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "gaussian_negative_log_likelihood";
@@ -332,7 +332,7 @@ fn top(p: &[f64]) -> (usize, f64) {
 ///              0.4, 0.6,
 ///              0.5, 0.5];
 /// assert!((accuracy(&probs, 2, &[0, 0, 0])? - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn accuracy(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64> {
     check_probs("accuracy", probs, n_classes, labels)?;
@@ -349,7 +349,7 @@ pub fn accuracy(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64
 ///
 /// let nll = categorical_negative_log_likelihood(&[0.5, 0.5, 0.25, 0.75], 2, &[0, 1])?;
 /// assert!((nll - 0.5 * (2f64.ln() + (4.0f64 / 3.0).ln())).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn categorical_negative_log_likelihood(probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<f64> {
     check_probs("categorical_negative_log_likelihood", probs, n_classes, labels)?;
@@ -404,7 +404,7 @@ impl ReliabilityBin {
 /// assert_eq!(bins[0].count, 0);
 /// assert_eq!(bins[1].count, 3);
 /// assert!((bins[1].accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn reliability_diagram(probs: &[f64], n_classes: usize, labels: &[usize], n_bins: usize) -> Result<Vec<ReliabilityBin>> {
     reliability_bins("reliability_diagram", probs, n_classes, labels, n_bins)
@@ -452,7 +452,7 @@ fn reliability_bins(metric: &'static str, probs: &[f64], n_classes: usize, label
 /// let probs = [0.75, 0.25, 0.75, 0.25, 0.75, 0.25, 0.25, 0.75];
 /// let ece = expected_calibration_error(&probs, 2, &[0, 0, 0, 0], 15)?;
 /// assert!(ece.abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn expected_calibration_error(probs: &[f64], n_classes: usize, labels: &[usize], n_bins: usize) -> Result<f64> {
     let bins = reliability_bins("expected_calibration_error", probs, n_classes, labels, n_bins)?;
@@ -469,7 +469,7 @@ pub fn expected_calibration_error(probs: &[f64], n_classes: usize, labels: &[usi
 ///
 /// let c = interval_coverage(&[0.0, 0.0, 0.0], &[1.0, 1.0, 1.0], &[0.5, 1.0, 2.0])?;
 /// assert!((c - 2.0 / 3.0).abs() < 1e-12);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn interval_coverage(lower: &[f64], upper: &[f64], y: &[f64]) -> Result<f64> {
     const M: &str = "interval_coverage";
@@ -499,7 +499,7 @@ pub fn interval_coverage(lower: &[f64], upper: &[f64], y: &[f64]) -> Result<f64>
 /// // z(0.95) = 1.95996...: 1.9 is inside, 2.0 is outside
 /// let c = gaussian_interval_coverage(&[0.0, 0.0], &[1.0, 1.0], &[1.9, -2.0], 0.95)?;
 /// assert_eq!(c, 0.5);
-/// # Ok::<(), weightspace::metrics::MetricError>(())
+/// # Ok::<(), weightspace::MetricError>(())
 /// ```
 pub fn gaussian_interval_coverage(mean: &[f64], std: &[f64], y: &[f64], level: f64) -> Result<f64> {
     const M: &str = "gaussian_interval_coverage";

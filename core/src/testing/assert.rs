@@ -536,7 +536,7 @@ pub fn assert_variance<'a>(draws: impl Into<Draws<'a>>, expected_variance: f64, 
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
 /// use weightspace::testing::assert::check_covariance;
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 /// use weightspace::testing::reference::Gaussian;
 ///
 /// let cov = Matrix::from_rows(&[vec![1.0, 0.5], vec![0.5, 1.0]])?;
@@ -605,7 +605,7 @@ pub fn check_covariance<'a>(draws: impl Into<VectorDraws<'a>>, expected: &Matrix
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
 /// use weightspace::testing::assert::assert_covariance;
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 /// use weightspace::testing::reference::Gaussian;
 ///
 /// let draws = Gaussian::standard(3).sample_n(&mut StdRng::seed_from_u64(8), 1000);

@@ -10,7 +10,7 @@
 //! | [`sbc`] | simulation-based calibration through the [`sbc::PosteriorSampler`] trait, with a chi-square test of the ranks |
 //! | [`diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021) |
 //! | [`plot`] | PNG rank histograms and reliability diagrams |
-//! | [`dense`], [`special`] | the small linear algebra and special functions underneath |
+//! | [`special`] | the special functions underneath (the host matrices are in [`crate::linalg`]) |
 //! | [`crate::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
 //!
 //! # How to write an inference test
@@ -152,17 +152,7 @@ pub mod plot;
 pub mod reference;
 pub mod sbc;
 
-/// Dense host matrices (re-exported from the numerics layer).
-pub use crate::num::dense;
 /// MCMC diagnostics (re-exported from the numerics layer).
 pub use crate::num::diagnostics;
 /// Special functions (re-exported from the numerics layer).
 pub use crate::num::special;
-
-pub use assert::{
-    assert_covariance, assert_ks, assert_mean, assert_two_sample, assert_variance, check_covariance, check_ks, check_mean,
-    check_two_sample, check_two_sample_1d, check_variance, Draws, InferenceTestError, PermutationSettings, TestOutcome, VectorDraws,
-};
-pub use diagnostics::{ess_bulk, ess_mean, ess_tail, mcse_mean, rhat, split_rhat, summarize};
-pub use reference::{BlrPosterior, BlrProblem, Gaussian, PriorCovariance, TanhNet, TanhNetProblem, TanhNetReference};
-pub use sbc::{run_sbc, PosteriorSampler, SbcReport, SbcSettings};

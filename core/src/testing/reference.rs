@@ -94,7 +94,7 @@ fn check_finite(what: &'static str, xs: &[f64]) -> Result<()> {
 ///
 /// ```
 /// use rand::{rngs::StdRng, SeedableRng};
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 /// use weightspace::testing::reference::Gaussian;
 ///
 /// let cov = Matrix::from_rows(&[vec![1.0, 0.5], vec![0.5, 2.0]])?;

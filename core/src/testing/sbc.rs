@@ -305,7 +305,7 @@ impl SbcReport {
     /// The image is 320×240 pixels per panel.
     ///
     /// ```
-    /// use weightspace::testing::SbcReport;
+    /// use weightspace::testing::sbc::SbcReport;
     ///
     /// let report = SbcReport::from_ranks(vec![(0..100).map(|r| r % 20).collect()], 19, 5)?;
     /// let path = std::env::temp_dir().join("weightspace_doc_ranks.png");

@@ -251,7 +251,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O>
             Some(rows) => Some(data.rows(rows)?),
             None => None,
         };
-        let mut noise = stream(self.cfg.seed, Purpose::Noise, t as u64);
+        let mut noise = stream(self.cfg.seed, Purpose::Noise, &[t as u64]);
         let est = self.objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), self.n, &mut noise)?;
         if !est.elbo.is_finite() {
             return Err(Error::Diverged { step: t, what: format!("ELBO estimate ({})", est.elbo) });

@@ -25,7 +25,7 @@ use crate::{Error, Real, Result};
 ///
 /// ```
 /// use weightspace::bali::MatrixNormal;
-/// use weightspace::testing::dense::Matrix;
+/// use weightspace::linalg::Matrix;
 /// let m = Matrix::from_rows(&[vec![1.0, 0.0, -1.0], vec![0.5, 2.0, 0.0]])?;
 /// let row_cov = Matrix::from_rows(&[vec![1.0, 0.3], vec![0.3, 0.5]])?;
 /// let col_prec = Matrix::identity(3).scale(4.0);
@@ -34,7 +34,7 @@ use crate::{Error, Real, Result};
 /// let cov = mn.covariance();
 /// assert!((cov[(5, 5)] - 0.125).abs() < 1e-12);
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-/// assert_eq!(mn.sample(&mut rng).shape(), (2, 3));
+/// assert_eq!(mn.sample(&mut rng)?.shape(), (2, 3));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -126,12 +126,12 @@ impl MatrixNormal {
         self.col_chol.factor_inverse()
     }
 
-    /// One draw `M + L_Σ E R⁻¹` on the host.
-    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Matrix {
+    /// One draw `M + L_Σ E R⁻¹` on the host. (The shapes were checked by [`MatrixNormal::new`], so
+    /// this does not fail for a distribution built there.)
+    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Matrix> {
         let (o, i) = self.shape();
-        let e = Matrix::from_row_major(o, i, (0..o * i).map(|_| rng.sample(StandardNormal)).collect()).expect("sizes match");
-        let noise = self.row_factor().matmul(&e).and_then(|le| le.matmul(&self.column_factor())).expect("shapes match");
-        self.mean.add(&noise).expect("shapes match")
+        let e = Matrix::from_row_major(o, i, (0..o * i).map(|_| rng.sample(StandardNormal)).collect())?;
+        Ok(self.mean.add(&self.row_factor().matmul(&e)?.matmul(&self.column_factor())?)?)
     }
 }
 

@@ -116,14 +116,14 @@ mod pass;
 pub use matrix_normal::{BaliPosterior, MatrixNormal};
 
 use dfdx::prelude::*;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rand_distr::StandardNormal;
 
 use crate::model::arch::{Architecture, LikelihoodSpec};
 use crate::model::bnn::{Bnn, Weights};
 use crate::model::data::Dataset;
+use crate::model::minibatch::Minibatches;
 use crate::num::dense::Matrix;
+use crate::num::rng::{stream, Purpose};
 use crate::{Error, Real, Result};
 
 /// How the pseudo-noise covariance `Σ_l = (G_l + δ_l I)⁻¹` of a hidden layer is estimated. The
@@ -499,7 +499,8 @@ pub struct Bali<E: Dtype, D: Storage<E>> {
     layers: Vec<LayerState>,
     noise: Ema,
     posterior: BaliPosterior<E, D>,
-    rng: rand::rngs::StdRng,
+    /// the minibatch schedule of the dataset `epoch` was last given (its size with it)
+    batches: Option<(usize, Minibatches)>,
     steps: usize,
     epochs: usize,
 }
@@ -534,7 +535,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         if cfg.learn_noise == Some(true) && !matches!(arch.likelihood, LikelihoodSpec::Gaussian { .. }) {
             return Err(Error::config("BaliConfig::learn_noise", true, "only a Gaussian likelihood has a noise scale"));
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        let mut rng = stream(cfg.seed, Purpose::Init, &[]);
         let prior = prior_host(model)?;
         let sd = crate::vi::likelihood::noise_value(&arch.likelihood, model.likelihood_params());
         let last = arch.layers.len() - 1;
@@ -558,7 +559,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
             layers.push(LayerState { aa: Ema::new(i * i), ta: Ema::new(o * i), g: (!gaussian_out).then(|| Ema::new(o * o)) });
         }
         let posterior = BaliPosterior::new(model.device(), arch, mns)?;
-        Ok(Self { cfg, arch, layers, noise: Ema::new(1), posterior, rng, steps: 0, epochs: 0 })
+        Ok(Self { cfg, arch, layers, noise: Ema::new(1), posterior, batches: None, steps: 0, epochs: 0 })
     }
 
     /// The current posterior.
@@ -595,7 +596,9 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         let rho = self.cfg.rho_for(batch.len(), n_total);
         let scale = n_total as f64 / batch.len() as f64;
         let weights: Weights<E, D> = match self.cfg.linearisation {
-            Linearisation::Samples(s) if self.steps > 0 => self.posterior.sample(s, &mut self.rng)?,
+            Linearisation::Samples(s) if self.steps > 0 => {
+                self.posterior.sample(s, &mut stream(self.cfg.seed, Purpose::Noise, &[step as u64]))?
+            }
             _ => self.posterior.mean_weights(),
         };
         let sd = crate::vi::likelihood::noise_value(&arch.likelihood, model.likelihood_params());
@@ -686,12 +689,15 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
         let start = std::time::Instant::now();
         let (mut nll, mut steps) = (0.0, 0);
         let mut noise_std = crate::vi::likelihood::noise_value(&M::ARCH.likelihood, model.likelihood_params());
-        match self.cfg.batch_size {
-            Some(b) if b < n => {
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut self.rng);
-                for idx in order.chunks(b) {
-                    let batch = data.rows(idx)?;
+        let batches = match self.batches.take() {
+            Some((len, batches)) if len == n => batches,
+            _ => Minibatches::new(n, self.cfg.batch_size, self.cfg.seed),
+        };
+        match self.batches.insert((n, batches)).1.batches_per_epoch() {
+            Some(count) => {
+                for _ in 0..count {
+                    let Some(idx) = self.batches.as_mut().and_then(|(_, b)| b.next_batch().map(<[usize]>::to_vec)) else { break };
+                    let batch = data.rows(&idx)?;
                     let rec = self.step(model, &batch, n)?;
                     nll += rec.nll * idx.len() as f64;
                     noise_std = rec.noise_std;
@@ -699,7 +705,7 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
                 }
                 nll /= n as f64;
             }
-            _ => {
+            None => {
                 let rec = self.step(model, data, n)?;
                 nll = rec.nll;
                 noise_std = rec.noise_std;

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dfdx::prelude::*;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
 use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
+use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
@@ -72,7 +71,9 @@ pub struct MetaConfig {
     /// Fold each task's context in chunks of this many points (see
     /// [`ForwardOptions::chunk`]). Default `None`.
     pub chunk: Option<usize>,
-    /// Seed for tasks, splits and Monte-Carlo noise.
+    /// Seed for tasks, splits and Monte-Carlo noise. Task `k` of step `t` draws from streams keyed
+    /// by `(seed, t, k)`, so a resumed run or a change of `tasks_per_step` leaves the other tasks'
+    /// draws as they were.
     pub seed: u64,
     /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
@@ -247,7 +248,6 @@ impl MetaReport {
 pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     cfg: MetaConfig,
     opt: Adam<E, D>,
-    rng: StdRng,
     step: usize,
 }
 
@@ -256,8 +256,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     pub fn new(cfg: MetaConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = Adam::new(cfg.adam);
-        let rng = StdRng::seed_from_u64(cfg.seed);
-        Ok(Self { cfg, opt, rng, step: 0 })
+        Ok(Self { cfg, opt, step: 0 })
     }
 
     /// The settings.
@@ -282,10 +281,14 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         let t = cfg.tasks_per_step;
         let mut total: Option<Taped<(), E, D>> = None;
         let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr };
-        for _ in 0..t {
-            let task = source.next_task(&dev, &mut self.rng)?;
-            let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut self.rng)?;
-            let terms = task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut self.rng)?;
+        for k in 0..t {
+            // task k of this step draws from its own streams: one for the task and its split, one
+            // for the Monte-Carlo noise, so neither depends on the batch of tasks around it
+            let key = [self.step as u64, k as u64];
+            let mut task_rng = stream(cfg.seed, Purpose::Task, &key);
+            let task = source.next_task(&dev, &mut task_rng)?;
+            let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
+            let terms = task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key))?;
             rec.objective += terms.objective / t as f64;
             rec.ctx_ell += terms.ctx_ell / t as f64;
             rec.tgt_lpp += terms.tgt_lpp / t as f64;

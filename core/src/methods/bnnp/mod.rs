@@ -21,7 +21,7 @@
 //! | objectives: AVI, PP-AVI (β), target-only | [`TaskObjective`], [`task_terms`], [`split_task`] |
 //! | the meta-learning loop | [`MetaLearner`], [`MetaConfig`], [`Checkpointing`] |
 //! | task sources | [`TaskSource`], [`TaskCollection`], [`Generated`] with [`Sawtooth`], [`GpTasks`], [`BnnPriorTasks`], [`Heaviside`] |
-//! | parameters, Adam with linear decay, checkpoints, progress bar | [`ParamStore`], [`Adam`], [`linear_lr`], [`AmortisedGuide::save`], [`Progress`] |
+//! | parameters, Adam with linear decay, checkpoints, progress bar | [`ParamStore`], [`Adam`], [`linear_lr`], [`AmortisedGuide::save`], [`Progress`](crate::Progress) |
 //! | prior transfer to mean-field VI and to samplers | [`LearnedPriorElbo`], [`LearnedPrior::log_density`], [`LearnedPriorSource`] |
 //!
 //! # How it is computed
@@ -82,7 +82,6 @@ mod prior;
 mod tasks;
 mod transfer;
 
-pub use crate::progress::Progress;
 pub use guide::{
     Amortised, AmortisedForward, AmortisedGuide, ForwardOptions, GuideConfig, InferenceInput, LayerPosterior, OutputPrecision,
 };

@@ -15,7 +15,18 @@ use dfdx::prelude::*;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
-/// Index of a parameter in a [`ParamStore`].
+/// Index of a parameter in a [`ParamStore`], handed out by [`ParamStore::add`] and
+/// [`ParamStore::find`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::ParamStore;
+/// let mut store = ParamStore::<f32, Cpu>::new(&Cpu::default());
+/// let id = store.add("w", &[2], &[1.0, 2.0])?;
+/// assert_eq!(store.find("w"), Some(id));
+/// assert_eq!((store.name(id), store.shape(id)), ("w", &[2][..]));
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ParamId(pub(crate) usize);
 
@@ -282,6 +293,23 @@ type Moments<E, D> = (Tensor<(usize,), E, D>, Tensor<(usize,), E, D>);
 
 /// Adam (Kingma & Ba) over a [`ParamStore`], run with dfdx tensor ops on the store's device.
 /// Masked entries receive a zero gradient, so their moments stay zero and they never move.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::dfdx::tensor_ops::SumTo;
+/// use weightspace::bnnp::{Adam, AdamSettings, ParamStore};
+/// // minimise (w - 3)² from w = 0
+/// let mut store = ParamStore::<f64, Cpu>::new(&Cpu::default());
+/// let w = store.add("w", &[1], &[0.0])?;
+/// let mut adam = Adam::new(AdamSettings { lr: 0.1, ..Default::default() });
+/// for _ in 0..300 {
+///     let loss = (store.param(w, true) - 3.0).square().sum();
+///     adam.step(&mut store, &mut loss.backward())?;
+/// }
+/// assert_eq!(adam.steps(), 300);
+/// assert!((store.values(w)[0] - 3.0).abs() < 1e-2);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Adam<E: Dtype, D: Storage<E>> {
     /// Settings; `lr` may be changed between steps (schedules).

@@ -119,9 +119,9 @@ impl<E: Real, D: Device<E>> TaskSource<E, D> for TaskCollection<E, D> {
 /// /// Five points of a random constant.
 /// struct Constants;
 /// impl TaskGenerator for Constants {
-///     fn generate(&self, rng: &mut rand::rngs::StdRng) -> (Vec<f64>, Vec<f64>) {
+///     fn generate(&self, rng: &mut rand::rngs::StdRng) -> weightspace::Result<(Vec<f64>, Vec<f64>)> {
 ///         let c: f64 = rng.gen_range(-1.0..1.0);
-///         ((0..5).map(|i| i as f64).collect(), vec![c; 5])
+///         Ok(((0..5).map(|i| i as f64).collect(), vec![c; 5]))
 ///     }
 /// }
 /// let dev = Cpu::default();
@@ -135,15 +135,16 @@ impl<E: Real, D: Device<E>> TaskSource<E, D> for TaskCollection<E, D> {
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 pub trait TaskGenerator {
-    /// Draws one task's inputs and targets.
-    fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>);
+    /// Draws one task's inputs and targets, or an error saying why the generator's settings
+    /// cannot produce one.
+    fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)>;
 
     /// Draws one task as a dataset on `dev`.
     fn dataset<E: Real, D: Device<E>>(&self, dev: &D, rng: &mut StdRng) -> Result<Dataset<E, D>>
     where
         Self: Sized,
     {
-        let (x, y) = self.generate(rng);
+        let (x, y) = self.generate(rng)?;
         Dataset::regression(dev, &x, 1, &y, 1)
     }
 }
@@ -186,9 +187,10 @@ fn normal(rng: &mut StdRng) -> f64 {
 /// ```
 /// use weightspace::bnnp::{Sawtooth, TaskGenerator};
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-/// let (x, y) = Sawtooth::default().generate(&mut rng);
+/// let (x, y) = Sawtooth::default().generate(&mut rng)?;
 /// assert!((40..100).contains(&x.len()) && x.len() == y.len());
 /// assert!(x.iter().all(|x| (-2.0..2.0).contains(x)));
+/// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sawtooth {
@@ -224,48 +226,67 @@ impl Sawtooth {
 }
 
 impl TaskGenerator for Sawtooth {
-    fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>) {
+    fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
         let x = inputs(rng, self.n_range, self.x_range);
         let (s, a, b) = self.draw_parameters(rng);
         let y = x.iter().map(|&x| self.function(x, s, a, b) + self.noise * normal(rng)).collect();
-        (x, y)
+        Ok((x, y))
     }
 }
 
 /// A zero-mean Gaussian-process sample with a squared-exponential kernel at `x`, drawn through a
-/// Cholesky factor (with a small jitter).
+/// Cholesky factor (with a small jitter). Non-finite inputs, or a lengthscale or variance that is
+/// not positive and finite, are an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
 ///
 /// ```
 /// use weightspace::bnnp::gp_sample;
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
 /// let x = [0.0, 0.01, 3.0];
-/// let draws: Vec<Vec<f64>> = (0..2000).map(|_| gp_sample(&x, 0.5, 2.0, &mut rng)).collect();
+/// let draws: Vec<Vec<f64>> = (0..2000).map(|_| gp_sample(&x, 0.5, 2.0, &mut rng)).collect::<Result<_, _>>()?;
 /// // the marginal variance is the kernel variance ...
 /// let var = draws.iter().map(|f| f[0] * f[0]).sum::<f64>() / 2000.0;
 /// assert!((var - 2.0).abs() < 0.25);
 /// // ... nearby inputs move together
 /// assert!(draws.iter().all(|f| (f[0] - f[1]).abs() < 0.2));
+/// // settings no kernel has are errors
+/// assert!(gp_sample(&x, f64::NAN, 1.0, &mut rng).is_err());
+/// # Ok::<(), weightspace::Error>(())
 /// ```
-pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -> Vec<f64> {
+pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -> Result<Vec<f64>> {
+    for (name, v) in [("gp_sample lengthscale", lengthscale), ("gp_sample variance", variance)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(crate::Error::config(name, v, "must be positive and finite"));
+        }
+    }
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(crate::Error::NonFinite { what: "gp_sample inputs".into(), index });
+    }
     let n = x.len();
     let mut k = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
             let d = (x[i] - x[j]) / lengthscale;
-            k[i * n + j] = variance * (-0.5 * d * d).exp() + if i == j { 1e-6 * variance.max(1e-12) } else { 0.0 };
+            k[i * n + j] = variance * (-0.5 * d * d).exp() + if i == j { 1e-6 * variance } else { 0.0 };
         }
     }
-    // the jitter keeps the kernel matrix positive definite for any inputs
-    let mut jitter = 1e-6 * variance.max(1e-12);
-    while crate::num::dense::cholesky(&mut k.clone(), n).is_err() {
+    // the jitter keeps the kernel matrix positive definite for any finite inputs: at the last try
+    // it is 10⁶ times the variance, which dominates every entry
+    let mut jitter = 1e-6 * variance;
+    let mut tries = 0;
+    let pd = |pivot| crate::Error::NotPositiveDefinite { what: "gp_sample kernel matrix".into(), index: 0, pivot };
+    while let Err(pivot) = crate::num::dense::cholesky(&mut k.clone(), n) {
+        tries += 1;
+        if tries > 12 {
+            return Err(pd(pivot));
+        }
         jitter *= 10.0;
         for i in 0..n {
             k[i * n + i] += jitter;
         }
     }
-    crate::num::dense::cholesky(&mut k, n).expect("positive definite after jitter");
+    crate::num::dense::cholesky(&mut k, n).map_err(pd)?;
     let z: Vec<f64> = (0..n).map(|_| normal(rng)).collect();
-    (0..n).map(|i| (0..=i).map(|p| k[i * n + p] * z[p]).sum()).collect()
+    Ok((0..n).map(|i| (0..=i).map(|p| k[i * n + p] * z[p]).sum()).collect())
 }
 
 /// Gaussian-process tasks: a squared-exponential GP sample plus noise.
@@ -275,9 +296,10 @@ pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -
 /// let gen = GpTasks::default();
 /// assert_eq!((gen.lengthscale, gen.variance, gen.noise), (0.5, 1.0, 0.05));
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-/// let (x, y) = gen.generate(&mut rng);
+/// let (x, y) = gen.generate(&mut rng)?;
 /// assert!((40..100).contains(&x.len()) && x.len() == y.len());
 /// assert!(x.iter().all(|x| (-2.0..2.0).contains(x)));
+/// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GpTasks {
@@ -300,11 +322,11 @@ impl Default for GpTasks {
 }
 
 impl TaskGenerator for GpTasks {
-    fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>) {
+    fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
         let x = inputs(rng, self.n_range, self.x_range);
-        let f = gp_sample(&x, self.lengthscale, self.variance, rng);
+        let f = gp_sample(&x, self.lengthscale, self.variance, rng)?;
         let y = f.iter().map(|f| f + self.noise * normal(rng)).collect();
-        (x, y)
+        Ok((x, y))
     }
 }
 
@@ -313,10 +335,11 @@ impl TaskGenerator for GpTasks {
 /// ```
 /// use weightspace::bnnp::{Heaviside, TaskGenerator};
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-/// let (x, y) = Heaviside::default().generate(&mut rng);
+/// let (x, y) = Heaviside::default().generate(&mut rng)?;
 /// assert!(x.iter().all(|x| (-5.0..5.0).contains(x)));
 /// // steps of height ±1 with noise sd 0.01
 /// assert!(y.iter().all(|y| (y.abs() - 1.0).abs() < 0.1));
+/// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Heaviside {
@@ -337,12 +360,12 @@ impl Default for Heaviside {
 }
 
 impl TaskGenerator for Heaviside {
-    fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>) {
+    fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
         let x = inputs(rng, self.n_range, self.x_range);
-        let f = gp_sample(&x, self.lengthscale, 1.0, rng);
+        let f = gp_sample(&x, self.lengthscale, 1.0, rng)?;
         let mean = f.iter().sum::<f64>() / f.len() as f64;
         let y = f.iter().map(|f| if f - mean > 0.0 { 1.0 } else { -1.0 } + self.noise * normal(rng)).collect();
-        (x, y)
+        Ok((x, y))
     }
 }
 
@@ -356,8 +379,9 @@ impl TaskGenerator for Heaviside {
 /// let net = gen.draw_network(&mut rng);
 /// assert_eq!(net.iter().map(|(i, o, w)| (*i, *o, w.len())).collect::<Vec<_>>(), vec![(1, 8, 16), (8, 1, 9)]);
 /// assert!(gen.evaluate(&net, 0.3).is_finite());
-/// let (x, y) = gen.generate(&mut rng);
+/// let (x, y) = gen.generate(&mut rng)?;
 /// assert!((40..100).contains(&x.len()) && x.len() == y.len());
+/// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BnnPriorTasks {
@@ -415,10 +439,10 @@ impl BnnPriorTasks {
 }
 
 impl TaskGenerator for BnnPriorTasks {
-    fn generate(&self, rng: &mut StdRng) -> (Vec<f64>, Vec<f64>) {
+    fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
         let x = inputs(rng, self.n_range, self.x_range);
         let net = self.draw_network(rng);
         let y = x.iter().map(|&x| self.evaluate(&net, x) + self.noise * normal(rng)).collect();
-        (x, y)
+        Ok((x, y))
     }
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use nuts_rs::{Chain, CpuLogpFunc, CpuMath, CpuMathError, DiagNutsSettings, HasDims, LogpError, Settings};
 
 use super::target::LogDensity;
+use crate::error::SourceError;
 use crate::{Error, Result};
 
 /// Settings of [`sample_nuts`].
@@ -179,7 +180,7 @@ impl<T: LogDensity + ?Sized> CpuLogpFunc for Adapter<'_, T> {
             Ok(_) => Err(AdapterError::NonFinite),
             Err(e) => {
                 let msg = e.to_string();
-                self.fatal.lock().expect("not poisoned").get_or_insert(e);
+                self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
                 Err(AdapterError::Fatal(msg))
             }
         }
@@ -244,15 +245,14 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
     let fatal_slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     let math = CpuMath::new(Adapter { target, dim, fatal: fatal_slot.clone() });
     let mut rng = <nuts_rs::rand::rngs::StdRng as nuts_rs::rand::SeedableRng>::seed_from_u64(settings.seed);
-    // nuts-rs errors carry an anyhow backtrace in their text: keep the message only
-    let message = |e: &dyn std::fmt::Display| e.to_string().split("\n\nStack backtrace").next().unwrap_or_default().trim().to_string();
-    let mut chain =
-        s.new_chain(0, math, &mut rng).map_err(|e| Error::Sampler(format!("nuts-rs rejected the settings: {}", message(&e))))?;
-    let fatal = |e: &dyn std::fmt::Display| -> Error {
-        fatal_slot.lock().expect("not poisoned").take().unwrap_or_else(|| Error::Sampler(message(e)))
+    let backend = |what: &str, e| Error::Sampler { what: format!("nuts-rs {what}"), source: SourceError::new(e) };
+    let mut chain = s.new_chain(0, math, &mut rng).map_err(|e| backend("rejected the settings", e))?;
+    // an error of the target itself (kept by the adapter) comes first; otherwise nuts-rs's own
+    let fatal = |what: &str, e| -> Error {
+        fatal_slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_else(|| backend(what, e))
     };
     if let Err(e) = chain.set_position(init) {
-        return Err(fatal(&e));
+        return Err(fatal("could not start at the initial position", e));
     }
     let total = settings.warmup + settings.draws;
     let bar = crate::progress::Progress::new(total, settings.progress, "nuts");
@@ -261,7 +261,7 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
     for i in 0..total {
         let (draw, _expanded, st, progress) = match chain.expanded_draw() {
             Ok(v) => v,
-            Err(e) => return Err(fatal(&e)),
+            Err(e) => return Err(fatal("failed during a draw", e)),
         };
         let warmup = i < settings.warmup;
         stats.push(DrawStats {
