@@ -124,7 +124,7 @@ pub enum Error {
 /// What was wrong with the input of a metric.
 ///
 /// ```
-/// use weightspace::metrics::{rmse, MetricError};
+/// use weightspace::{metrics::rmse, MetricError};
 ///
 /// let err = rmse(&[1.0, 2.0], &[1.0]).unwrap_err();
 /// assert!(matches!(err, MetricError::LengthMismatch { expected: 2, got: 1, .. }));

@@ -861,48 +861,68 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     want_kl: bool,
     keep_state: bool,
 ) -> Result<LayerOutputs<E, D>> {
+    let (g, kk) = *inputs.mean.shape();
+    debug_assert_eq!(g * kk, inputs.d_out * inputs.k);
+    let mut out = host_layer(what, &inputs, s, offsets, want_kl, keep_state)?;
+    let (kl, kl_value) = if want_kl { (Some(kl_surrogate(&inputs, &mut out)), out.kl) } else { (None, 0.0) };
+    let state = out.state.take();
+    let w = sample_surrogate(inputs, out, s);
+    Ok(LayerOutputs { w, kl, kl_value, state })
+}
+
+/// The layer's update on the host: the inputs' values copied down, then [`host_update`].
+fn host_layer<E: Real, D: Device<E>>(
+    what: &str,
+    inputs: &LayerInputs<E, D>,
+    s: usize,
+    offsets: Option<&Offsets<E>>,
+    want_kl: bool,
+    keep_state: bool,
+) -> Result<HostOut<E>> {
     let LayerInputs { data, prec, mean, zeta, units, d_out, k } = inputs;
     let (g, kk) = *mean.shape();
-    debug_assert_eq!(g * kk, d_out * k);
-    let dev = mean.device().clone();
-    let prec_v = host_vec(&prec);
-    let mean_v = host_vec(&mean);
-    let zeta_v = host_vec(&zeta);
     let host_data = data
         .as_ref()
         .map(|d| (host_vec(&d.phi), host_vec(&d.lam), host_vec(&d.v), host_vec(&d.eps), d.phi.shape().0, d.lam.shape().0, d.phi.shape().1));
     let hd = host_data.as_ref().map(|(phi, lam, v, eps, sphi, slam, n)| HostData {
         sphi: *sphi,
         n: *n,
-        k,
+        k: *k,
         phi,
         slam: *slam,
-        d_out,
+        d_out: *d_out,
         lam,
         v,
         eps,
     });
-    let out = host_update(what, hd.as_ref(), s, g, kk, units, &prec_v, &mean_v, &zeta_v, offsets, want_kl, keep_state)?;
-    let sp = out.sp;
+    host_update(what, hd.as_ref(), s, g, kk, *units, &host_vec(prec), &host_vec(mean), &host_vec(zeta), offsets, want_kl, keep_state)
+}
 
-    // KL surrogate on copies of the inputs (the originals' tapes go with the sample, which is
-    // always part of the loss)
-    let (kl, kl_value) = if want_kl {
-        let c = |v: Vec<E>, sh: (usize, usize, usize)| -> Tensor<(usize, usize, usize), E, D> { dev.tensor_from_vec(v, sh) };
-        let mut lin = (prec.with_empty_tape() * c(out.prec_bar, (g, kk, kk))).sum::<(), _>();
-        lin = lin + (mean.with_empty_tape() * dev.tensor_from_vec(out.mean_bar, (g, kk))).sum::<(), _>();
-        if let Some(d) = &data {
-            lin = lin + (d.phi.with_empty_tape() * c(out.phi_bar, *d.phi.shape())).sum::<(), _>();
-            lin = lin + (d.lam.with_empty_tape() * c(out.lam_bar, *d.lam.shape())).sum::<(), _>();
-            lin = lin + (d.v.with_empty_tape() * c(out.v_bar, *d.v.shape())).sum::<(), _>();
-        }
-        let val: Tensor<(), E, D> = dev.tensor_from_vec(vec![crate::num::cast::from_f64::<E>(out.kl)], ());
-        (Some(attach(lin, val)), out.kl)
-    } else {
-        (None, 0.0)
-    };
+/// The KL term on the tape: its host value, with the host's adjoints (`prec_bar`, ...) as the
+/// gradient with respect to each input. Works on copies of the inputs (the originals' tapes go
+/// with the sample, which is always part of the loss); takes the adjoints out of `out`.
+fn kl_surrogate<E: Real, D: Device<E>>(inputs: &LayerInputs<E, D>, out: &mut HostOut<E>) -> Taped<(), E, D> {
+    let LayerInputs { data, prec, mean, .. } = inputs;
+    let (g, kk) = *mean.shape();
+    let dev = mean.device().clone();
+    let c = |v: Vec<E>, sh: (usize, usize, usize)| -> Tensor<(usize, usize, usize), E, D> { dev.tensor_from_vec(v, sh) };
+    let mut lin = (prec.with_empty_tape() * c(std::mem::take(&mut out.prec_bar), (g, kk, kk))).sum::<(), _>();
+    lin = lin + (mean.with_empty_tape() * dev.tensor_from_vec(std::mem::take(&mut out.mean_bar), (g, kk))).sum::<(), _>();
+    if let Some(d) = data {
+        lin = lin + (d.phi.with_empty_tape() * c(std::mem::take(&mut out.phi_bar), *d.phi.shape())).sum::<(), _>();
+        lin = lin + (d.lam.with_empty_tape() * c(std::mem::take(&mut out.lam_bar), *d.lam.shape())).sum::<(), _>();
+        lin = lin + (d.v.with_empty_tape() * c(std::mem::take(&mut out.v_bar), *d.v.shape())).sum::<(), _>();
+    }
+    let val: Tensor<(), E, D> = dev.tensor_from_vec(vec![crate::num::cast::from_f64::<E>(out.kl)], ());
+    attach(lin, val)
+}
 
-    // sample surrogate: t = C₀ r, r = Π(μ − w₀) + ζ + Φᵀ(λ ⊙ (v − Φ w₀) + √λ ⊙ ε)
+/// The samples on the tape: their host values `w₀`, with the surrogate
+/// `t = C₀ r`, `r = Π(μ − w₀) + ζ + Φᵀ(λ ⊙ (v − Φ w₀) + √λ ⊙ ε)` carrying their gradient.
+fn sample_surrogate<E: Real, D: Device<E>>(inputs: LayerInputs<E, D>, out: HostOut<E>, s: usize) -> T3<E, D> {
+    let LayerInputs { data, prec, mean, zeta, d_out, k, .. } = inputs;
+    let (g, kk) = *mean.shape();
+    let dev = mean.device().clone();
     let w0: Tensor<(usize, usize, usize), E, D> = dev.tensor_from_vec(out.w0, (s, g, kk));
     let w0_gks = constant_of(&w0.clone().permute::<_, Axes3<1, 2, 0>>());
     let diff = mean.broadcast_like::<_, Axis<2>>(&(g, kk, s)) - w0_gks;
@@ -925,7 +945,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         let data_part = phi_t.put_tape(ftape.merge(tape)).matmul(rho).permute::<_, Axes3<0, 2, 1>>().reshape_like(&(s, g, kk));
         r = r + data_part;
     }
-    let t = if sp == 1 {
+    let t = if out.sp == 1 {
         let c0: Tensor<(usize, usize, usize), E, D> = dev.tensor_from_vec(out.cinv, (g, kk, kk));
         let (r, tape) = r.permute::<_, Axes3<1, 2, 0>>().split_tape();
         c0.put_tape(tape).matmul(r).permute::<_, Axes3<2, 0, 1>>().reshape_like(&(s, g, kk))
@@ -934,8 +954,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         let (r, tape) = r.reshape_like(&(s * g, kk, 1usize)).split_tape();
         c0.put_tape(tape).matmul(r).reshape_like(&(s, g, kk))
     };
-    let w = attach(t, w0).reshape_like(&(s, d_out, k));
-    Ok(LayerOutputs { w, kl, kl_value, state: out.state })
+    attach(t, w0).reshape_like(&(s, d_out, k))
 }
 
 /// One output unit's data: design `phi` (`n × k`, row-major) and its pseudo-observations, read at
