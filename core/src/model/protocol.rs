@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Column means and population standard deviations of row-major `(n, cols)` data; a constant
 /// column gets standard deviation 1 (it is only centred).
-fn column_stats(v: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn column_stats(v: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (v.len() / cols) as f64;
     let mean: Vec<f64> = (0..cols).map(|c| v.iter().skip(c).step_by(cols).sum::<f64>() / n).collect();
     let sd = (0..cols)
