@@ -168,7 +168,16 @@ fn mfvi_wine(
         progress: false,
         ..Default::default()
     };
-    let mut obj = Tracked { inner: elbo, step: 0, per_epoch, test, k, ll_shift: units.log_likelihood_shift(), nll: Vec::new(), _m: std::marker::PhantomData };
+    let mut obj = Tracked {
+        inner: elbo,
+        step: 0,
+        per_epoch,
+        test,
+        k,
+        ll_shift: units.log_likelihood_shift(),
+        nll: Vec::new(),
+        _m: std::marker::PhantomData,
+    };
     fit_objective(&mut model, &mut guide, train, &cfg, &mut obj)?;
     let m = Predictive { seed: seed + 1, ..Predictive::new(k) }.evaluate(&model, &guide, test)?;
     let mut curve = obj.nll;

@@ -146,7 +146,12 @@ fn run(args: &common::Args) -> Result<String, Box<dyn std::error::Error>> {
     };
     let table = DataTable::from_csv(&path, &opts)?;
     if table.d_in > MAX_FEATURES {
-        return Err(format!("{}: {} feature columns; this example's network takes at most {MAX_FEATURES} (choose some with --features)", path.display(), table.d_in).into());
+        return Err(format!(
+            "{}: {} feature columns; this example's network takes at most {MAX_FEATURES} (choose some with --features)",
+            path.display(),
+            table.d_in
+        )
+        .into());
     }
     let (splits, epochs, k) = if quick { (2, 3, 20) } else { (3, 40, 200) };
     let (splits, epochs): (usize, usize) = (args.get("--splits", splits), args.get("--epochs", epochs));
@@ -164,7 +169,13 @@ fn run(args: &common::Args) -> Result<String, Box<dyn std::error::Error>> {
     for (i, split) in UciSplits::new(table.len(), splits, 0.1)?.iter().enumerate() {
         let (train, test) = split.tables(&table)?;
         let o = fit_split(&train, &test, epochs, k, i as u64)?;
-        println!("split {i:>2}: test RMSE {:.4}, test LL {:.4} (original units; {} train / {} test)", o.rmse, o.ll, train.len(), test.len());
+        println!(
+            "split {i:>2}: test RMSE {:.4}, test LL {:.4} (original units; {} train / {} test)",
+            o.rmse,
+            o.ll,
+            train.len(),
+            test.len()
+        );
         out.push(o);
     }
     let r = mean_and_se(&out.iter().map(|o| o.rmse).collect::<Vec<_>>())?;

@@ -25,8 +25,7 @@ fn read(name: &str, text: &str, opts: &CsvOptions) -> weightspace::Result<DataTa
 #[test]
 fn columns_by_name_and_by_index_read_the_same_values() {
     let text = "id,a,b,target\n1,0.5,2,10\n2,1.5,-3,20\n3,2.5,4e1,30\n";
-    let by_name =
-        CsvOptions { features: Some(vec!["b".into(), "a".into()]), targets: vec!["target".into()], ..Default::default() };
+    let by_name = CsvOptions { features: Some(vec!["b".into(), "a".into()]), targets: vec!["target".into()], ..Default::default() };
     let by_index = CsvOptions { features: Some(vec![2.into(), 1.into()]), targets: vec![3.into()], ..Default::default() };
     let t = read("cols.csv", text, &by_name).unwrap();
     assert_eq!(t, read("cols.csv", text, &by_index).unwrap());
@@ -63,7 +62,8 @@ fn a_categorical_target_maps_to_sorted_class_indices_and_returns_the_mapping() {
     let d: Dataset<f32, Cpu> = t.dataset(&Cpu::default()).unwrap();
     assert_eq!(d.targets, weightspace::Targets::Labels { classes: 3, labels: vec![2, 0, 1, 0] });
     // numeric class names sort as numbers (2 before 10), not as text
-    let t = read("grades.csv", "x,g\n0,10\n1,2\n2,2\n", &CsvOptions { target_kind: TargetKind::Categorical, ..Default::default() }).unwrap();
+    let t =
+        read("grades.csv", "x,g\n0,10\n1,2\n2,2\n", &CsvOptions { target_kind: TargetKind::Categorical, ..Default::default() }).unwrap();
     assert_eq!(t.targets, TableTargets::Labels { labels: vec![1, 0, 0], classes: vec!["2".into(), "10".into()] });
 }
 

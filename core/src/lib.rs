@@ -33,9 +33,9 @@ pub use model::arch::{Activation, Architecture, Granularity, LayerSpec, Likeliho
 pub use model::bnn::{Bnn, MeanFieldGuide, Tensor3, Weights};
 pub use model::checkpoint::{load, save};
 pub use model::data::{Dataset, Targets};
+pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
 pub use model::protocol::{Split, Standardiser, UciSplits};
 pub use model::table::{Column, CsvOptions, DataTable, TableTargets, TargetKind};
-pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
 
 // variational inference
 pub use vi::bnn_ext::BnnExt;

@@ -109,7 +109,10 @@ impl Standardiser {
         let targets = match &table.targets {
             TableTargets::Real { y, d_out } => {
                 self.check_targets(*d_out)?;
-                TableTargets::Real { y: y.iter().enumerate().map(|(k, v)| (v - self.y_mean[k % d_out]) / self.y_sd[k % d_out]).collect(), d_out: *d_out }
+                TableTargets::Real {
+                    y: y.iter().enumerate().map(|(k, v)| (v - self.y_mean[k % d_out]) / self.y_sd[k % d_out]).collect(),
+                    d_out: *d_out,
+                }
             }
             labels => labels.clone(),
         };

@@ -258,8 +258,11 @@ impl DataTable {
     pub fn from_csv(path: impl AsRef<Path>, opts: &CsvOptions) -> Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let file = std::fs::File::open(path)
-            .map_err(|e| DataError::Csv { path: name.clone(), line: None, source: Arc::new(csv::Error::from(e)) })?;
+        let file = std::fs::File::open(path).map_err(|e| DataError::Csv {
+            path: name.clone(),
+            line: None,
+            source: Arc::new(csv::Error::from(e)),
+        })?;
         Self::from_csv_reader(std::io::BufReader::new(file), &name, opts)
     }
 
@@ -287,11 +290,8 @@ impl DataTable {
             let line = e.position().map(|p| p.line());
             DataError::Csv { path: source.to_string(), line, source: Arc::new(e) }.into()
         };
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(opts.has_header)
-            .delimiter(opts.delimiter)
-            .trim(csv::Trim::All)
-            .from_reader(reader);
+        let mut rdr =
+            csv::ReaderBuilder::new().has_headers(opts.has_header).delimiter(opts.delimiter).trim(csv::Trim::All).from_reader(reader);
         let header: Option<Vec<String>> =
             if opts.has_header { Some(rdr.headers().map_err(csv_err)?.iter().map(str::to_string).collect()) } else { None };
         let mut records = Vec::new();
@@ -306,7 +306,8 @@ impl DataTable {
         if records.is_empty() {
             return Err(DataError::NoRows { path: source.to_string() }.into());
         }
-        let column_error = |c: &Column, reason: String| -> Error { DataError::Column { path: source.into(), column: c.to_string(), reason }.into() };
+        let column_error =
+            |c: &Column, reason: String| -> Error { DataError::Column { path: source.into(), column: c.to_string(), reason }.into() };
         let resolve = |c: &Column| -> Result<usize> {
             match c {
                 Column::Index(i) if *i < width => Ok(*i),
@@ -315,12 +316,16 @@ impl DataTable {
                 Column::Last => Err(column_error(c, "the file has no columns".into())),
                 Column::Name(n) => match &header {
                     None => Err(column_error(c, "the file has no header row (`has_header: false`): choose columns by index".into())),
-                    Some(h) => h.iter().position(|x| x == n).ok_or_else(|| column_error(c, format!("no such header; the headers are {h:?}"))),
+                    Some(h) => {
+                        h.iter().position(|x| x == n).ok_or_else(|| column_error(c, format!("no such header; the headers are {h:?}")))
+                    }
                 },
             }
         };
         if opts.targets.is_empty() {
-            return Err(DataError::Column { path: source.into(), column: "(none)".into(), reason: "no target column was chosen".into() }.into());
+            return Err(
+                DataError::Column { path: source.into(), column: "(none)".into(), reason: "no target column was chosen".into() }.into()
+            );
         }
         let targets: Vec<usize> = opts.targets.iter().map(&resolve).collect::<Result<_>>()?;
         if opts.target_kind == TargetKind::Categorical && targets.len() != 1 {
@@ -331,7 +336,9 @@ impl DataTable {
             None => (0..width).filter(|c| !targets.contains(c)).collect(),
         };
         if features.is_empty() {
-            return Err(DataError::Column { path: source.into(), column: "(features)".into(), reason: "no feature column is left".into() }.into());
+            return Err(
+                DataError::Column { path: source.into(), column: "(features)".into(), reason: "no feature column is left".into() }.into()
+            );
         }
         if let Some((pos, &c)) = features.iter().enumerate().find(|(_, c)| targets.contains(c)) {
             let chosen = opts.features.as_ref().map_or(Column::Index(c), |f| f[pos].clone());
@@ -341,9 +348,7 @@ impl DataTable {
         let col_label = |c: usize| header.as_ref().map_or_else(|| format!("index {c}"), |h| format!("`{}` (index {c})", h[c]));
         let cell = |rec: &csv::StringRecord, row: usize, c: usize| -> Result<f64> {
             let line = rec.position().map_or(0, |p| p.line());
-            let bad = |reason: String| -> Error {
-                DataError::Cell { path: source.into(), line, row, column: col_label(c), reason }.into()
-            };
+            let bad = |reason: String| -> Error { DataError::Cell { path: source.into(), line, row, column: col_label(c), reason }.into() };
             let text = rec.get(c).ok_or_else(|| bad(format!("the row has only {} fields", rec.len())))?;
             if text.is_empty() {
                 return Err(bad("the cell is empty".into()));
@@ -508,9 +513,7 @@ mod ndarray_input {
         let (rows, cols) = match *shape {
             [r] => (r, 1),
             [r, c] => (r, c),
-            _ => {
-                return Err(Error::Shape { what: what.into(), expected: "a 1-D or 2-D array".into(), got: format!("shape {shape:?}") })
-            }
+            _ => return Err(Error::Shape { what: what.into(), expected: "a 1-D or 2-D array".into(), got: format!("shape {shape:?}") }),
         };
         Ok((a.iter().cloned().collect(), rows, cols))
     }
