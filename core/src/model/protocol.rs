@@ -286,8 +286,8 @@ impl LegacyRandomState {
 /// `np.round(n * 0.9)` entries the training rows and the rest the test rows. This type replays
 /// that stream (MT19937 through `rand_mt`, NumPy's legacy bounded integers and shuffle) for any
 /// `n`, split count and test fraction: the training size is `n · (1 − test_fraction)` rounded half
-/// to even, as `np.round`. The repository's tests check it against indices NumPy produced, and the
-/// first splits of wine-quality-red (n = 1599), Boston housing (506) and yacht (308) were checked
+/// to even, as `np.round`. The repository's tests check it against indices NumPy produced, and splits
+/// 0, 1 and 19 of wine-quality-red (n = 1599), Boston housing (506) and yacht (308) were checked
 /// against the published files.
 ///
 /// ```
