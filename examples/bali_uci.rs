@@ -2,8 +2,10 @@
 //! (1599 × 11) with the standard protocol, and iris classification.
 //!
 //! Protocol (Hernández-Lobato & Adams 2015; Gal & Ghahramani 2016):
-//! - 20 random 90/10 train/test splits (seeded);
-//! - inputs and targets normalised with the training split's mean and standard deviation;
+//! - the published 20 random 90/10 train/test splits (`UciSplits`: NumPy's `seed(1)` stream, index
+//!   for index the splits of the papers on the full 1599 rows);
+//! - inputs and targets normalised with the training split's mean and standard deviation
+//!   (`Standardiser`);
 //! - one hidden layer of 50 ReLU units, 40 epochs;
 //! - test RMSE and test log-likelihood in the original units of the quality score, as mean ±
 //!   standard error over the splits.
@@ -32,12 +34,10 @@ mod common;
 
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use weightspace::bali::{Bali, BaliConfig, BaliPosterior};
 use weightspace::metrics::mean_and_se;
 use weightspace::prelude::*;
-use weightspace::{ElboEstimate, Objective};
+use weightspace::{DataTable, ElboEstimate, Objective};
 
 #[bnn]
 struct WineNet {
@@ -77,31 +77,6 @@ fn args() -> Args {
     Args { splits: a.get("--splits", splits), epochs: a.get("--epochs", epochs), k, wine_rows }
 }
 
-/// Column means and standard deviations of row-major `rows × cols` data.
-fn stats(x: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = (x.len() / cols) as f64;
-    let mean: Vec<f64> = (0..cols).map(|c| x.iter().skip(c).step_by(cols).sum::<f64>() / n).collect();
-    let sd = (0..cols)
-        .map(|c| {
-            let v = x.iter().skip(c).step_by(cols).map(|v| (v - mean[c]).powi(2)).sum::<f64>() / n;
-            if v > 0.0 {
-                v.sqrt()
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    (mean, sd)
-}
-
-fn normalise(x: &[f64], cols: usize, mean: &[f64], sd: &[f64]) -> Vec<f64> {
-    x.iter().enumerate().map(|(k, v)| (v - mean[k % cols]) / sd[k % cols]).collect()
-}
-
-fn gather(x: &[f64], cols: usize, idx: &[usize]) -> Vec<f64> {
-    idx.iter().flat_map(|&i| x[i * cols..(i + 1) * cols].iter().copied()).collect()
-}
-
 /// Mean-field ELBO that also records the test NLL (original units) at every epoch boundary.
 struct Tracked<'a, M> {
     inner: ElboConfig,
@@ -109,7 +84,8 @@ struct Tracked<'a, M> {
     per_epoch: usize,
     test: &'a Dataset<E, Cpu>,
     k: usize,
-    log_sd: f64,
+    /// Added to a standardised-units log density to get it in original units.
+    ll_shift: f64,
     nll: Vec<f64>,
     _m: std::marker::PhantomData<M>,
 }
@@ -125,7 +101,7 @@ impl<M: Bnn<E, Cpu>> Objective<E, Cpu, M> for Tracked<'_, M> {
     ) -> weightspace::Result<ElboEstimate<E, Cpu>> {
         if self.step > 0 && self.step.is_multiple_of(self.per_epoch) {
             let m = Predictive { seed: self.step as u64, ..Predictive::new(self.k) }.evaluate(model, guide, self.test)?;
-            self.nll.push(-m.mean_lpd + self.log_sd);
+            self.nll.push(-(m.mean_lpd + self.ll_shift));
         }
         self.step += 1;
         self.inner.estimate(model, guide, batch, n_total, rng)
@@ -142,7 +118,7 @@ struct Outcome {
 fn bali_wine(
     train: &Dataset<E, Cpu>,
     test: &Dataset<E, Cpu>,
-    y_sd: f64,
+    units: &Standardiser,
     epochs: usize,
     k: usize,
     seed: u64,
@@ -156,13 +132,13 @@ fn bali_wine(
     for _ in 0..epochs {
         bali.epoch(&mut model, train)?;
         let m = Predictive { seed, ..Predictive::new(k) }.evaluate(&model, bali.posterior().clone(), test)?;
-        curve.push(-m.mean_lpd + y_sd.ln());
+        curve.push(-(m.mean_lpd + units.log_likelihood_shift()));
     }
     let post: &BaliPosterior<E, Cpu> = bali.posterior();
     let m = Predictive { seed: seed + 1, ..Predictive::new(k) }.evaluate(&model, post.clone(), test)?;
     Ok(Outcome {
-        rmse: m.rmse.unwrap_or(f64::NAN) * y_sd,
-        ll: m.mean_lpd - y_sd.ln(),
+        rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
+        ll: m.mean_lpd + units.log_likelihood_shift(),
         nll_curve: curve,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -171,7 +147,7 @@ fn bali_wine(
 fn mfvi_wine(
     train: &Dataset<E, Cpu>,
     test: &Dataset<E, Cpu>,
-    y_sd: f64,
+    units: &Standardiser,
     epochs: usize,
     k: usize,
     seed: u64,
@@ -192,14 +168,23 @@ fn mfvi_wine(
         progress: false,
         ..Default::default()
     };
-    let mut obj = Tracked { inner: elbo, step: 0, per_epoch, test, k, log_sd: y_sd.ln(), nll: Vec::new(), _m: std::marker::PhantomData };
+    let mut obj = Tracked {
+        inner: elbo,
+        step: 0,
+        per_epoch,
+        test,
+        k,
+        ll_shift: units.log_likelihood_shift(),
+        nll: Vec::new(),
+        _m: std::marker::PhantomData,
+    };
     fit_objective(&mut model, &mut guide, train, &cfg, &mut obj)?;
     let m = Predictive { seed: seed + 1, ..Predictive::new(k) }.evaluate(&model, &guide, test)?;
     let mut curve = obj.nll;
-    curve.push(-m.mean_lpd + y_sd.ln());
+    curve.push(-(m.mean_lpd + units.log_likelihood_shift()));
     Ok(Outcome {
-        rmse: m.rmse.unwrap_or(f64::NAN) * y_sd,
-        ll: m.mean_lpd - y_sd.ln(),
+        rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
+        ll: m.mean_lpd + units.log_likelihood_shift(),
         nll_curve: curve,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -233,20 +218,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k = args.k;
     println!("red wine quality: {n} points, {d} features; {} splits, {} epochs, K = {k} predictive samples", args.splits, args.epochs);
     let (mut bali_out, mut mfvi_out) = (Vec::new(), Vec::new());
-    for split in 0..args.splits {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + split as u64);
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(&mut rng);
-        let n_train = (0.9 * n as f64).round() as usize;
-        let (tr, te) = perm.split_at(n_train);
-        let (xtr, xte) = (gather(&x_all, d, tr), gather(&x_all, d, te));
-        let (ytr, yte) = (gather(&y_all, 1, tr), gather(&y_all, 1, te));
-        let (xm, xs) = stats(&xtr, d);
-        let (ym, ys) = stats(&ytr, 1);
-        let train = Dataset::<E, _>::regression(&dev, &normalise(&xtr, d, &xm, &xs), d, &normalise(&ytr, 1, &ym, &ys), 1)?;
-        let test = Dataset::<E, _>::regression(&dev, &normalise(&xte, d, &xm, &xs), d, &normalise(&yte, 1, &ym, &ys), 1)?;
-        let b = bali_wine(&train, &test, ys[0], args.epochs, k, split as u64)?;
-        let v = mfvi_wine(&train, &test, ys[0], args.epochs, k, split as u64)?;
+    let wine_table = DataTable::regression(x_all, d, y_all, 1)?;
+    for (split, rows) in UciSplits::new(n, args.splits, 0.1)?.iter().enumerate() {
+        let (tr, te) = rows.tables(&wine_table)?;
+        let units = Standardiser::fit(&tr)?;
+        let train: Dataset<E, Cpu> = units.apply(&tr)?.dataset(&dev)?;
+        let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
+        let b = bali_wine(&train, &test, &units, args.epochs, k, split as u64)?;
+        let v = mfvi_wine(&train, &test, &units, args.epochs, k, split as u64)?;
         println!(
             "split {split:>2}: BALI rmse {:.3} ll {:.3} ({:.1} s) | MFVI rmse {:.3} ll {:.3} ({:.1} s)",
             b.rmse, b.ll, b.seconds, v.rmse, v.ll, v.seconds
@@ -283,23 +262,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("epochs to converge (test NLL within {tol} nats of its epoch-{} value for good): BALI {be}, MFVI {ve}", bc.len());
 
     // ---- iris: 150 × 4, three classes
-    let iris = linfa_datasets::iris();
-    let (n, d) = (iris.records.nrows(), iris.records.ncols());
-    let x_all: Vec<f64> = iris.records.iter().copied().collect();
-    let labels: Vec<usize> = iris.targets.iter().copied().collect();
+    let iris = DataTable::from_linfa_classification(&linfa_datasets::iris())?;
+    let n = iris.len();
     let splits = args.splits.min(10);
     let mut rows: Vec<[f64; 6]> = Vec::new();
-    for split in 0..splits {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(2000 + split as u64);
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(&mut rng);
-        let (tr, te) = perm.split_at((0.8 * n as f64).round() as usize);
-        let (xtr, xte) = (gather(&x_all, d, tr), gather(&x_all, d, te));
-        let (xm, xs) = stats(&xtr, d);
-        let ltr: Vec<usize> = tr.iter().map(|&i| labels[i]).collect();
-        let lte: Vec<usize> = te.iter().map(|&i| labels[i]).collect();
-        let train = Dataset::<E, _>::classification(&dev, &normalise(&xtr, d, &xm, &xs), d, &ltr, 3)?;
-        let test = Dataset::<E, _>::classification(&dev, &normalise(&xte, d, &xm, &xs), d, &lte, 3)?;
+    // 80/20 splits from the same NumPy-compatible stream with its own seed
+    for (split, idx) in UciSplits::with_seed(n, splits, 0.2, 2000)?.iter().enumerate() {
+        let (tr, te) = idx.tables(&iris)?;
+        let units = Standardiser::fit(&tr)?; // features only: labels are left alone
+        let train: Dataset<E, Cpu> = units.apply(&tr)?.dataset(&dev)?;
+        let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
         let mut model = IrisNet::<E, Cpu>::new(&dev);
         let cfg = BaliConfig {
             epochs: args.epochs,
@@ -337,7 +309,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ]);
     }
     println!(
-        "\niris (150 × 4, 3 classes), {splits} random 80/20 splits, {} epochs: test accuracy, NLL, ECE (10 bins), mean ± s.e.",
+        "\niris ({n} × 4, 3 classes), {splits} random 80/20 splits, {} epochs: test accuracy, NLL, ECE (10 bins), mean ± s.e.",
         args.epochs
     );
     for (name, off) in [("BALI", 0), ("mean-field VI", 3)] {

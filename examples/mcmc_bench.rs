@@ -33,19 +33,12 @@ struct F1 {
     noise: Gaussian<Learned<1.0>>,
 }
 
+/// A peer split file: CSV rows `x,y`, no header.
 fn read_csv(path: &str) -> Result<Table, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Vec<f64> =
-            line.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().map_err(|e| format!("{path}:{}: {e}", i + 1))?;
-        if v.len() != 2 {
-            return Err(format!("{path}:{}: expected two columns x,y", i + 1).into());
-        }
-        x.push(v[0]);
-        y.push(v[1]);
-    }
-    Ok(Table::new(x, 1, y)?)
+    let opts = CsvOptions { has_header: false, features: Some(vec![0.into()]), targets: vec![1.into()], ..Default::default() };
+    let t = DataTable::from_csv(path, &opts)?;
+    let weightspace::TableTargets::Real { y, .. } = t.targets else { unreachable!("real targets were asked for") };
+    Ok(Table::new(t.x, 1, y)?)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

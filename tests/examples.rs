@@ -191,6 +191,44 @@ fn meta_sawtooth() {
     wrote(&dir, &pngs.each_ref().map(String::as_str));
 }
 
+/// Without `--csv`: the synthetic file it writes first.
+#[test]
+fn own_data() {
+    let (out, dir) = run("own_data");
+    let s = summary(&out, "own_data csv=target/weightspace/own_data_synthetic.csv target=y rows=120 features=3 splits=2 ");
+    let v = finite(&s, &["rmse", "rmse_se", "ll", "ll_se"]);
+    assert!(v[0] > 0.0, "{s:?}");
+    wrote(&dir, &["target/weightspace/own_data_synthetic.csv"]);
+}
+
+/// A user's file: a header, a target chosen by name, features chosen by name, `;` as delimiter.
+#[test]
+fn own_data_csv() {
+    let dir = scratch("own_data_csv");
+    let mut text = String::from("id;size;rooms;price\n");
+    for i in 0..60 {
+        let (size, rooms) = (40.0 + (i * 7 % 60) as f64, (i % 4 + 1) as f64);
+        text.push_str(&format!("{i};{size};{rooms};{:.1}\n", 1000.0 + 30.0 * size + 50.0 * rooms + (i % 5) as f64 * 20.0));
+    }
+    std::fs::write(dir.join("houses.csv"), text).expect("writing houses.csv");
+    let args = ["--csv", "houses.csv", "--target", "price", "--features", "size,rooms", "--delimiter", ";"];
+    let out = run_in(&dir, "own_data", &args);
+    let s = summary(&out, "own_data csv=houses.csv target=price rows=60 features=2 splits=2 ");
+    finite(&s, &["rmse", "rmse_se", "ll", "ll_se"]);
+}
+
+/// A malformed file: exit status 1 and a message naming the file, row and column; no panic.
+#[test]
+fn own_data_bad_csv() {
+    let dir = scratch("own_data_bad_csv");
+    std::fs::write(dir.join("bad.csv"), "a,b,y\n1,2,3\n4,,6\n").expect("writing bad.csv");
+    let out = Command::new(binary("own_data")).args(["--quick", "--csv", "bad.csv"]).current_dir(&dir).output().expect("starting own_data");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("own_data: bad.csv:3: row 1, column `b` (index 1): the cell is empty"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn regression() {
     let (out, dir) = run("regression");
@@ -228,6 +266,7 @@ fn all_examples_covered_and_unknown_flags_rejected() {
         "mcmc_bench",
         "meta_custom",
         "meta_sawtooth",
+        "own_data",
         "regression",
         "symmetrised_vi",
         "symmetry_mcmc",

@@ -108,6 +108,10 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A data file or data source could not be turned into a table: the [`DataError`] names the
+    /// file, and the row and column where it can.
+    #[error(transparent)]
+    Data(#[from] DataError),
     /// A matrix that must be symmetric positive definite is not, numerically (see
     /// [`linalg`](crate::linalg)).
     #[error("{what}: matrix {index} of the batch is not positive definite (Cholesky pivot {pivot})")]
@@ -119,6 +123,75 @@ pub enum Error {
         /// The first pivot that was not positive and finite.
         pivot: usize,
     },
+}
+
+/// What was wrong with a data file (CSV) or data source: every message starts with the path (or
+/// the name given for an in-memory source) and names the row and column where there is one.
+///
+/// Rows are counted from 0 over the data rows (the header is not a row), as in `DataTable::rows`;
+/// `line` is the 1-based line of the file, the header included, for an editor.
+///
+/// ```
+/// use weightspace::{CsvOptions, DataError, DataTable, Error};
+/// let text = "a,b,y\n1,2,3\n4,oops,6\n";
+/// let err = DataTable::from_csv_reader(text.as_bytes(), "mem.csv", &CsvOptions::default()).unwrap_err();
+/// let Error::Data(DataError::Cell { row, line, column, .. }) = &err else { panic!("{err}") };
+/// assert_eq!((*row, *line, column.as_str()), (1, 3, "`b` (index 1)"));
+/// assert_eq!(err.to_string(), "mem.csv:3: row 1, column `b` (index 1): `oops` is not a number");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The file could not be opened or read, or a record is malformed (an unterminated quote,
+    /// invalid UTF-8, a row with a different number of fields than the others). The csv crate's
+    /// error is the source.
+    #[error("{path}{}: {source}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Csv {
+        /// The file.
+        path: String,
+        /// The 1-based line of the malformed record, where the reader knows it.
+        line: Option<u64>,
+        /// What the csv reader reported.
+        #[source]
+        source: std::sync::Arc<csv::Error>,
+    },
+    /// A cell that is empty, not a number, or not finite.
+    #[error("{path}:{line}: row {row}, column {column}: {reason}")]
+    Cell {
+        /// The file.
+        path: String,
+        /// The 1-based line of the file (the header, if any, is line 1).
+        line: u64,
+        /// The data row, counted from 0.
+        row: usize,
+        /// The column: its header name and index, or its index.
+        column: String,
+        /// What is wrong with the cell.
+        reason: String,
+    },
+    /// A requested column does not exist, or the column choice cannot be used.
+    #[error("{path}: column {column}: {reason}")]
+    Column {
+        /// The file.
+        path: String,
+        /// The column as requested.
+        column: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The file has no data rows.
+    #[error("{path}: no data rows")]
+    NoRows {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Two data errors are equal when they say the same thing (the csv crate's error has no `==`).
+impl PartialEq for DataError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 /// What was wrong with the input of a metric.

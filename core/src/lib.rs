@@ -24,7 +24,7 @@ mod vi;
 // the foundation
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
-pub use error::{Error, MetricError, Result, SourceError, TestingError};
+pub use error::{DataError, Error, MetricError, Result, SourceError, TestingError};
 pub use num::{Real, Taped};
 pub use progress::Progress;
 
@@ -34,6 +34,8 @@ pub use model::bnn::{Bnn, MeanFieldGuide, Tensor3, Weights};
 pub use model::checkpoint::{load, save};
 pub use model::data::{Dataset, Targets};
 pub use model::params::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
+pub use model::protocol::{Split, Standardiser, UciSplits};
+pub use model::table::{Column, CsvOptions, DataTable, TableTargets, TargetKind};
 
 // variational inference
 pub use vi::bnn_ext::BnnExt;
@@ -75,6 +77,8 @@ pub mod prelude {
     pub use crate::model::bnn::{Bnn, MeanFieldGuide, Weights};
     pub use crate::model::checkpoint::{load, save};
     pub use crate::model::data::Dataset;
+    pub use crate::model::protocol::{Standardiser, UciSplits};
+    pub use crate::model::table::{CsvOptions, DataTable};
     pub use crate::predict::predictive::{Predictive, PredictiveSummary};
     pub use crate::vi::bnn_ext::BnnExt;
     pub use crate::vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};

@@ -1,6 +1,8 @@
 //! Layer 2, the model description: the runtime architecture ([`arch`]), the parameter views
 //! ([`params`]), the [`Bnn`](bnn::Bnn) trait that `#[bnn]` implements and the weight-sample
-//! container ([`bnn`]), datasets ([`data`]) and checkpoints ([`checkpoint`]).
+//! container ([`bnn`]), datasets ([`data`]), host tables read from
+//! CSV, ndarray or linfa ([`table`]), the UCI evaluation protocol ([`protocol`]) and checkpoints
+//! ([`checkpoint`]).
 
 pub mod arch;
 pub mod bnn;
@@ -8,3 +10,5 @@ pub mod checkpoint;
 pub mod data;
 pub(crate) mod minibatch;
 pub mod params;
+pub mod protocol;
+pub mod table;

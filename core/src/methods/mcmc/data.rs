@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::model::data::Dataset;
+use crate::model::protocol::column_stats;
 use crate::{Error, Real, Result};
 use dfdx::prelude::Device;
 
@@ -85,21 +86,9 @@ impl Table {
     /// Every column, the target included, standardised with this table's own means and
     /// (population) standard deviations. A constant column is only centred.
     pub fn standardise(&self) -> (Table, Standardisation) {
-        let n = self.len() as f64;
-        let stats = |v: &mut dyn Iterator<Item = f64>| {
-            let vals: Vec<f64> = v.collect();
-            let m = vals.iter().sum::<f64>() / n;
-            let sd = (vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt();
-            (m, if sd > 0.0 { sd } else { 1.0 })
-        };
-        let mut x_mean = Vec::new();
-        let mut x_sd = Vec::new();
-        for c in 0..self.d_in {
-            let (m, s) = stats(&mut self.x.iter().skip(c).step_by(self.d_in).copied());
-            x_mean.push(m);
-            x_sd.push(s);
-        }
-        let (y_mean, y_sd) = stats(&mut self.y.iter().copied());
+        let (x_mean, x_sd) = column_stats(&self.x, self.d_in);
+        let (y_mean, y_sd) = column_stats(&self.y, 1);
+        let (y_mean, y_sd) = (y_mean[0], y_sd[0]);
         (
             self.apply(&Standardisation { x_mean: x_mean.clone(), x_sd: x_sd.clone(), y_mean, y_sd }),
             Standardisation { x_mean, x_sd, y_mean, y_sd },
