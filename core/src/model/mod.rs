@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod bnn;
 pub mod checkpoint;
+pub mod npz;
 pub mod data;
 pub(crate) mod minibatch;
 pub mod params;
