@@ -17,6 +17,16 @@
 //! | bulk ESS | [`ess_bulk`] | > 100 per chain |
 //! | tail ESS (5% and 95% quantiles) | [`ess_tail`] | > 100 per chain |
 //! | MCSE of the mean | [`mcse_mean`] | small relative to the posterior sd |
+//! | MCSE of the sd | [`mcse_sd`] | small relative to the posterior sd |
+//! | highest-density interval | [`hdi`] | |
+//! | all of the above, per quantity | [`summarize`], [`SummaryTable`] (prints like `az.summary`) | |
+//!
+//! Every column of [`SummaryTable`] agrees with `az.summary` of ArviZ 0.23.4 (the version
+//! `scripts/requirements.txt` pins) to 1e-6 on the fixtures in this module's tests (in practice to
+//! ~1e-12), including ArviZ's answers for degenerate draws: constant draws have an ESS equal to
+//! their number and a NaN R-hat, chains each stuck at a different value an infinite R-hat, and a
+//! single chain a NaN R-hat. The standalone estimators ([`ess_bulk`], [`rhat`], ...) refuse
+//! constant draws with [`DiagnosticsError::Constant`] instead.
 //!
 //! ```
 //! use weightspace::testing::diagnostics::{ess_bulk, rhat, summarize};
@@ -124,6 +134,24 @@ fn validate(what: &'static str, chains: &[Vec<f64>], needed: usize) -> Result<us
     Ok(n)
 }
 
+/// NumPy's `finfo(float).resolution`: ArviZ treats draws whose range is below it as constant.
+const RESOLUTION: f64 = 1e-15;
+
+fn range(chains: &[Vec<f64>]) -> f64 {
+    let (lo, hi) = chains.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    hi - lo
+}
+
+/// [`validate`], and constant draws are an error (ArviZ returns the number of draws as their ESS
+/// and NaN as their R-hat; the standalone estimators refuse them, the summary follows ArviZ).
+fn validate_varying(what: &'static str, chains: &[Vec<f64>], needed: usize) -> Result<usize> {
+    let n = validate(what, chains, needed)?;
+    if range(chains) < RESOLUTION {
+        return Err(DiagnosticsError::Constant { what });
+    }
+    Ok(n)
+}
+
 /// Splits every chain into its first and second half (dropping the middle draw when the length
 /// is odd), doubling the number of chains. Input is not validated.
 ///
@@ -210,7 +238,8 @@ fn rhat_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
     let w = chains.iter().zip(&means).map(|(c, mu)| c.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (n - 1.0)).sum::<f64>() / m;
     let grand = means.iter().sum::<f64>() / m;
     let b_over_n = means.iter().map(|mu| (mu - grand).powi(2)).sum::<f64>() / (m - 1.0);
-    if w.is_nan() || w <= 0.0 {
+    // chains constant within but different between give W = 0 and R-hat = ∞, as in ArviZ
+    if w.is_nan() || (w <= 0.0 && b_over_n <= 0.0) {
         return Err(DiagnosticsError::Constant { what });
     }
     Ok(((b_over_n * n / w + n - 1.0) / n).sqrt())
@@ -229,7 +258,7 @@ fn rhat_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
-    validate("split_rhat", chains, 4)?;
+    validate_varying("split_rhat", chains, 4)?;
     rhat_of("split_rhat", &split_chains(chains))
 }
 
@@ -247,7 +276,7 @@ pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
 /// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn rhat(chains: &[Vec<f64>]) -> Result<f64> {
-    validate("rhat", chains, 4)?;
+    validate_varying("rhat", chains, 4)?;
     let split = split_chains(chains);
     let mut all: Vec<f64> = split.iter().flatten().copied().collect();
     rank_rhat(&split, median(&mut all))
@@ -258,7 +287,9 @@ pub fn rhat(chains: &[Vec<f64>]) -> Result<f64> {
 fn rank_rhat(split: &[Vec<f64>], center: f64) -> Result<f64> {
     let bulk = rhat_of("rhat (bulk)", &rank_normalize(split))?;
     let folded: Vec<Vec<f64>> = split.iter().map(|c| c.iter().map(|x| (x - center).abs()).collect()).collect();
-    let tail = rhat_of("rhat (tail)", &rank_normalize(&folded))?;
+    // folded draws can be constant (two values symmetric about the median); ArviZ's tail R-hat is
+    // NaN then, and its `max(bulk, tail)` keeps the bulk value
+    let tail = rhat_of("rhat (tail)", &rank_normalize(&folded)).unwrap_or(f64::NAN);
     Ok(bulk.max(tail))
 }
 
@@ -285,6 +316,10 @@ fn ess_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
     if n < 3 {
         return Err(DiagnosticsError::TooFewDraws { what, needed: 6, got: 2 * n });
     }
+    if range(chains) < RESOLUTION {
+        // ArviZ: the ESS of constant draws is their number
+        return Ok((m * n) as f64);
+    }
     let nf = n as f64;
     let means: Vec<f64> = chains.iter().map(|c| c.iter().sum::<f64>() / nf).collect();
     let acov_mean = |lag: usize| -> f64 { chains.iter().zip(&means).map(|(c, mu)| autocov(c, *mu, lag)).sum::<f64>() / m as f64 };
@@ -294,7 +329,7 @@ fn ess_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
         let grand = means.iter().sum::<f64>() / m as f64;
         var_plus += means.iter().map(|mu| (mu - grand).powi(2)).sum::<f64>() / (m as f64 - 1.0);
     }
-    if var_plus.is_nan() || var_plus <= 0.0 || mean_var.is_nan() || mean_var <= 0.0 {
+    if var_plus.is_nan() || var_plus <= 0.0 {
         return Err(DiagnosticsError::Constant { what });
     }
     // rho[k] is the combined autocorrelation at lag k (0-based; posterior's R code is 1-based)
@@ -346,7 +381,7 @@ fn ess_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
-    validate("ess_mean", chains, 6)?;
+    validate_varying("ess_mean", chains, 6)?;
     ess_of("ess_mean", &split_chains(chains))
 }
 
@@ -361,7 +396,7 @@ pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
 /// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
-    validate("ess_bulk", chains, 6)?;
+    validate_varying("ess_bulk", chains, 6)?;
     ess_of("ess_bulk", &rank_normalize(&split_chains(chains)))
 }
 
@@ -376,7 +411,7 @@ pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
 /// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_quantile(chains: &[Vec<f64>], prob: f64) -> Result<f64> {
-    validate("ess_quantile", chains, 6)?;
+    validate_varying("ess_quantile", chains, 6)?;
     let mut all: Vec<f64> = chains.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
     let q = quantile(&all, prob.clamp(0.0, 1.0));
@@ -433,7 +468,7 @@ fn pooled_sd(chains: &[Vec<f64>]) -> f64 {
 /// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn mcse_sd(chains: &[Vec<f64>]) -> Result<f64> {
-    validate("mcse_sd", chains, 6)?;
+    validate_varying("mcse_sd", chains, 6)?;
     let n = chains.iter().map(Vec::len).sum::<usize>() as f64;
     let mean = chains.iter().flatten().sum::<f64>() / n;
     let sq: Vec<Vec<f64>> = chains.iter().map(|c| c.iter().map(|x| (x - mean).powi(2)).collect()).collect();
@@ -576,6 +611,24 @@ pub const DEFAULT_HDI_PROB: f64 = 0.94;
 pub fn summarize_with(chains: &[Vec<f64>], hdi_prob: f64) -> Result<Summary> {
     validate("summarize", chains, 6)?;
     let n = chains.iter().map(Vec::len).sum::<usize>() as f64;
+    if range(chains) < RESOLUTION {
+        // what az.summary reports for constant draws
+        let x = chains[0][0];
+        let (lo, hi) = hdi(chains, hdi_prob)?;
+        let size = split_chains(chains).iter().map(Vec::len).sum::<usize>() as f64;
+        return Ok(Summary {
+            mean: x,
+            sd: 0.0,
+            hdi_lower: lo,
+            hdi_upper: hi,
+            mcse_mean: 0.0,
+            mcse_sd: f64::NAN,
+            ess_mean: size,
+            ess_bulk: size,
+            ess_tail: size,
+            rhat: f64::NAN,
+        });
+    }
     let ess_mean = ess_mean(chains)?;
     let sd = pooled_sd(chains);
     let (hdi_lower, hdi_upper) = hdi(chains, hdi_prob)?;
@@ -844,6 +897,8 @@ mod tests {
     //       "ar1_-0.3_odd": ar1(-0.3, 0.0, 3, 301),
     //       "exp_ar1_0.7": np.exp(ar1(0.7, 0.0, 2, 250)),
     //       "single_chain": ar1(0.5, 0.0, 1, 400),
+    //       "stuck_chains": np.repeat(np.arange(4.0)[:, None], 8, axis=1),  # 4 chains, each constant
+    //       "constant": np.ones((4, 8)),
     //   }
     //   for name, draws in cases.items():
     //       s = az.summary(az.from_dict(posterior={"x": draws}), round_to="none")
@@ -852,12 +907,14 @@ mod tests {
     //       print(f'("{name}", [{", ".join(repr(float(v)) for v in s.loc["x"].values)}]),')
     //
     // (with `def ar1(phi, offset, chains=4, draws=500)` looping `range(chains)` and `range(draws)`).
-    const AZ_SUMMARY: [(&str, [f64; 9]); 5] = [
+    const AZ_SUMMARY: [(&str, [f64; 9]); 7] = [
         ("ar1_0.5", [-0.05202759864512005, 1.1656913907524202, -2.160240911782495, 2.224409777271711, 0.04489952415950164, 0.023818081357627193, 673.4505024184372, 1131.8552782662687, 1.007428915236567]),
         ("ar1_0.9_offset3", [-0.20776757805591956, 2.394129832872911, -4.490072740174951, 4.464472299585888, 0.2684925459577173, 0.10664304447930234, 80.17709049840323, 187.66529841009614, 1.0454839585453446]),
         ("ar1_-0.3_odd", [0.020624106427639337, 1.0868094552966554, -1.7661315206931292, 2.282263412913213, 0.024811614744680535, 0.029501346608338794, 1925.6925138795032, 923.7530366193484, 1.0038810428865281]),
         ("exp_ar1_0.7", [3.0212810719778362, 5.367722192088105, 0.027710138465051604, 10.97857273330815, 0.4073705741223834, 0.8928882627938248, 116.9317368054429, 153.86007202373182, 1.0059419436220514]),
         ("single_chain", [0.11409060723669132, 1.1658920945228197, -2.0865781108407138, 2.2397545037052575, 0.09602118708439462, 0.05616710528393539, 147.73134290028025, 227.3091747931268, f64::NAN]),
+        ("stuck_chains", [1.5, 1.1359236684941296, 0.0, 3.0, 0.16367572422538576, 0.06443919706676367, 48.16479930623699, 32.0, f64::INFINITY]),
+        ("constant", [1.0, 0.0, 1.0, 1.0, 0.0, f64::NAN, 32.0, 32.0, f64::NAN]),
     ];
 
     fn fixture(name: &str) -> Vec<Vec<f64>> {
@@ -867,6 +924,8 @@ mod tests {
             "ar1_-0.3_odd" => ar1(-0.3, 0.0, 3, 301),
             "exp_ar1_0.7" => ar1(0.7, 0.0, 2, 250).into_iter().map(|c| c.into_iter().map(f64::exp).collect()).collect(),
             "single_chain" => ar1(0.5, 0.0, 1, 400),
+            "stuck_chains" => (0..4).map(|c| vec![f64::from(c); 8]).collect(),
+            "constant" => vec![vec![1.0; 8]; 4],
             other => unreachable!("no fixture {other}"),
         }
     }
@@ -885,8 +944,8 @@ mod tests {
         for ((name, expected), (row, got)) in AZ_SUMMARY.iter().zip(&table.rows) {
             assert_eq!(name, row);
             for (j, (g, e)) in got.columns().iter().zip(expected).enumerate() {
-                if e.is_nan() {
-                    assert!(g.is_nan(), "{name} {}: {g} but arviz gives NaN", cols[j]);
+                if !e.is_finite() {
+                    assert!(g.is_nan() && e.is_nan() || g == e, "{name} {}: {g} but arviz gives {e}", cols[j]);
                     continue;
                 }
                 let d = (g - e).abs();
@@ -897,7 +956,7 @@ mod tests {
         for (c, d) in cols.iter().zip(max_diff) {
             println!("max |ours - az.summary| {c}: {d:.3e}");
         }
-        // the single chain's row prints NaN for R-hat
+        // the constant row prints NaN for R-hat
         assert!(table.to_string().lines().last().unwrap().trim_end().ends_with("NaN"));
     }
 
