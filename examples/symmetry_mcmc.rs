@@ -179,7 +179,13 @@ fn print_table(title: &str, table: &SummaryTable, max: usize) {
 
 /// Writes the draws, sampler statistics, predictive draws at the test inputs and the summary
 /// tables as `.npz` files under `--out`, and prints the tables.
-fn write_results<M: Bnn<f32, Cpu>>(model: &M, test: &Dataset<f32, Cpu>, run: &SymMcmcRun, args: &Args, seed: u64) -> weightspace::Result<()> {
+fn write_results<M: Bnn<f32, Cpu>>(
+    model: &M,
+    test: &Dataset<f32, Cpu>,
+    run: &SymMcmcRun,
+    args: &Args,
+    seed: u64,
+) -> weightspace::Result<()> {
     let dir: String = args.get("--out", "target/weightspace/symmetry_mcmc".to_string());
     let dir = Path::new(&dir);
     if let Err(e) = std::fs::create_dir_all(dir) {

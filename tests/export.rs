@@ -166,7 +166,8 @@ fn vi_predictive_draws_and_fit_history_round_trip() {
     let data = Dataset::regression(&dev, &x, 1, &y, 2).unwrap();
     let mut model = Net::<f64, Cpu>::new(&dev);
     let mut guide = model.mean_field();
-    let report = fit(&mut model, &mut guide, &data, &FitConfig { steps: 40, record_every: 5, progress: false, ..Default::default() }).unwrap();
+    let report =
+        fit(&mut model, &mut guide, &data, &FitConfig { steps: 40, record_every: 5, progress: false, ..Default::default() }).unwrap();
     report.to_npz().unwrap().write(dir.join("fit.npz")).unwrap();
     let mut r = NpzReader::new(fs::File::open(dir.join("fit.npz")).unwrap()).unwrap();
     let step: ArrayD<i64> = r.by_name("step").unwrap();

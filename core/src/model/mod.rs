@@ -5,7 +5,7 @@
 pub mod arch;
 pub mod bnn;
 pub mod checkpoint;
-pub mod npz;
 pub mod data;
 pub(crate) mod minibatch;
+pub mod npz;
 pub mod params;

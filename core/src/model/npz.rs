@@ -11,8 +11,8 @@ use std::sync::Arc;
 use ndarray::{ArrayViewD, IxDyn};
 use ndarray_npy::{NpzWriter, WritableElement};
 
-use crate::num::diagnostics::SummaryTable;
 use crate::error::ExportError;
+use crate::num::diagnostics::SummaryTable;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,7 +267,10 @@ mod tests {
         let mut new = Npz::new();
         new.add_f64("x", &[3], vec![5.0, 6.0, 7.0]).unwrap();
         let err = new.write(&blocked).unwrap_err();
-        assert!(matches!(&err, Error::Export { source: ExportError::Io { stage: "cannot rename the temporary file over it", .. }, .. }), "{err:?}");
+        assert!(
+            matches!(&err, Error::Export { source: ExportError::Io { stage: "cannot rename the temporary file over it", .. }, .. }),
+            "{err:?}"
+        );
         assert_eq!(fs::read(blocked.join("inside")).unwrap(), b"keep");
         assert_eq!(listing(&dir), vec!["blocked.npz", "draws.npz"], "a temporary file was left behind");
         assert_eq!(fs::read(&path).unwrap(), before);

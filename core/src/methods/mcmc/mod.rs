@@ -55,8 +55,8 @@ mod weight_prior;
 mod workflow;
 
 pub use bound::{chains_needed, expected_chains, paper_mode_probabilities};
-pub use export::DrawSet;
 pub use chees::{sample_many_chains, IterationStats, ManyChainRun, ManyChainSettings, StepSizeAdaptation};
+pub use export::DrawSet;
 pub use nuts::{sample_nuts, DrawStats, NutsRun, NutsSettings};
 pub use target::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 pub use weight_prior::GaussianWeightPrior;
