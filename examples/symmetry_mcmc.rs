@@ -142,7 +142,7 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
     } else {
         println!("  diagnostics: R-hat/ESS need >= 4 draws per chain (use --draws 4)");
     }
-    write_results(model, test, &run, &args, seed)?;
+    write_results(model, test, &run, args, seed)?;
     let single = if args.flag("--no-single") {
         None
     } else {
