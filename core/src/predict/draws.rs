@@ -24,7 +24,8 @@ use crate::{Error, Real, Result};
 /// let f = vec![0.0, 1.0, 2.0, 0.5, 1.5, 2.5];
 /// let d = PredictiveDraws::new(1, 2, 3, 1, f.clone(), None)?;
 /// assert_eq!(d.shape(), [1, 2, 3, 1]);
-/// assert_eq!(d.f_at(0, 1, 2, 0), 2.5);
+/// assert_eq!(d.f_at(0, 1, 2, 0), Some(2.5));
+/// assert_eq!(d.f_at(0, 2, 0, 0), None);
 /// let npz = d.to_npz()?;
 /// assert_eq!(npz.names(), vec!["f"]);
 /// assert_eq!(npz.shape("f"), Some(&[1usize, 2, 3, 1][..]));
@@ -71,9 +72,12 @@ impl PredictiveDraws {
         [self.chains, self.draws, self.points, self.outputs]
     }
 
-    /// `f` at one index.
-    pub fn f_at(&self, chain: usize, draw: usize, point: usize, output: usize) -> f64 {
-        self.f[((chain * self.draws + draw) * self.points + point) * self.outputs + output]
+    /// `f` at one index; `None` outside the shape.
+    pub fn f_at(&self, chain: usize, draw: usize, point: usize, output: usize) -> Option<f64> {
+        if chain >= self.chains || draw >= self.draws || point >= self.points || output >= self.outputs {
+            return None;
+        }
+        self.f.get(((chain * self.draws + draw) * self.points + point) * self.outputs + output).copied()
     }
 
     /// The arrays `f` and (when present) `y`, shape `(chain, draw, point, output)`.
@@ -120,7 +124,8 @@ impl PredictiveDraws {
         let mut table = SummaryTable::new();
         for p in 0..self.points {
             for o in 0..self.outputs {
-                let chains: Vec<Vec<f64>> = (0..self.chains).map(|c| (0..self.draws).map(|t| self.f_at(c, t, p, o)).collect()).collect();
+                let chains: Vec<Vec<f64>> =
+                    (0..self.chains).map(|c| (0..self.draws).map(|t| self.f_at(c, t, p, o).unwrap_or(f64::NAN)).collect()).collect();
                 table.push(format!("f[{p}, {o}]"), &chains)?;
             }
         }

@@ -160,7 +160,7 @@ impl SymMcmcRun {
     /// assert_eq!(pred.shape(), [2, 8, 10, 1]);
     /// // f is w·x + b of each draw
     /// let d = &run.canonical[1][3];
-    /// assert!((pred.f_at(1, 3, 9, 0) - (d[0] * x[9] + d[1])).abs() < 1e-9);
+    /// assert!((pred.f_at(1, 3, 9, 0).unwrap() - (d[0] * x[9] + d[1])).abs() < 1e-9);
     /// assert_eq!(pred.summary()?.rows.len(), 10);
     /// # Ok::<(), weightspace::Error>(())
     /// ```
