@@ -4,9 +4,16 @@
 //! ```text
 //! cargo run --release --example symmetry_mcmc -- --dataset sinusoidal|regression2d|diabetes \
 //!     --arch f1|f2 --chains 1274 --warmup 1024 [--draws 1] [--threads 1] [--seed 0] [--no-single] \
-//!     [--sampler chees|nuts] [--per-chain] [--diag]
-//! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 8 chains × 50 warm-up steps, 40 sinusoidal points
+//!     [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc]
+//! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 8 chains × 50 warm-up steps × 8 draws, 40 sinusoidal points
 //! ```
+//!
+//! Results out: the run writes, under `--out`, `.npz` files for NumPy and ArviZ (arrays in ArviZ's
+//! `(chain, draw, ...)` order): `raw.npz` and `canonical.npz` (`w`, `log_sigma`),
+//! `sample_stats.npz` (`step_size`, `lp`), `predictive.npz` (`f`, `y` at the test inputs) and, with
+//! at least 6 draws per chain, `summary_weights.npz` and `summary_function.npz` (the `az.summary`
+//! columns of the canonicalised weights and of the function values at the test inputs, whose
+//! tables it also prints). `scripts/check_arviz.py` loads them with NumPy and ArviZ and compares.
 //!
 //! - f1 is a 1×3 tanh MLP, f2 a 3×16 tanh MLP; N(0, 1) priors on every weight, σ ~ HalfNormal(1).
 //! - Protocol of the paper: every column, the target included, is standardised with whole-dataset
@@ -25,7 +32,11 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::Args;
+use weightspace::diagnostics::SummaryTable;
+use weightspace::export::Npz;
 use weightspace::mcmc::data::Table;
 use weightspace::mcmc::*;
 use weightspace::prelude::*;
@@ -89,7 +100,7 @@ struct Outcome {
 fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f32, Cpu>, args: &Args) -> weightspace::Result<Outcome> {
     let chains: usize = args.get("--chains", if args.quick() { 8 } else { 1274 });
     let warmup: usize = args.get("--warmup", if args.quick() { 50 } else { 1024 });
-    let draws: usize = args.get("--draws", 1);
+    let draws: usize = args.get("--draws", if args.quick() { 8 } else { 1 });
     let seed: u64 = args.get("--seed", 0);
     let sampler = match args.value("--sampler").unwrap_or("chees") {
         // the paper's own method: every chain on its own with NUTS
@@ -131,6 +142,7 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
     } else {
         println!("  diagnostics: R-hat/ESS need >= 4 draws per chain (use --draws 4)");
     }
+    write_results(model, test, &run, args, seed)?;
     let single = if args.flag("--no-single") {
         None
     } else {
@@ -158,12 +170,52 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
     Ok(Outcome { lppd, single, seconds: run.seconds })
 }
 
+/// Prints at most `max` rows of a summary table.
+fn print_table(title: &str, table: &SummaryTable, max: usize) {
+    let shown = SummaryTable { rows: table.rows.iter().take(max).cloned().collect(), ..table.clone() };
+    let more = if table.rows.len() > max { format!(" (first {max} of {} rows)", table.rows.len()) } else { String::new() };
+    println!("{title}{more}:\n{shown}");
+}
+
+/// Writes the draws, sampler statistics, predictive draws at the test inputs and the summary
+/// tables as `.npz` files under `--out`, and prints the tables.
+fn write_results<M: Bnn<f32, Cpu>>(
+    model: &M,
+    test: &Dataset<f32, Cpu>,
+    run: &SymMcmcRun,
+    args: &Args,
+    seed: u64,
+) -> weightspace::Result<()> {
+    let dir: String = args.get("--out", "target/weightspace/symmetry_mcmc".to_string());
+    let dir = Path::new(&dir);
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        args.fail(&format!("--out {}: {e}", dir.display()));
+    }
+    run.posterior_npz(DrawSet::Raw)?.write(dir.join("raw.npz"))?;
+    run.posterior_npz(DrawSet::Canonical)?.write(dir.join("canonical.npz"))?;
+    run.sample_stats_npz()?.write(dir.join("sample_stats.npz"))?;
+    let pred = run.predictive_draws(model, &test.x, seed)?;
+    pred.write_npz(dir.join("predictive.npz"))?;
+    if run.canonical[0].len() >= 6 {
+        let weights = run.weight_summary(DrawSet::Canonical)?;
+        let function = pred.summary()?;
+        print_table("az.summary of the canonicalised weights", &weights, 12);
+        print_table("az.summary of the function values at the test inputs", &function, 12);
+        Npz::from_summary(&weights)?.write(dir.join("summary_weights.npz"))?;
+        Npz::from_summary(&function)?.write(dir.join("summary_function.npz"))?;
+    } else {
+        println!("  summary tables need >= 6 draws per chain (use --draws 6)");
+    }
+    println!("  wrote raw, canonical, sample_stats and predictive .npz files to {}", dir.display());
+    Ok(())
+}
+
 fn main() -> weightspace::Result<()> {
     let args = Args::parse(
         "[--quick] [--dataset sinusoidal|regression2d|diabetes] [--arch f1|f2] [--chains 1274] [--warmup 1024] [--draws 1] \
-         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag]",
+         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc]",
         &["--no-single", "--per-chain", "--diag"],
-        &["--dataset", "--arch", "--chains", "--warmup", "--draws", "--threads", "--seed", "--sampler"],
+        &["--dataset", "--arch", "--chains", "--warmup", "--draws", "--threads", "--seed", "--sampler", "--out"],
         0,
     );
     let quick = args.quick();

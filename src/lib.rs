@@ -37,7 +37,7 @@ pub use weightspace_macros::bnn;
 
 // The public surface, one explicit list (the same items as weightspace-core's root).
 pub use weightspace_core::{band_plot, probability_map, BandPlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
-pub use weightspace_core::{dfdx, DataError, Error, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
+pub use weightspace_core::{dfdx, DataError, Error, ExportError, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
 pub use weightspace_core::{
     elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
 };
@@ -46,8 +46,8 @@ pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Te
 pub use weightspace_core::{Activation, Architecture, Granularity, LayerSpec, LikelihoodSpec, NormalSpec, Param};
 pub use weightspace_core::{Column, CsvOptions, DataTable, Split, Standardiser, TableTargets, TargetKind, UciSplits};
 pub use weightspace_core::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
-// namespaces: metrics, batched linear algebra, the methods and the test toolkit
-pub use weightspace_core::{bali, bnnp, linalg, mcmc, metrics, symmetry, testing};
+// namespaces: metrics, batched linear algebra, diagnostics, results out, the methods and the test toolkit
+pub use weightspace_core::{bali, bnnp, diagnostics, export, linalg, mcmc, metrics, symmetry, testing};
 
 #[doc(hidden)]
 pub use weightspace_core::__private;

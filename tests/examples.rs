@@ -198,7 +198,7 @@ fn own_data() {
     let s = summary(&out, "own_data csv=target/weightspace/own_data_synthetic.csv target=y rows=120 features=3 splits=2 ");
     let v = finite(&s, &["rmse", "rmse_se", "ll", "ll_se"]);
     assert!(v[0] > 0.0, "{s:?}");
-    wrote(&dir, &["target/weightspace/own_data_synthetic.csv"]);
+    wrote(&dir, &["target/weightspace/own_data_synthetic.csv", "target/weightspace/own_data_predictive.npz"]);
 }
 
 /// A user's file: a header, a target chosen by name, features chosen by name, `;` as delimiter.
@@ -248,9 +248,18 @@ fn symmetrised_vi() {
 
 #[test]
 fn symmetry_mcmc() {
-    let (out, _) = run("symmetry_mcmc");
+    let (out, dir) = run("symmetry_mcmc");
     let s = summary(&out, "symmetry_mcmc dataset=sinusoidal arch=f1 ");
     finite(&s, &["lppd", "se", "lppd_single", "seconds"]);
+    // the az.summary tables are printed, and every .npz file is written
+    assert!(out.contains("az.summary of the canonicalised weights"), "{out}");
+    assert!(out.contains("hdi_3%  hdi_97%  mcse_mean  mcse_sd  ess_bulk  ess_tail  r_hat"), "{out}");
+    assert!(out.contains("f[7, 0]"), "the function table has a row per test input: {out}");
+    for file in ["raw", "canonical", "sample_stats", "predictive", "summary_weights", "summary_function"] {
+        let path = dir.join("target/weightspace/symmetry_mcmc").join(format!("{file}.npz"));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{} was not written", path.display());
+    }
 }
 
 /// Every example in `examples/` has a test above, and a flag it does not know is an error.

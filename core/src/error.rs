@@ -72,6 +72,16 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// Writing an `.npz` file failed. The file at `path` is as it was before the write (see
+    /// [`export`](crate::export)).
+    #[error("npz file {path}: {source}")]
+    Export {
+        /// The file that was to be written.
+        path: String,
+        /// What failed.
+        #[source]
+        source: ExportError,
+    },
     /// A device (allocation, kernel) error. dfdx's device errors (`Storage::Err`) are only
     /// `Debug + Display` (neither `'static` nor `Send`), so the variant carries their message.
     #[error("device error: {0}")]
@@ -281,6 +291,52 @@ pub enum MetricError {
         /// Why it is invalid.
         reason: String,
     },
+}
+
+/// Why an `.npz` file could not be written (the source of [`Error::Export`]).
+///
+/// ```
+/// use weightspace::export::Npz;
+/// use weightspace::{Error, ExportError};
+///
+/// let mut npz = Npz::new();
+/// npz.add_f64("x", &[2], vec![1.0, 2.0])?;
+/// let missing = std::env::temp_dir().join("weightspace_no_such_dir").join("x.npz");
+/// match npz.write(&missing).unwrap_err() {
+///     Error::Export { path, source: ExportError::Io { stage, .. } } => {
+///         assert!(path.ends_with("x.npz"));
+///         assert_eq!(stage, "cannot create a temporary file");
+///     }
+///     other => panic!("{other}"),
+/// }
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// A file-system operation failed.
+    #[error("{stage}: {source}")]
+    Io {
+        /// The step that failed (creating, syncing or renaming the temporary file, ...).
+        stage: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The NumPy encoder (`ndarray-npy`) failed.
+    #[error("writing the archive: {source}")]
+    Npz {
+        /// The encoder's error.
+        #[source]
+        source: std::sync::Arc<ndarray_npy::WriteNpzError>,
+    },
+}
+
+/// Two export errors are equal when they say the same thing.
+impl PartialEq for ExportError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 /// An error of the `testing` toolkit inside an [`Error`]: the toolkit's own error value (one of

@@ -24,7 +24,7 @@ mod vi;
 // the foundation
 /// The dfdx version weightspace is built on, for users who need its tensor API directly.
 pub use dfdx;
-pub use error::{DataError, Error, MetricError, Result, SourceError, TestingError};
+pub use error::{DataError, Error, ExportError, MetricError, Result, SourceError, TestingError};
 pub use num::{Real, Taped};
 pub use progress::Progress;
 
@@ -65,6 +65,40 @@ pub mod metrics {
 pub mod linalg {
     pub use crate::num::dense::{dot, Cholesky, DenseError, Matrix};
     pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
+}
+
+/// MCMC convergence diagnostics as ArviZ 0.23 computes them: rank-normalised split R-hat, bulk
+/// and tail ESS, MCSE of the mean and of the sd, the HDI, and [`SummaryTable`](diagnostics::SummaryTable),
+/// a table like `az.summary` that prints itself.
+pub mod diagnostics {
+    pub use crate::num::diagnostics::{
+        ess_bulk, ess_mean, ess_quantile, ess_tail, hdi, mcse_mean, mcse_sd, rank_normalize, rhat, split_chains, split_rhat, summarize,
+        summarize_with, DiagnosticsError, Summary, SummaryTable, DEFAULT_HDI_PROB,
+    };
+}
+
+/// Results out to NumPy and ArviZ: `.npz` archives whose array names and dimension orders follow
+/// ArviZ (`chain`, `draw`, then the quantity's own dimensions), written atomically.
+///
+/// | what | how |
+/// | --- | --- |
+/// | any named arrays | [`Npz`](export::Npz): `add_f64`/`add_i64`/`add_bool`, then `write` |
+/// | MCMC draws, raw or canonicalised | [`SymMcmcRun::posterior_npz`](crate::mcmc::SymMcmcRun::posterior_npz) |
+/// | the `az.summary` table | [`Npz::from_summary`](export::Npz::from_summary) |
+/// | predictive draws at given inputs | [`Predictive::draws`](crate::Predictive::draws), [`SymMcmcRun::predictive_draws`](crate::mcmc::SymMcmcRun::predictive_draws), then [`PredictiveDraws::write_npz`](export::PredictiveDraws::write_npz) |
+/// | a fit history | [`FitReport::to_npz`](crate::FitReport::to_npz) |
+///
+/// In Python, one group per file:
+///
+/// ```python
+/// import numpy as np, arviz as az
+/// load = lambda path: dict(np.load(path))
+/// idata = az.from_dict(posterior=load("canonical.npz"), posterior_predictive=load("predictive.npz"))
+/// ```
+pub mod export {
+    pub use crate::model::npz::Npz;
+    pub use crate::predict::draws::PredictiveDraws;
+    pub use crate::ExportError;
 }
 
 // the methods, each with its own explicit list

@@ -82,10 +82,21 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
 /// removed, and the error is returned. (A process killed before the rename can leave a
 /// `.<name>.<pid>-<n>.tmp` file beside the target; the target itself is intact.)
 pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = create_temp_beside(path).map_err(|e| checkpoint_error(path, format!("cannot create a temporary file: {e}")))?;
+    write_atomically_with(path, write, |stage, e| checkpoint_error(path, format!("{stage}: {e}")))
+}
+
+/// [`write_atomically`], with the caller's error for a failed file-system step: `io_error` gets the
+/// step (`"cannot create a temporary file"`, `"cannot sync the temporary file"`, `"cannot rename
+/// the temporary file over it"`) and the I/O error.
+pub(crate) fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<()>,
+    io_error: impl Fn(&'static str, io::Error) -> Error,
+) -> Result<()> {
+    let tmp = create_temp_beside(path).map_err(|e| io_error("cannot create a temporary file", e))?;
     let written = write(&tmp).and_then(|()| {
-        sync_file(&tmp).map_err(|e| checkpoint_error(path, format!("cannot sync the temporary file: {e}")))?;
-        fs::rename(&tmp, path).map_err(|e| checkpoint_error(path, format!("cannot rename the temporary file over it: {e}")))
+        sync_file(&tmp).map_err(|e| io_error("cannot sync the temporary file", e))?;
+        fs::rename(&tmp, path).map_err(|e| io_error("cannot rename the temporary file over it", e))
     });
     match written {
         Ok(()) => {

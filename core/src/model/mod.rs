@@ -9,6 +9,7 @@ pub mod bnn;
 pub mod checkpoint;
 pub mod data;
 pub(crate) mod minibatch;
+pub mod npz;
 pub mod params;
 pub mod protocol;
 pub mod table;

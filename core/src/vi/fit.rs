@@ -122,6 +122,38 @@ impl FitReport {
         let tail = &self.history[self.history.len().saturating_sub(k.max(1))..];
         tail.iter().map(|r| r.elbo).sum::<f64>() / tail.len().max(1) as f64
     }
+
+    /// The history as `.npz` arrays, one value per record: `step` (`i64`), `elbo`,
+    /// `expected_log_lik` and `kl` (`f64`), each of shape `(records,)`. Write it with
+    /// [`Npz::write`](crate::export::Npz::write); in Python, `np.load(path)["elbo"]`.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+    /// let dev = Cpu::default();
+    /// let data = Dataset::<f64, _>::regression(&dev, &[0.0, 1.0, 2.0], 1, &[0.0, 1.0, 2.0], 1)?;
+    /// let mut model = Lin::<f64, Cpu>::new(&dev);
+    /// let mut guide = model.mean_field();
+    /// let report = fit(&mut model, &mut guide, &data, &FitConfig { steps: 30, record_every: 10, progress: false, ..Default::default() })?;
+    /// let npz = report.to_npz()?;
+    /// assert_eq!(npz.names(), vec!["step", "elbo", "expected_log_lik", "kl"]);
+    /// assert_eq!(npz.shape("elbo"), Some(&[4usize][..])); // steps 0, 10, 20, 29
+    /// assert_eq!(npz.f64_values("kl").unwrap()[3], report.history[3].kl);
+    /// let path = std::env::temp_dir().join(format!("weightspace_doc_fit_{}.npz", std::process::id()));
+    /// npz.write(&path)?;
+    /// std::fs::remove_file(&path).ok();
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn to_npz(&self) -> Result<crate::model::npz::Npz> {
+        let n = self.history.len();
+        let mut npz = crate::model::npz::Npz::new();
+        npz.add_i64("step", &[n], self.history.iter().map(|r| r.step as i64).collect())?
+            .add_f64("elbo", &[n], self.history.iter().map(|r| r.elbo).collect())?
+            .add_f64("expected_log_lik", &[n], self.history.iter().map(|r| r.expected_log_lik).collect())?
+            .add_f64("kl", &[n], self.history.iter().map(|r| r.kl).collect())?;
+        Ok(npz)
+    }
 }
 
 fn validate(cfg: &FitConfig, n: usize) -> Result<()> {

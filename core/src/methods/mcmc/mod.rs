@@ -10,6 +10,8 @@
 //! | [`chains_needed`] | the chain-count bound: generalised coupon collector plus Markov's inequality (1274 with the paper's defaults) |
 //! | [`sym_mcmc`] | the workflow: `ρ` chains, `W` warm-up steps, pooled and canonicalised draws, predictive, LPPD, R-hat/ESS |
 //! | [`data`] | the sinusoidal and regression2d generators, standardisation and splits |
+//! | [`SymMcmcRun::weight_summary`], [`PredictiveDraws::summary`](crate::export::PredictiveDraws::summary) | `az.summary` tables of the (canonicalised) weights and of function values at test inputs |
+//! | [`SymMcmcRun::posterior_npz`], [`SymMcmcRun::sample_stats_npz`], [`SymMcmcRun::predictive_draws`] | the draws out to NumPy and ArviZ (see [`export`](crate::export)) |
 //!
 //! The canonicalisation step is a [`Canonicalise`] implementation: [`NoCanonicalisation`] is the
 //! identity stand-in, and the symmetry module's exact tanh canonicalisation plugs in the same way
@@ -45,6 +47,7 @@
 mod bound;
 mod chees;
 pub mod data;
+mod export;
 mod fused;
 mod nuts;
 mod target;
@@ -53,6 +56,7 @@ mod workflow;
 
 pub use bound::{chains_needed, expected_chains, paper_mode_probabilities};
 pub use chees::{sample_many_chains, IterationStats, ManyChainRun, ManyChainSettings, StepSizeAdaptation};
+pub use export::DrawSet;
 pub use nuts::{sample_nuts, DrawStats, NutsRun, NutsSettings};
 pub use target::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 pub use weight_prior::GaussianWeightPrior;
