@@ -179,6 +179,9 @@ fn run(args: &common::Args) -> Result<String, Box<dyn std::error::Error>> {
         let (train, test) = split.tables(&table)?;
         // the first split's predictive draws go to a .npz file (ArviZ's posterior_predictive)
         let npz = (i == 0).then(|| PathBuf::from("target/weightspace/own_data_predictive.npz"));
+        if let Some(dir) = npz.as_deref().and_then(Path::parent) {
+            std::fs::create_dir_all(dir)?;
+        }
         let o = fit_split(&train, &test, epochs, k, i as u64, npz.as_deref())?;
         if let Some(p) = &npz {
             println!("wrote {} (f, y: chain, draw, point, output)", p.display());

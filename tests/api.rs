@@ -86,7 +86,7 @@ fn a_posterior_has_one_dim() -> weightspace::Result<()> {
 fn testing_errors_convert_with_question_mark() {
     fn run(draws: &[f64]) -> weightspace::Result<f64> {
         let outcome = weightspace::testing::assert::check_mean(draws, 0.0, 0.01)?;
-        let r = weightspace::testing::diagnostics::rhat(&[draws.to_vec(), draws.to_vec()])?;
+        let r = weightspace::diagnostics::rhat(&[draws.to_vec(), draws.to_vec()])?;
         Ok(outcome.p_value + r)
     }
     assert!(run(&[0.1, -0.2, 0.05, 0.3, -0.1, 0.0]).is_ok());

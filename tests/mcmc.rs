@@ -6,11 +6,11 @@
 //! errors use the ESS) at a false-alarm rate of 0.001 per check, with fixed seeds.
 
 use rand::{Rng, SeedableRng};
+use weightspace::diagnostics::rhat;
 use weightspace::linalg::Matrix;
 use weightspace::mcmc::*;
 use weightspace::prelude::*;
 use weightspace::testing::assert::{assert_covariance, assert_mean, Draws, VectorDraws};
-use weightspace::testing::diagnostics::rhat;
 use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 
 const ALPHA: f64 = 0.001;

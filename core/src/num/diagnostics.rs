@@ -29,7 +29,7 @@
 //! constant draws with [`DiagnosticsError::Constant`] instead.
 //!
 //! ```
-//! use weightspace::testing::diagnostics::{ess_bulk, rhat, summarize};
+//! use weightspace::diagnostics::{ess_bulk, rhat, summarize};
 //!
 //! // four chains of an AR(1) process with coefficient 0.5, driven by a fixed sequence
 //! let chains: Vec<Vec<f64>> = (0..4)
@@ -49,7 +49,7 @@
 //! assert!(s.ess_bulk > 100.0 && s.ess_bulk <= 4.0 * 500.0 * 3.0);
 //! assert_eq!(s.ess_bulk, ess_bulk(&chains)?);
 //! assert_eq!(s.rhat, rhat(&chains)?);
-//! # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+//! # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 //! ```
 
 use thiserror::Error;
@@ -59,7 +59,7 @@ use super::special::normal_quantile;
 /// Why a diagnostic could not be computed.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::{rhat, DiagnosticsError};
+/// use weightspace::diagnostics::{rhat, DiagnosticsError};
 ///
 /// let err = rhat(&[vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 2.0]]).unwrap_err();
 /// assert_eq!(err, DiagnosticsError::Ragged { chain: 1, expected: 4, got: 2 });
@@ -156,7 +156,7 @@ fn validate_varying(what: &'static str, chains: &[Vec<f64>], needed: usize) -> R
 /// is odd), doubling the number of chains. Input is not validated.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::split_chains;
+/// use weightspace::diagnostics::split_chains;
 ///
 /// let s = split_chains(&[vec![1.0, 2.0, 3.0, 4.0, 5.0]]);
 /// assert_eq!(s, vec![vec![1.0, 2.0], vec![4.0, 5.0]]);
@@ -199,7 +199,7 @@ fn pooled_ranks(chains: &[Vec<f64>]) -> Vec<f64> {
 /// (Blom's offset, as in Vehtari et al. 2021), keeping the chain structure.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::rank_normalize;
+/// use weightspace::diagnostics::rank_normalize;
 ///
 /// let z = rank_normalize(&[vec![10.0, 30.0], vec![20.0, 1000.0]]);
 /// assert!(z[0][0] < z[1][0] && z[1][0] < z[0][1] && z[0][1] < z[1][1]);
@@ -250,12 +250,12 @@ fn rhat_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// Prefer [`rhat`], which also catches chains that differ in scale or have heavy tails.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::split_rhat;
+/// use weightspace::diagnostics::split_rhat;
 ///
 /// // one chain that drifts: its halves disagree
 /// let drift: Vec<f64> = (0..100).map(|t| t as f64 / 10.0).collect();
 /// assert!(split_rhat(&[drift])? > 1.5);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
     validate_varying("split_rhat", chains, 4)?;
@@ -267,13 +267,13 @@ pub fn split_rhat(chains: &[Vec<f64>]) -> Result<f64> {
 /// (tail). Values above 1.01 signal that the chains have not mixed.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::rhat;
+/// use weightspace::diagnostics::rhat;
 ///
 /// // two chains that agree in location but not in scale: only the folded part sees it
 /// let a: Vec<f64> = (0..200).map(|t| ((t * 37) % 200) as f64 / 100.0 - 1.0).collect();
 /// let b: Vec<f64> = a.iter().map(|x| 10.0 * x).collect();
 /// assert!(rhat(&[a, b])? > 1.1);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn rhat(chains: &[Vec<f64>]) -> Result<f64> {
     validate_varying("rhat", chains, 4)?;
@@ -373,12 +373,12 @@ fn ess_of(what: &'static str, chains: &[Vec<f64>]) -> Result<f64> {
 /// ArviZ `method="mean"`. This is the ESS to use for the MCSE of a posterior mean.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::ess_mean;
+/// use weightspace::diagnostics::ess_mean;
 ///
 /// // a perfectly antithetic chain has ESS above the number of draws
 /// let alt: Vec<f64> = (0..100).map(|t| if t % 2 == 0 { 1.0 } else { -1.0 }).collect();
 /// assert!(ess_mean(&[alt])? > 100.0);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
     validate_varying("ess_mean", chains, 6)?;
@@ -389,11 +389,11 @@ pub fn ess_mean(chains: &[Vec<f64>]) -> Result<f64> {
 /// tails; the ESS to look at for the center of the distribution.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::ess_bulk;
+/// use weightspace::diagnostics::ess_bulk;
 ///
 /// let sticky: Vec<f64> = (0..400).map(|t| ((t / 20) % 7) as f64 + (t % 20) as f64 * 1e-3).collect();
 /// assert!(ess_bulk(&[sticky])? < 100.0);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
     validate_varying("ess_bulk", chains, 6)?;
@@ -404,11 +404,11 @@ pub fn ess_bulk(chains: &[Vec<f64>]) -> Result<f64> {
 /// `I(x ≤ q̂)`, with `q̂` the type-7 sample quantile of all draws.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::ess_quantile;
+/// use weightspace::diagnostics::ess_quantile;
 ///
 /// let x: Vec<f64> = (0..200).map(|t| ((t * 61) % 200) as f64).collect();
 /// assert!(ess_quantile(&[x], 0.5)? > 0.0);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_quantile(chains: &[Vec<f64>], prob: f64) -> Result<f64> {
     validate_varying("ess_quantile", chains, 6)?;
@@ -422,11 +422,11 @@ pub fn ess_quantile(chains: &[Vec<f64>], prob: f64) -> Result<f64> {
 /// Tail ESS: the smaller of the ESS of the 5% and the 95% quantile (Vehtari et al. 2021).
 ///
 /// ```
-/// use weightspace::testing::diagnostics::{ess_bulk, ess_tail};
+/// use weightspace::diagnostics::{ess_bulk, ess_tail};
 ///
 /// let x: Vec<f64> = (0..400).map(|t| ((t * 163) % 400) as f64).collect();
 /// assert!(ess_tail(&[x.clone()])? > 0.0 && ess_bulk(&[x])? > 0.0);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn ess_tail(chains: &[Vec<f64>]) -> Result<f64> {
     Ok(ess_quantile(chains, 0.05)?.min(ess_quantile(chains, 0.95)?))
@@ -435,12 +435,12 @@ pub fn ess_tail(chains: &[Vec<f64>]) -> Result<f64> {
 /// Monte-Carlo standard error of the mean: `sd / √ess_mean`, with the `n − 1` sd of all draws.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::mcse_mean;
+/// use weightspace::diagnostics::mcse_mean;
 ///
 /// let x: Vec<f64> = (0..1000).map(|t| ((t * 7919) % 1000) as f64 / 1000.0).collect();
 /// let mcse = mcse_mean(&[x])?;
 /// assert!(mcse > 0.0 && mcse < 0.02);
-/// # Ok::<(), weightspace::testing::diagnostics::DiagnosticsError>(())
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
 /// ```
 pub fn mcse_mean(chains: &[Vec<f64>]) -> Result<f64> {
     let ess = ess_mean(chains)?;
@@ -579,7 +579,7 @@ impl Summary {
 /// Computes every field of [`Summary`], with the 94% HDI that `az.summary` reports by default.
 ///
 /// ```
-/// use weightspace::testing::diagnostics::summarize;
+/// use weightspace::diagnostics::summarize;
 /// // two well-mixed chains of a deterministic low-discrepancy sequence in [0, 1)
 /// let chain = |k: usize| -> Vec<f64> { (0..300).map(|t| ((t * 163 + k) % 300) as f64 / 300.0).collect() };
 /// let s = summarize(&[chain(0), chain(7)])?;

@@ -8,7 +8,7 @@
 //! | [`reference`](mod@reference) | exact answers: the Bayesian linear regression posterior and evidence for any basis, Gaussian targets, a tiny tanh network by quadrature |
 //! | [`assert`](mod@assert) | `check_*` / `assert_*` for means, variances, covariances (MCSE with ESS), Kolmogorov–Smirnov, and an energy-distance permutation test |
 //! | [`sbc`] | simulation-based calibration through the [`sbc::PosteriorSampler`] trait, with a chi-square test of the ranks |
-//! | [`diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021) |
+//! | [`crate::diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021), the `az.summary` table |
 //! | [`plot`] | PNG rank histograms and reliability diagrams |
 //! | [`special`] | the special functions underneath (the host matrices are in [`crate::linalg`]) |
 //! | [`crate::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
@@ -32,7 +32,7 @@
 //! 3. **Compare** with an `assert_*` at a small `alpha` (say 0.01 or 0.001 for tests that run on
 //!    every commit): the test fails by chance with probability `alpha` when the inference is
 //!    right, and the failure message prints the statistic, the bound and the sample sizes. For
-//!    MCMC first check [`diagnostics::rhat`] and the ESS, then pass [`assert::Draws::chains`], so
+//!    MCMC first check [`diagnostics::rhat`](crate::diagnostics::rhat) and the ESS, then pass [`assert::Draws::chains`], so
 //!    the standard errors account for autocorrelation.
 //! 4. **When no exact posterior exists**, use [`sbc::run_sbc`]: draw parameters from the prior,
 //!    simulate data, run your inference on it, and test that the ranks are uniform.
@@ -46,7 +46,7 @@
 //! use rand::{rngs::StdRng, Rng, SeedableRng};
 //! use rand_distr::StandardNormal;
 //! use weightspace::testing::assert::{assert_mean, assert_variance, Draws};
-//! use weightspace::testing::diagnostics::{ess_bulk, rhat};
+//! use weightspace::diagnostics::{ess_bulk, rhat};
 //! use weightspace::testing::reference::{BlrPosterior, BlrProblem, PriorCovariance};
 //!
 //! // 1. the reference: y = w0 + w1·x + noise, features φ(x) = (1, x)
@@ -152,7 +152,5 @@ pub mod plot;
 pub mod reference;
 pub mod sbc;
 
-/// MCMC diagnostics (re-exported from the numerics layer).
-pub use crate::num::diagnostics;
 /// Special functions (re-exported from the numerics layer).
 pub use crate::num::special;
