@@ -98,7 +98,6 @@ pub mod diagnostics {
 pub mod export {
     pub use crate::model::npz::Npz;
     pub use crate::predict::draws::PredictiveDraws;
-    pub use crate::ExportError;
 }
 
 // the methods, each with its own explicit list

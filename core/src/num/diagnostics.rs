@@ -595,6 +595,13 @@ pub fn summarize(chains: &[Vec<f64>]) -> Result<Summary> {
 }
 
 /// ArviZ's default HDI mass in `az.summary`: 94%.
+///
+/// ```
+/// use weightspace::diagnostics::{summarize, summarize_with, DEFAULT_HDI_PROB};
+/// let chains: Vec<Vec<f64>> = (0..4).map(|c| (0..100).map(|i| ((i * 37 + c * 11) % 100) as f64).collect()).collect();
+/// assert_eq!(summarize(&chains)?.hdi_lower, summarize_with(&chains, DEFAULT_HDI_PROB)?.hdi_lower);
+/// # Ok::<(), weightspace::diagnostics::DiagnosticsError>(())
+/// ```
 pub const DEFAULT_HDI_PROB: f64 = 0.94;
 
 /// [`summarize`] with an HDI of mass `hdi_prob`.
