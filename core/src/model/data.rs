@@ -62,7 +62,9 @@ fn to_e<E: Real>(v: &[f64]) -> Vec<E> {
     v.iter().map(|&x| crate::num::cast::from_f64::<E>(x)).collect()
 }
 
-fn check_rows(what: &str, v: &[f64], cols: usize) -> Result<usize> {
+/// The number of rows in a row-major buffer of `cols` columns; `Err` if it is empty, ragged or not
+/// finite, naming `what`.
+pub(crate) fn check_rows(what: &str, v: &[f64], cols: usize) -> Result<usize> {
     if cols == 0 {
         return Err(Error::Shape { what: what.into(), expected: "at least one column".into(), got: "0 columns".into() });
     }

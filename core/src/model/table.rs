@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use dfdx::prelude::Device;
 
-use crate::error::{check_finite, DataError};
-use crate::model::data::Dataset;
+use crate::error::DataError;
+use crate::model::data::{check_rows, Dataset};
 use crate::{Error, Real, Result};
 
 /// A column of a CSV file: by header name, by zero-based index, or the last column.
@@ -170,24 +170,6 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
 }
 
 /// Checks a row-major buffer; returns its rows.
-fn check_buffer(what: &str, v: &[f64], cols: usize) -> Result<usize> {
-    if cols == 0 {
-        return Err(Error::Shape { what: what.into(), expected: "at least one column".into(), got: "0 columns".into() });
-    }
-    if v.is_empty() {
-        return Err(Error::Empty { what: what.into() });
-    }
-    if !v.len().is_multiple_of(cols) {
-        return Err(Error::Shape {
-            what: what.into(),
-            expected: format!("a multiple of {cols} values (rows of {cols})"),
-            got: format!("{} values", v.len()),
-        });
-    }
-    check_finite(what, v)?;
-    Ok(v.len() / cols)
-}
-
 fn rows_mismatch(n: usize, what: &str, got: usize) -> Error {
     Error::Shape { what: what.into(), expected: format!("{n} rows to match the features"), got: format!("{got} rows") }
 }
@@ -204,8 +186,8 @@ impl DataTable {
     /// # Ok::<(), weightspace::Error>(())
     /// ```
     pub fn regression(x: Vec<f64>, d_in: usize, y: Vec<f64>, d_out: usize) -> Result<Self> {
-        let n = check_buffer("x (features)", &x, d_in)?;
-        let ny = check_buffer("y (targets)", &y, d_out)?;
+        let n = check_rows("x (features)", &x, d_in)?;
+        let ny = check_rows("y (targets)", &y, d_out)?;
         if ny != n {
             return Err(rows_mismatch(n, "y (targets)", ny));
         }
@@ -223,7 +205,7 @@ impl DataTable {
     /// # Ok::<(), weightspace::Error>(())
     /// ```
     pub fn classification(x: Vec<f64>, d_in: usize, labels: Vec<usize>, classes: usize) -> Result<Self> {
-        let n = check_buffer("x (features)", &x, d_in)?;
+        let n = check_rows("x (features)", &x, d_in)?;
         if labels.len() != n {
             return Err(rows_mismatch(n, "labels", labels.len()));
         }

@@ -1,5 +1,8 @@
 //! Every option of `#[bnn]` in declarations that must compile without a single warning, with the
 //! names generated code could trip over shadowed at module level.
+//!
+//! This test has no harness (`harness = false` in `Cargo.toml`), so the shadowing names below sit at
+//! the root of a crate that nothing else generates code into, and `main` is the test.
 #![deny(warnings)]
 
 use weightspace::prelude::*;
