@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use weightspace::prelude::*;
 use weightspace::symmetry::{
-    cluster_modes, information, symmetrised_elbo, Canonicalisation, DataDrivenSettings, GuideLogDensity, InfoBound, ModeSettings,
-    SymmetrisedElbo, SymmetrisedGuide, SymmetryGroup,
+    cluster_modes, information, spectral_modes, symmetrised_elbo, Canonicalisation, DataDrivenSettings, GuideLogDensity, InfoBound,
+    ModeSettings, SpectralSettings, SymmetrisedElbo, SymmetrisedGuide, SymmetryGroup,
 };
 use weightspace::testing::reference::{TanhNet, TanhNetProblem, TanhNetReference};
 use weightspace::Taped;
@@ -977,9 +977,15 @@ fn data_driven_canonicalisation_recovers_one_network() {
         assert_eq!(&group.apply_flat(g, &batch[s]).unwrap(), c);
         assert!(close(&outputs(&model, &[batch[s].clone()], &x), &outputs(&model, std::slice::from_ref(c), &x), 1e-10));
     }
-    // bad settings are errors
-    let bad = Canonicalisation::DataDriven(DataDrivenSettings { accept: 0.0, ..Default::default() });
-    assert!(matches!(group.canonicalise_batch(&batch, &bad), Err(Error::InvalidConfig { .. })));
+    // bad settings are errors, and so is the reverse order on two hidden layers without the exact start
+    for bad in [
+        DataDrivenSettings { accept: 0.0, start_from_exact: true, ..Default::default() },
+        DataDrivenSettings { svm_starts: 0, start_from_exact: true, ..Default::default() },
+        DataDrivenSettings { start_from_exact: false, ..Default::default() },
+    ] {
+        let bad = Canonicalisation::DataDriven(bad);
+        assert!(matches!(group.canonicalise_batch(&batch, &bad), Err(Error::InvalidConfig { .. })));
+    }
 }
 
 /// Counting modes: noisy symmetric copies of two different networks are two modes once
@@ -1003,6 +1009,12 @@ fn distances_and_mode_counting_in_canonical_space() {
     assert!(modes.labels[..30].iter().all(|&l| l == modes.labels[0]) && modes.labels[30..].iter().all(|&l| l == modes.labels[30]));
     let raw = cluster_modes(&samples, &settings).unwrap();
     assert!(raw.sizes.len() > 10, "without canonicalisation the copies do not cluster: {:?}", raw.sizes);
+    // spectral clustering with the eigengap rule finds the same two modes in canonical space
+    let canonical = group.canonicalise_batch(&samples, &Canonicalisation::Exact).unwrap().samples;
+    let spectral = spectral_modes(&canonical, &SpectralSettings::default()).unwrap();
+    assert_eq!(spectral.sizes, vec![30, 30]);
+    assert_eq!(spectral.labels, modes.labels);
+    assert!(spectral_modes(&samples, &SpectralSettings::default()).unwrap().sizes != vec![30, 30]);
     // canonical distance: 0 within an orbit, the orbit distance never exceeds it (tiny net)
     let tiny = SymmetryGroup::of(Tiny3::<f64, Cpu>::ARCH);
     for _ in 0..20 {
@@ -1012,5 +1024,46 @@ fn distances_and_mode_counting_in_canonical_space() {
         assert_eq!(tiny.canonical_distance(&a, &ga).unwrap(), 0.0);
         assert!(tiny.orbit_distance(&a, &ga).unwrap() < 1e-12);
         assert!(tiny.orbit_distance(&a, &b).unwrap() <= tiny.canonical_distance(&a, &b).unwrap() + 1e-12);
+    }
+}
+
+/// Spectral mode counting: the eigengap rule recovers the number of well-separated Gaussian blobs
+/// and their members, whatever their sizes; bad input is an error.
+#[test]
+fn spectral_clustering_counts_separated_blobs() {
+    let mut r = rng(21);
+    for (centres, sizes) in
+        [(vec![[0.0, 0.0], [6.0, 0.0]], vec![40, 25]), (vec![[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0]], vec![30, 20, 15, 10])]
+    {
+        let mut points = Vec::new();
+        let mut truth = Vec::new();
+        for (c, (centre, &size)) in centres.iter().zip(&sizes).enumerate() {
+            for _ in 0..size {
+                points
+                    .push(vec![centre[0] + 0.5 * r.sample::<f64, _>(StandardNormal), centre[1] + 0.5 * r.sample::<f64, _>(StandardNormal)]);
+                truth.push(c);
+            }
+        }
+        let modes = spectral_modes(&points, &SpectralSettings { seed: 4, ..Default::default() }).unwrap();
+        assert_eq!(modes.sizes, sizes, "clusters of {} blobs", centres.len());
+        // the blobs come out ordered by size, as generated
+        assert_eq!(modes.labels, truth);
+        assert_eq!(modes.count(), centres.len());
+        assert_eq!(spectral_modes(&points, &SpectralSettings { seed: 4, ..Default::default() }).unwrap(), modes, "not deterministic");
+    }
+    // one point, identical points: one mode
+    assert_eq!(spectral_modes(&[vec![1.0]], &SpectralSettings::default()).unwrap().count(), 1);
+    assert_eq!(spectral_modes(&vec![vec![2.0, 1.0]; 5], &SpectralSettings::default()).unwrap().sizes, vec![5]);
+    // bad input
+    assert!(matches!(spectral_modes(&[], &SpectralSettings::default()), Err(Error::Empty { .. })));
+    assert!(matches!(spectral_modes(&[vec![0.0], vec![f64::NAN]], &SpectralSettings::default()), Err(Error::NonFinite { .. })));
+    assert!(matches!(spectral_modes(&[vec![0.0], vec![1.0, 2.0]], &SpectralSettings::default()), Err(Error::Shape { .. })));
+    for bad in [
+        SpectralSettings { max_clusters: 0, ..Default::default() },
+        SpectralSettings { restarts: 0, ..Default::default() },
+        SpectralSettings { bandwidth: Some(0.0), ..Default::default() },
+        SpectralSettings { bandwidth: Some(f64::NAN), ..Default::default() },
+    ] {
+        assert!(matches!(spectral_modes(&[vec![0.0], vec![1.0]], &bad), Err(Error::InvalidConfig { .. })));
     }
 }

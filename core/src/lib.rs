@@ -63,7 +63,7 @@ pub mod metrics {
 /// (Cholesky, solves, inverses and log-determinants with exact first-order gradients), and the
 /// small dense host matrices (`f64`) that BALI and the inference-test references work in.
 pub mod linalg {
-    pub use crate::num::dense::{dot, Cholesky, DenseError, Matrix};
+    pub use crate::num::dense::{dot, Cholesky, DenseError, Matrix, SymmetricEigen};
     pub use crate::num::linalg::{cholesky, spd_inverse, spd_logdet, spd_solve, Batch};
 }
 

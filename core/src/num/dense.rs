@@ -67,6 +67,9 @@ pub enum DenseError {
         /// Length of the ragged row.
         got: usize,
     },
+    /// The symmetric eigendecomposition did not converge (or met a NaN).
+    #[error("symmetric_eigen: the eigendecomposition did not converge; check the matrix for NaN or Inf")]
+    NoConvergence,
     /// The Cholesky factorisation met a non-positive (or NaN) pivot.
     #[error(
         "cholesky: matrix is not positive definite (pivot {pivot} is {value}); \
@@ -242,6 +245,37 @@ impl Matrix {
         Ok(self.add(&self.transpose())?.scale(0.5))
     }
 
+    /// Eigendecomposition `self = U diag(λ) Uᵀ` of a symmetric matrix, eigenvalues in ascending
+    /// order (computed by `faer`). Only the lower triangle is read.
+    ///
+    /// ```
+    /// use weightspace::linalg::Matrix;
+    ///
+    /// let a = Matrix::from_rows(&[vec![2.0, 1.0], vec![1.0, 2.0]])?;
+    /// let eig = a.symmetric_eigen()?;
+    /// assert!((eig.values[0] - 1.0).abs() < 1e-12 && (eig.values[1] - 3.0).abs() < 1e-12);
+    /// // columns are unit eigenvectors: A u = λ u
+    /// let u1 = [eig.vectors[(0, 1)], eig.vectors[(1, 1)]];
+    /// let au = a.matvec(&u1)?;
+    /// assert!((au[0] - 3.0 * u1[0]).abs() < 1e-12 && (au[1] - 3.0 * u1[1]).abs() < 1e-12);
+    /// # Ok::<(), weightspace::linalg::DenseError>(())
+    /// ```
+    pub fn symmetric_eigen(&self) -> Result<SymmetricEigen> {
+        if self.rows != self.cols {
+            return Err(DenseError::NotSquare { op: "symmetric_eigen", rows: self.rows, cols: self.cols });
+        }
+        let n = self.rows;
+        if self.data.iter().any(|v| !v.is_finite()) {
+            return Err(DenseError::NoConvergence);
+        }
+        let a = faer::Mat::<f64>::from_fn(n, n, |i, j| self.data[i * n + j]);
+        let evd = a.self_adjoint_eigen(faer::Side::Lower).map_err(|_| DenseError::NoConvergence)?;
+        let values: Vec<f64> = (0..n).map(|i| evd.S()[i]).collect();
+        let u = evd.U();
+        let vectors = Matrix { rows: n, cols: n, data: (0..n * n).map(|k| u[(k / n, k % n)]).collect() };
+        Ok(SymmetricEigen { values, vectors })
+    }
+
     /// Cholesky factorisation `self = L Lᵀ` of a symmetric positive-definite matrix.
     ///
     /// Only the lower triangle is read (as LAPACK's `potrf` does), so an asymmetric input is
@@ -270,6 +304,25 @@ impl IndexMut<(usize, usize)> for Matrix {
         assert!(i < self.rows && j < self.cols, "index ({i}, {j}) out of {:?}", self.shape());
         &mut self.data[i * self.cols + j]
     }
+}
+
+/// The eigendecomposition `A = U diag(values) Uᵀ` of a symmetric matrix, from
+/// [`Matrix::symmetric_eigen`].
+///
+/// ```
+/// use weightspace::linalg::{Matrix, SymmetricEigen};
+///
+/// let eig: SymmetricEigen = Matrix::from_diagonal(&[3.0, 1.0]).symmetric_eigen()?;
+/// assert_eq!(eig.values, vec![1.0, 3.0]);
+/// assert_eq!(eig.vectors.shape(), (2, 2));
+/// # Ok::<(), weightspace::linalg::DenseError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymmetricEigen {
+    /// Eigenvalues, ascending.
+    pub values: Vec<f64>,
+    /// Unit eigenvectors as columns, in the order of `values`.
+    pub vectors: Matrix,
 }
 
 /// The Cholesky factor `L` (lower triangular) of an SPD matrix `A = L Lᵀ`.

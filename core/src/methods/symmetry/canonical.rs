@@ -40,12 +40,12 @@ pub enum Canonicalisation {
 /// use weightspace::symmetry::{DataDrivenSettings, Similarity, SymmetryGroup};
 /// #[bnn]
 /// struct Net { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
-/// assert_eq!(DataDrivenSettings::default().similarity, Similarity::InverseDistance);
+/// assert_eq!(DataDrivenSettings::default().similarity, Similarity::Gaussian);
 /// let group = SymmetryGroup::of(Net::<f64, Cpu>::ARCH);
 /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
 /// let base = vec![1.0, 0.5, -2.0, 1.5, 0.3, -0.2, 0.7, -0.4, 0.9, 0.1];
 /// let copies: Vec<Vec<f64>> = (0..20).map(|_| group.apply_flat(&group.random(&mut rng), &base).unwrap()).collect();
-/// let settings = DataDrivenSettings { neighbours: 8, iterations: 16, similarity: Similarity::Gaussian, ..Default::default() };
+/// let settings = DataDrivenSettings { neighbours: 8, iterations: 16, similarity: Similarity::InverseDistance, ..Default::default() };
 /// let c = group.canonicalise_batch(&copies, &Canonicalisation::DataDriven(settings))?;
 /// // every output is its input moved by a group element, so the network function is unchanged
 /// for ((out, g), input) in c.samples.iter().zip(&c.elements).zip(&copies) {
@@ -55,10 +55,11 @@ pub enum Canonicalisation {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Similarity {
-    /// `1 / distance` (the paper's default).
-    #[default]
+    /// `1 / distance` (the default of the paper's library code).
     InverseDistance,
-    /// `exp(−d² / (2h²))`, `h` the median k-NN distance.
+    /// The RBF similarity `exp(−d² / (2h²))`, `h` the median k-NN distance: what the paper's
+    /// experiments used, and the default.
+    #[default]
     Gaussian,
 }
 
@@ -68,8 +69,9 @@ pub enum Similarity {
 /// `(b_i, W_l[i, :], W_{l+1}[:, i])` across all samples.
 ///
 /// 1. **Sign flips** (odd activations): a hyperplane normal `n` minimising
-///    `‖n‖ + C Σ max(0, 1 − |v·n|)` by minibatch subgradient descent; every unit with `v·n < 0` is
-///    flipped.
+///    `‖n‖ + C Σ max(0, 1 − |v·n|)` by minibatch subgradient descent from
+///    [`svm_starts`](Self::svm_starts) random starts (`K_β`, the best objective wins); every unit
+///    with `v·n < 0` is flipped.
 /// 2. **Permutations**: the unit vectors are standardised per coordinate, and each is linked to its
 ///    `k` nearest neighbours. Labels start as the current positions; each iteration proposes new
 ///    labels for every sample by greedy assignment (the unit–label pair with the highest
@@ -78,16 +80,17 @@ pub enum Similarity {
 ///
 /// With more than one hidden layer, the paper's reverse order reads layer `l`'s incoming weights
 /// in the coordinates of layer `l − 1`, which are not yet aligned across samples; the unit vectors
-/// of one unit then differ between samples and the relabelling can fail. Setting
-/// [`start_from_exact`](Self::start_from_exact) first applies the exact rule, so every layer starts
-/// in aligned coordinates, and the data-driven steps then repair what the exact rule gets wrong near
-/// ties (units with nearly equal biases, biases near zero). With one hidden layer and the default
-/// `false`, this is the paper's procedure.
+/// of one unit then differ between samples and the relabelling can fail. So with more than one
+/// hidden layer [`start_from_exact`](Self::start_from_exact) must be set (otherwise
+/// [`SymmetryGroup::canonicalise_batch`] returns [`Error::InvalidConfig`]): the exact rule is
+/// applied first, so every layer starts in aligned coordinates, and the data-driven steps then
+/// repair what the exact rule gets wrong near ties (units with nearly equal biases, biases near
+/// zero). With one hidden layer and the default `false`, this is the paper's procedure.
 ///
 /// ```
 /// use weightspace::symmetry::DataDrivenSettings;
 /// let s = DataDrivenSettings { neighbours: 64, iterations: 32, ..Default::default() };
-/// assert_eq!(s.svm_epochs, 32);
+/// assert_eq!((s.svm_epochs, s.svm_starts), (32, 2));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataDrivenSettings {
@@ -98,8 +101,10 @@ pub struct DataDrivenSettings {
     pub iterations: usize,
     /// Fraction of samples whose proposed labels are accepted per iteration. Default 0.5.
     pub accept: f64,
-    /// Similarity of neighbours. Default inverse distance.
+    /// Similarity of neighbours. Default RBF ([`Similarity::Gaussian`]).
     pub similarity: Similarity,
+    /// `K_β`, random starts of the hyperplane training; the lowest objective wins. Default 2.
+    pub svm_starts: usize,
     /// Epochs of hyperplane training. Default 32.
     pub svm_epochs: usize,
     /// Minibatch size of hyperplane training. Default 16.
@@ -122,7 +127,8 @@ impl Default for DataDrivenSettings {
             neighbours: 1024,
             iterations: 256,
             accept: 0.5,
-            similarity: Similarity::InverseDistance,
+            similarity: Similarity::Gaussian,
+            svm_starts: 2,
             svm_epochs: 32,
             svm_batch: 16,
             svm_lr: 0.1,
@@ -141,6 +147,9 @@ impl DataDrivenSettings {
         }
         if !(self.accept > 0.0 && self.accept <= 1.0) {
             return Err(Error::config("DataDrivenSettings::accept", self.accept, "must lie in (0, 1]"));
+        }
+        if self.svm_starts == 0 {
+            return Err(Error::config("DataDrivenSettings::svm_starts", 0, "must be >= 1"));
         }
         if self.svm_batch == 0 {
             return Err(Error::config("DataDrivenSettings::svm_batch", 0, "must be >= 1"));
@@ -439,6 +448,13 @@ impl SymmetryGroup {
 
     fn data_driven(&self, samples: &[Vec<f64>], st: &DataDrivenSettings) -> Result<Canonicalised> {
         st.validate()?;
+        if self.factors().len() > 1 && !st.start_from_exact {
+            return Err(Error::config(
+                "DataDrivenSettings::start_from_exact",
+                false,
+                "must be true with more than one hidden layer: the reverse-order steps read unaligned coordinates otherwise",
+            ));
+        }
         let arch = *self.architecture();
         let off = offsets(&arch);
         let n = samples.len();
@@ -495,9 +511,24 @@ impl SymmetryGroup {
     }
 }
 
+/// The best of `st.svm_starts` runs of [`svm_from_random_start`] by the objective
+/// `‖n‖ + C Σ max(0, 1 − |v·n|)`.
+fn unsupervised_svm(v: &[Vec<f64>], st: &DataDrivenSettings, rng: &mut impl Rng) -> Vec<f64> {
+    let objective = |n: &[f64]| dot(n, n).sqrt() + st.svm_c * v.iter().map(|x| (1.0 - dot(x, n).abs()).max(0.0)).sum::<f64>();
+    let mut best = (f64::INFINITY, Vec::new());
+    for _ in 0..st.svm_starts {
+        let normal = svm_from_random_start(v, st, rng);
+        let value = objective(&normal);
+        if value < best.0 || best.1.is_empty() {
+            best = (value, normal);
+        }
+    }
+    best.1
+}
+
 /// Minimises `‖n‖ + C Σ max(0, 1 − |v·n|)` by minibatch subgradient descent from a random unit
 /// normal.
-fn unsupervised_svm(v: &[Vec<f64>], st: &DataDrivenSettings, rng: &mut impl Rng) -> Vec<f64> {
+fn svm_from_random_start(v: &[Vec<f64>], st: &DataDrivenSettings, rng: &mut impl Rng) -> Vec<f64> {
     let d = v[0].len();
     let mut normal: Vec<f64> = (0..d).map(|_| rng.sample::<f64, _>(StandardNormal)).collect();
     let norm = dot(&normal, &normal).sqrt().max(1e-300);

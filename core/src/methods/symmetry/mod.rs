@@ -62,7 +62,7 @@ mod vi;
 
 pub use canonical::{Canonicalisation, Canonicalised, DataDrivenSettings, Similarity};
 pub use group::{Elements, FactorElement, GroupElement, HiddenFactor, SymmetryGroup, ENUMERATION_LIMIT};
-pub use modes::{cluster_modes, distance, function_points, ModeSettings, Modes};
+pub use modes::{cluster_modes, distance, function_points, spectral_modes, ModeSettings, Modes, SpectralSettings};
 pub use vi::{
     information, symmetrised_elbo, GuideLogDensity, InfoBound, InfoEstimate, SymmetrisedElbo, SymmetrisedEstimate, SymmetrisedGuide,
 };
