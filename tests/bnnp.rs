@@ -785,3 +785,134 @@ fn partial_trainability_generators_and_meta_checkpoints() {
     assert!(corr(0, 2).abs() < 0.1, "far correlation {}", corr(0, 2));
     assert!((corr(0, 0) - 1.0).abs() < 0.1);
 }
+
+#[test]
+fn generator_settings_are_validated() {
+    let mut rng = Rng64::seed_from_u64(3);
+    let bad = |r: weightspace::Result<(Vec<f64>, Vec<f64>)>| matches!(r, Err(weightspace::Error::InvalidConfig { .. }));
+    let saw = Sawtooth::default();
+    for gen in [
+        Sawtooth { period: 0.0, ..saw },
+        Sawtooth { period: -0.75, ..saw },
+        Sawtooth { period: f64::INFINITY, ..saw },
+        Sawtooth { noise: 0.0, ..saw },
+        Sawtooth { noise: f64::NAN, ..saw },
+        Sawtooth { slope: f64::NAN, ..saw },
+        Sawtooth { x_range: (1.0, 1.0), ..saw },
+        Sawtooth { x_range: (f64::NEG_INFINITY, 1.0), ..saw },
+        Sawtooth { n_range: (40, 40), ..saw },
+        Sawtooth { n_range: (0, 10), ..saw },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    let gp = GpTasks::default();
+    for gen in [
+        GpTasks { lengthscale: 0.0, ..gp },
+        GpTasks { lengthscale: f64::NAN, ..gp },
+        GpTasks { variance: -1.0, ..gp },
+        GpTasks { noise: -0.05, ..gp },
+        GpTasks { x_range: (2.0, -2.0), ..gp },
+        GpTasks { n_range: (10, 5), ..gp },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    let hs = Heaviside::default();
+    for gen in [
+        Heaviside { lengthscale: 0.0, ..hs },
+        Heaviside { lengthscale: f64::INFINITY, ..hs },
+        Heaviside { noise: 0.0, ..hs },
+        Heaviside { n_range: (5, 5), ..hs },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    for gen in [
+        BnnPriorTasks { widths: vec![8, 0], ..Default::default() },
+        BnnPriorTasks { noise: f64::NAN, ..Default::default() },
+        BnnPriorTasks { x_range: (0.0, f64::NAN), ..Default::default() },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    // the same settings, valid, draw tasks; a one-point range draws exactly that many points
+    assert_eq!(Sawtooth { n_range: (7, 8), ..saw }.generate(&mut rng).unwrap().0.len(), 7);
+    assert!(GpTasks { n_range: (3, 4), ..gp }.generate(&mut rng).is_ok());
+    assert!(Heaviside { n_range: (3, 4), ..hs }.generate(&mut rng).is_ok());
+    // the oracle rejects what the generator rejects, and inconsistent points
+    let (x, y) = ([0.1, 0.2], [0.0, 0.1]);
+    assert!(Sawtooth { period: 0.0, ..saw }.oracle_lpd((&x, &y), (&x, &y)).is_err());
+    assert!(saw.oracle_lpd((&x, &y[..1]), (&x, &y)).is_err());
+    assert!(saw.oracle_lpd((&x, &y), (&[], &[])).is_err());
+    assert!(matches!(saw.oracle_lpd((&x, &y), (&[f64::NAN], &[0.0])), Err(weightspace::Error::NonFinite { .. })));
+}
+
+/// Brute-force Monte-Carlo estimate of the sawtooth family's mean per-point predictive log density:
+/// `(s, a, b)` drawn from the generator's prior (a continuous shift), weighted by the context
+/// likelihood (self-normalised importance sampling). Returns the estimate and its standard error
+/// (delta method per target; the targets' errors are added, as if perfectly correlated).
+fn sawtooth_mc_lpd(gen: &Sawtooth, ctx: (&[f64], &[f64]), tgt: (&[f64], &[f64]), draws: usize, rng: &mut Rng64) -> (f64, f64) {
+    let var = gen.noise * gen.noise;
+    let log_n = |y: f64, m: f64| -0.5 * ((2.0 * std::f64::consts::PI * var).ln() + (y - m) * (y - m) / var);
+    let mut log_w = Vec::with_capacity(draws);
+    let mut g = vec![Vec::with_capacity(draws); tgt.0.len()];
+    for _ in 0..draws {
+        let (s, a, b) = gen.draw_parameters(rng);
+        log_w.push(ctx.0.iter().zip(ctx.1).map(|(&x, &y)| log_n(y, gen.function(x, s, a, b))).sum::<f64>());
+        for (t, (&x, &y)) in tgt.0.iter().zip(tgt.1).enumerate() {
+            g[t].push(log_n(y, gen.function(x, s, a, b)).exp());
+        }
+    }
+    let top = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = log_w.iter().map(|l| (l - top).exp()).collect();
+    let sw: f64 = w.iter().sum();
+    let (mut lpd, mut se) = (0.0, 0.0);
+    for gt in &g {
+        let r = w.iter().zip(gt).map(|(w, g)| w * g).sum::<f64>() / sw;
+        let var_r = w.iter().zip(gt).map(|(w, g)| w * w * (g - r) * (g - r)).sum::<f64>() / (sw * sw);
+        lpd += r.ln();
+        se += var_r.sqrt() / r;
+    }
+    let nt = tgt.0.len() as f64;
+    (lpd / nt, se / nt)
+}
+
+#[test]
+fn sawtooth_oracle_matches_brute_force_monte_carlo() {
+    for random_shift in [false, true] {
+        let gen = Sawtooth { n_range: (12, 13), random_shift, ..Default::default() };
+        let mut rng = Rng64::seed_from_u64(if random_shift { 5 } else { 6 });
+        for (task, nc) in [0usize, 1, 2, 2].into_iter().enumerate() {
+            let (x, y) = gen.generate(&mut rng).unwrap();
+            let ctx = (&x[..nc], &y[..nc]);
+            let tgt = (&x[4..], &y[4..]);
+            let oracle = gen.oracle_lpd(ctx, tgt).unwrap();
+            let (mc, se) = sawtooth_mc_lpd(&gen, ctx, tgt, 400_000, &mut rng);
+            println!("shift {random_shift} task {task} nc {nc}: oracle {oracle:.4}, Monte Carlo {mc:.4} ± {se:.4}");
+            // 4 standard errors, plus 2e-3 for the shift quadrature (600 points per period)
+            assert!((oracle - mc).abs() < 4.0 * se + 2e-3, "shift {random_shift}, {nc} context points: oracle {oracle} vs MC {mc} ± {se}");
+        }
+    }
+}
+
+#[test]
+fn sawtooth_oracle_reproduces_the_reference_optimum() {
+    // ALGORITHMS.md: 100 tasks of 108 points, context = the first nc, targets = the last 100;
+    // the published means and standard errors over tasks
+    let reference = [
+        (false, [(0.06, 0.06), (0.80, 0.06), (1.30, 0.03), (1.44, 0.01)]),
+        (true, [(-0.28, 0.05), (0.44, 0.07), (1.14, 0.03), (1.33, 0.02)]),
+    ];
+    for (random_shift, published) in reference {
+        let gen = Sawtooth { n_range: (108, 109), random_shift, ..Default::default() };
+        let mut rng = Rng64::seed_from_u64(2024);
+        let tasks: Vec<(Vec<f64>, Vec<f64>)> = (0..100).map(|_| gen.generate(&mut rng).unwrap()).collect();
+        for (nc, (want, want_se)) in [1usize, 2, 4, 8].into_iter().zip(published) {
+            let v: Vec<f64> = tasks.iter().map(|(x, y)| gen.oracle_lpd((&x[..nc], &y[..nc]), (&x[8..], &y[8..])).unwrap()).collect();
+            let m = v.iter().sum::<f64>() / 100.0;
+            let se = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 99.0 / 100.0).sqrt();
+            println!("shift {random_shift} nc {nc}: {m:+.3} ± {se:.3} (reference {want:+.2} ± {want_se:.2})");
+            // independent task draws: the difference has sd √(se² + se_ref²); the published means
+            // are rounded to 0.005
+            let tol = 4.0 * (se * se + want_se * want_se).sqrt() + 0.005;
+            assert!((m - want).abs() < tol, "shift {random_shift}, nc {nc}: {m} vs {want} (tolerance {tol})");
+        }
+    }
+}

@@ -21,6 +21,7 @@
 //! | objectives: AVI, PP-AVI (β), target-only | [`TaskObjective`], [`task_terms`], [`split_task`] |
 //! | the meta-learning loop | [`MetaLearner`], [`MetaConfig`], [`Checkpointing`] |
 //! | task sources | [`TaskSource`], [`TaskCollection`], [`Generated`] with [`Sawtooth`], [`GpTasks`], [`BnnPriorTasks`], [`Heaviside`] |
+//! | the Bayes-optimal predictor of a task family (the ceiling for a learned prior) | [`OracleLpd`] |
 //! | parameters, Adam with linear decay, checkpoints, progress bar | [`ParamStore`], [`Adam`], [`linear_lr`], [`AmortisedGuide::save`], [`Progress`](crate::Progress) |
 //! | prior transfer to mean-field VI and to samplers | [`LearnedPriorElbo`], [`LearnedPrior::log_density`], [`LearnedPriorSource`] |
 //!
@@ -91,5 +92,5 @@ pub use objective::{split_task, task_terms, Split, TaskObjective, TaskTerms};
 pub use online::OnlineLastLayer;
 pub use params::{linear_lr, Adam, AdamSettings, ParamId, ParamStore};
 pub use prior::{LearnedPrior, PriorConfig, PriorFamily, PriorTraining};
-pub use tasks::{gp_sample, BnnPriorTasks, Generated, GpTasks, Heaviside, Sawtooth, TaskCollection, TaskGenerator, TaskSource};
+pub use tasks::{gp_sample, BnnPriorTasks, Generated, GpTasks, Heaviside, OracleLpd, Sawtooth, TaskCollection, TaskGenerator, TaskSource};
 pub use transfer::{sample_learned_prior, LearnedPriorElbo, LearnedPriorSource};
