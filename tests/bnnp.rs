@@ -916,3 +916,67 @@ fn sawtooth_oracle_reproduces_the_reference_optimum() {
         }
     }
 }
+
+/// Sawtooth tasks, except that the draws numbered in `poison` have every target at `value`, which
+/// makes the step's evaluation fail (a step stops drawing tasks at its first bad one).
+struct Poisoned {
+    draws: usize,
+    poison: std::ops::Range<usize>,
+    value: f64,
+}
+
+impl TaskSource<f32, Cpu> for Poisoned {
+    fn next_task(&mut self, dev: &Cpu, rng: &mut Rng64) -> weightspace::Result<Dataset<f32, Cpu>> {
+        let draw = self.draws;
+        self.draws += 1;
+        let (x, mut y) = Sawtooth { n_range: (10, 20), ..Default::default() }.generate(rng)?;
+        if self.poison.contains(&draw) {
+            y.iter_mut().for_each(|y| *y = self.value);
+        }
+        Dataset::regression(dev, &x, 1, &y, 1)
+    }
+}
+
+#[test]
+fn meta_learning_skips_non_finite_steps_and_stops_after_too_many() {
+    let dev = Cpu::default();
+    let cfg = MetaConfig { steps: 8, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() };
+    // steps 0 and 1 use draws 0..4; steps 2 and 3 stop at their first draw, 4 and 5
+    let mut source = Poisoned { draws: 0, poison: 4..6, value: 1e30 };
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut meta = MetaLearner::new(cfg.clone()).unwrap();
+    for _ in 0..2 {
+        assert!(!meta.step(&mut guide, &mut source).unwrap().skipped);
+    }
+    let before = guide.store().clone();
+    let rec = meta.step(&mut guide, &mut source).unwrap();
+    assert!(rec.skipped && rec.step == 2 && rec.objective.is_nan(), "{rec:?}");
+    for id in guide.store().ids() {
+        assert_eq!(guide.store().values(id), before.values(id), "a skipped step leaves {} as it was", guide.store().name(id));
+    }
+    let report = meta.run(&mut guide, &mut source).unwrap();
+    assert_eq!((report.steps, report.skipped_steps, meta.steps_skipped(), meta.steps_taken()), (5, 1, 2, 8));
+    assert!(report.history.iter().all(|r| !r.skipped && r.objective.is_finite()));
+    assert!(guide.store().all_finite());
+
+    // three bad steps in a row stop a run that tolerates three, and the parameters stay finite
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let initial = guide.store().clone();
+    let mut always = Poisoned { draws: 0, poison: 0..usize::MAX, value: 1e30 };
+    let err = MetaLearner::new(MetaConfig { max_bad_steps: 3, ..cfg.clone() }).unwrap().run(&mut guide, &mut always).unwrap_err();
+    assert!(matches!(err, weightspace::Error::Diverged { step: 2, .. }), "{err}");
+    for id in guide.store().ids() {
+        assert_eq!(guide.store().values(id), initial.values(id));
+    }
+    // a good step between bad ones resets the count: bad, bad, good, bad, bad passes at 3
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut meta = MetaLearner::new(MetaConfig { max_bad_steps: 3, steps: 5, ..cfg.clone() }).unwrap();
+    let mut gappy = Poisoned { draws: 0, poison: 0..2, value: 1e30 };
+    for _ in 0..3 {
+        meta.step(&mut guide, &mut gappy).unwrap();
+    }
+    gappy.poison = 4..6;
+    assert_eq!(meta.run(&mut guide, &mut gappy).unwrap().skipped_steps, 2);
+    assert_eq!(meta.steps_skipped(), 4);
+    assert!(MetaLearner::<f32, Cpu>::new(MetaConfig { max_bad_steps: 0, ..cfg }).is_err());
+}
