@@ -980,3 +980,29 @@ fn meta_learning_skips_non_finite_steps_and_stops_after_too_many() {
     assert_eq!(meta.steps_skipped(), 4);
     assert!(MetaLearner::<f32, Cpu>::new(MetaConfig { max_bad_steps: 0, ..cfg }).is_err());
 }
+
+/// A regression network whose output layer squashes: BNNP's conjugate output update cannot model it.
+#[bnn]
+struct SquashedOut {
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h: Dense<1, 8, Relu>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    out: Dense<8, 1, Tanh>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.1>>,
+}
+
+#[test]
+fn amortised_guide_rejects_an_output_activation() {
+    let dev = Cpu::default();
+    let err = SquashedOut::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap_err();
+    match &err {
+        weightspace::Error::InvalidConfig { name, value, .. } => {
+            assert_eq!(*name, "output layer activation");
+            assert!(value.contains("Tanh") && value.contains("`out`"), "{value}");
+        }
+        e => panic!("expected InvalidConfig, got {e}"),
+    }
+    // the same network with an identity output is fine
+    assert!(SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_ok());
+}

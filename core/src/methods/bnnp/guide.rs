@@ -238,6 +238,10 @@ pub struct AmortisedGuide<E: Dtype, D: Storage<E>> {
 /// assert!((guide.noise_scale() - 0.1).abs() < 1e-12); // the model's noise
 /// // the output layer is a Bayesian linear regression: a Gaussian likelihood is required
 /// assert!(Clf::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_err());
+/// // ... on the pre-activations: an output layer with an activation is an error
+/// #[bnn]
+/// struct Squashed { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<4, 1, Tanh>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// assert!(Squashed::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_err());
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 pub trait Amortised<E: Real, D: Device<E>>: crate::model::bnn::Bnn<E, D> {
@@ -251,7 +255,9 @@ pub trait Amortised<E: Real, D: Device<E>>: crate::model::bnn::Bnn<E, D> {
 impl<E: Real, D: Device<E>, M: crate::model::bnn::Bnn<E, D>> Amortised<E, D> for M {}
 
 impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
-    /// A guide for `arch` (dense layers, Gaussian likelihood) with freshly initialised parameters.
+    /// A guide for `arch` (dense layers, Gaussian likelihood, an identity output activation) with
+    /// freshly initialised parameters. Any other likelihood, an output layer with an activation, or
+    /// an invalid setting in `cfg` is an [`Error::InvalidConfig`].
     pub fn new(dev: &D, arch: &'static Architecture, cfg: GuideConfig) -> Result<Self> {
         let (scale, upper) = match arch.likelihood {
             LikelihoodSpec::Gaussian { scale, upper } => (scale, upper),
@@ -265,6 +271,14 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
         };
         if arch.layers.is_empty() {
             return Err(Error::config("layers", 0, "an architecture needs at least one layer"));
+        }
+        let out = &arch.layers[arch.layers.len() - 1];
+        if out.activation != Activation::Identity {
+            return Err(Error::config(
+                "output layer activation",
+                format!("{:?} on layer `{}`", out.activation, out.name),
+                "BNNP's conjugate update is on the output layer's pre-activations, so that layer needs the identity activation",
+            ));
         }
         if !(cfg.jitter.is_finite() && cfg.jitter >= 0.0) {
             return Err(Error::config("GuideConfig::jitter", cfg.jitter, "must be finite and >= 0"));
