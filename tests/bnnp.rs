@@ -1006,3 +1006,100 @@ fn amortised_guide_rejects_an_output_activation() {
     // the same network with an identity output is fine
     assert!(SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_ok());
 }
+
+/// A random source whose first `u64` is `first` (the guide's chunk pick) and whose other draws come
+/// from a seeded generator, so that every chunk choice sees the same Monte-Carlo noise.
+struct PickedChunk {
+    first: Option<u64>,
+    inner: Rng64,
+}
+
+impl rand::RngCore for PickedChunk {
+    fn next_u32(&mut self) -> u32 {
+        self.inner.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.first.take().unwrap_or_else(|| self.inner.next_u64())
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.inner.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.inner.try_fill_bytes(dest)
+    }
+}
+
+/// The gradient of `objective`'s loss with the context folded in chunks of `chunk` points
+/// (`None`: whole), the chunk pick forced to `pick`, noise from `seed`; all parameters, flattened.
+fn task_gradient(
+    guide: &AmortisedGuide<f64, Cpu>,
+    ctx: &Dataset<f64, Cpu>,
+    tgt: &Dataset<f64, Cpu>,
+    objective: &TaskObjective,
+    chunk: Option<usize>,
+    pick: u64,
+    seed: u64,
+) -> Vec<f64> {
+    let mut rng = PickedChunk { first: Some(pick), inner: Rng64::seed_from_u64(seed) };
+    let opts = ForwardOptions { samples: 4, chunk, ..Default::default() };
+    let terms = task_terms(guide, ctx, Some(tgt), objective, &opts, &mut rng).unwrap();
+    let mut grads = terms.loss.backward();
+    let mut g = Vec::new();
+    for id in guide.store().ids() {
+        grads.try_alloc_for(guide.store().get(id)).unwrap();
+        g.extend(grads.get(guide.store().get(id)).as_vec());
+    }
+    g
+}
+
+/// Relative distance `‖a − b‖ / ‖b‖`.
+fn rel_dist(a: &[f64], b: &[f64]) -> f64 {
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    d / b.iter().map(|y| y * y).sum::<f64>().sqrt()
+}
+
+#[test]
+fn chunked_gradient_expectation_against_the_full_gradient() {
+    let dev = Cpu::default();
+    // 6 context points in chunks of 2: 3 chunks, each picked in turn with the same noise, so the
+    // average over picks is the chunked estimator's exact expectation given that noise
+    let objectives = [TaskObjective::Avi { beta: 1.0 }, TaskObjective::PpAvi { beta: 1.0 }];
+
+    // one layer whose pseudo-observations carry no parameters (the likelihood's fixed noise): every
+    // gradient path meets the chunk once, and the estimator is exactly unbiased
+    let (x, y) = lin_data(9, 31);
+    let ctx = Dataset::regression(&dev, &x[..12], 2, &y[..6], 1).unwrap();
+    let tgt = Dataset::regression(&dev, &x[12..], 2, &y[6..], 1).unwrap();
+    let mut lin = Lin::<f64, Cpu>::new(&dev).amortised_guide(exact_guide_cfg()).unwrap();
+    perturb(&mut lin, 1);
+    for objective in &objectives {
+        let full = task_gradient(&lin, &ctx, &tgt, objective, None, 0, 5);
+        let picks: Vec<Vec<f64>> = (0..3).map(|i| task_gradient(&lin, &ctx, &tgt, objective, Some(2), i, 5)).collect();
+        let mean: Vec<f64> = (0..full.len()).map(|k| picks.iter().map(|g| g[k]).sum::<f64>() / 3.0).collect();
+        let d = rel_dist(&mean, &full);
+        println!("one layer, {objective:?}: relative bias {d:.2e}; single picks differ by {:.2e}", rel_dist(&picks[0], &full));
+        assert!(d < 1e-9, "one layer: the chunk average is the full gradient ({d})");
+        assert!(rel_dist(&picks[0], &full) > 1e-3, "a single pick is a noisy estimate, not the full gradient");
+    }
+
+    // three layers with amortised pseudo-observations: paths that meet the chunk in two layers are
+    // scaled twice and the cross-chunk paths are dropped, so the expectation is not the full
+    // gradient. Measured over 8 noise seeds; the bias is printed and must be clearly non-zero.
+    let ctx = small_task(6, 40);
+    let tgt = small_task(4, 41);
+    let mut deep = Deep::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    perturb(&mut deep, 2);
+    for objective in &objectives {
+        let mut rel = Vec::new();
+        for seed in 0..8 {
+            let full = task_gradient(&deep, &ctx, &tgt, objective, None, 0, seed);
+            let picks: Vec<Vec<f64>> = (0..3).map(|i| task_gradient(&deep, &ctx, &tgt, objective, Some(2), i, seed)).collect();
+            let mean: Vec<f64> = (0..full.len()).map(|k| picks.iter().map(|g| g[k]).sum::<f64>() / 3.0).collect();
+            rel.push(rel_dist(&mean, &full));
+        }
+        let m = rel.iter().sum::<f64>() / rel.len() as f64;
+        let lo = rel.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!("three layers, {objective:?}: relative bias ‖E_chunk g − g‖/‖g‖ per noise draw: mean {m:.3}, min {lo:.3}, {rel:.3?}");
+        assert!(lo > 1e-3, "three layers: the chunked gradient is biased (the docs say so); smallest relative bias {lo}");
+    }
+}

@@ -137,9 +137,19 @@ pub struct ForwardOptions {
     pub trace: bool,
     /// Compute the KL term. Default true.
     pub kl: bool,
-    /// Fold the context in chunks of this many points (exact natural-parameter updates), with the
-    /// tape kept for one random chunk only; its gradient is scaled by the number of chunks so that
-    /// the estimate stays unbiased. `None` (the default) uses the whole context at once.
+    /// Fold the context in chunks of this many points. The posterior is exact (every chunk's
+    /// natural parameters are added), but the gradient tape is kept for one chunk picked at
+    /// random: that chunk's design, pseudo-observations and context log-likelihood terms have their
+    /// gradients multiplied by the number of chunks `n`, and the other chunks are constants. This
+    /// is a truncated, **biased** gradient estimator (the paper's is biased too). Averaged over the
+    /// chunk choice it equals the full gradient only when every gradient path meets the taped chunk
+    /// once, as in a single layer whose pseudo-observations carry no parameters (a fixed noise);
+    /// a path that meets it twice (in two layers, or in a layer and in the context
+    /// log-likelihood) is multiplied by `n²`, and the paths from one chunk's terms to another
+    /// chunk's are dropped. The test `chunked_gradient_expectation_against_the_full_gradient` in
+    /// `tests/bnnp.rs` measures it: exact for one layer, and for a 3-layer network with 3 chunks
+    /// the expectation lies 1.4 to 2.8 times the full gradient's norm away from it. `None` (the
+    /// default) uses the whole context at once.
     pub chunk: Option<usize>,
 }
 

@@ -14,7 +14,7 @@
 //! |---|---|
 //! | the guide for any dense `#[bnn]` model with a Gaussian likelihood | [`AmortisedGuide`], built by [`Amortised::amortised_guide`] |
 //! | one pass: posterior from a context, outputs on context and targets through the same samples, closed-form KL | [`AmortisedGuide::forward`], [`ForwardOptions`] |
-//! | exact within-task minibatching (context folded in chunks) | [`ForwardOptions::chunk`] |
+//! | within-task minibatching (context folded in chunks: the posterior is exact, the gradient a truncated, biased estimate) | [`ForwardOptions::chunk`] |
 //! | per-layer posterior moments, predictions, log predictive density | [`AmortisedGuide::posterior_moments`], [`AmortisedGuide::predict`], [`AmortisedGuide::log_predictive`] |
 //! | online last-layer updates on cached earlier-layer samples | [`AmortisedGuide::online`], [`OnlineLastLayer`] |
 //! | learnable prior families (unit-wise full rank, weight-wise diagonal, layer-wise full rank) and partial trainability | [`LearnedPrior`], [`PriorConfig`], [`PriorFamily`], [`PriorTraining`] |
