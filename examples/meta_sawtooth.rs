@@ -3,14 +3,17 @@
 //!
 //! 1. Meta-training: every step draws 4 fresh sawtooth tasks (40–99 points on [−2, 2]), splits each
 //!    at random into context and targets, and takes an Adam step on the PP-AVI objective for the
-//!    learned prior, the inference networks and the noise.
+//!    learned prior, the inference networks and the noise. The tasks are the paper's family (the
+//!    teeth at the same place in every task); `--shift` draws a random shift per task instead.
 //! 2. Held-out tasks with 1, 2, 4 and 8 context points: the mean per-point log predictive density of
 //!    100 target points under
 //!    - BNNP with the learned prior (amortised: one forward pass per task),
 //!    - mean-field VI with the standard `N(0, 1/(fan_in+1))` prior (fitted per task),
 //!    - mean-field VI with the learned prior (prior transfer, fitted per task).
 //!
-//!    All three use the meta-learned noise.
+//!    All three use the meta-learned noise. Beside them, the `oracle` column is the Bayes-optimal
+//!    predictor of the same targets (it knows the generator: [`OracleLpd`]), the best any prior
+//!    can do.
 //! 3. PNGs in `target/weightspace/`: function samples of the initial and the learned prior, and
 //!    posterior predictives on one held-out task with 4 context points.
 //!
@@ -18,6 +21,7 @@
 //! cargo run --release --example meta_sawtooth              # about 3000 steps
 //! cargo run --release --example meta_sawtooth -- --quick   # smoke run
 //! cargo run --release --example meta_sawtooth -- --steps 20000
+//! cargo run --release --example meta_sawtooth -- --shift   # the harder family: a random shift per task
 //! ```
 
 mod common;
@@ -93,7 +97,7 @@ fn mfvi(ctx: &Dataset<f32, Cpu>, noise_raw: f32, learned: Option<&G>, steps: usi
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::Args::parse("[--quick] [--steps N]", &[], &["--steps"], 0);
+    let args = common::Args::parse("[--quick] [--shift] [--steps N]", &["--shift"], &["--steps"], 0);
     let quick = args.quick();
     let steps = args.get("--steps", if quick { 60 } else { 3000 });
     let (held_out, mf_steps) = if quick { (3, 100) } else { (10, 600) };
@@ -102,7 +106,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = SawNet::<f32, Cpu>::new(&dev);
     let mut guide = model.amortised_guide(GuideConfig::default())?;
     let initial = guide.clone();
-    let sawtooth = Sawtooth::default();
+    let sawtooth = Sawtooth { random_shift: args.flag("--shift"), ..Default::default() };
+    println!(
+        "task family: sawtooth, {}",
+        if sawtooth.random_shift { "random shift s ~ U[0, p) (--shift)" } else { "no shift (the paper's)" }
+    );
 
     // 1. meta-training
     let cfg = MetaConfig {
@@ -118,11 +126,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let report = MetaLearner::new(cfg)?.run(&mut guide, &mut Generated(sawtooth))?;
     println!(
-        "meta-training: {} steps in {:.1} s ({:.1} ms/step); learned noise sd {:.3}",
+        "meta-training: {} steps ({} skipped for a non-finite loss) in {:.1} s ({:.1} ms/step); learned noise sd {:.3} (true {})",
         report.steps,
+        report.skipped_steps,
         report.seconds,
         1e3 * report.seconds / report.steps as f64,
-        guide.noise_scale()
+        guide.noise_scale(),
+        sawtooth.noise
     );
     for r in &report.history {
         println!(
@@ -137,10 +147,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tasks: Vec<(Vec<f64>, Vec<f64>)> =
         (0..held_out).map(|_| Sawtooth { n_range: (108, 109), ..sawtooth }.generate(&mut rng)).collect::<Result<_, _>>()?;
     println!("\nheld-out tasks: {held_out}, 100 targets each; mean per-point log predictive density (higher is better)");
-    println!("{:>9} | {:>16} | {:>16} | {:>16}", "context", "BNNP learned", "MFVI standard", "MFVI learned");
+    println!("{:>9} | {:>16} | {:>16} | {:>16} | {:>16}", "context", "BNNP learned", "MFVI standard", "MFVI learned", "oracle");
     let mut summary = String::from("meta_sawtooth");
     for nc in [1usize, 2, 4, 8] {
-        let (mut b, mut ms, mut ml) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut b, mut ms, mut ml, mut or) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (ti, (x, y)) in tasks.iter().enumerate() {
             let ctx = Dataset::<f32, _>::regression(&dev, &x[..nc], 1, &y[..nc], 1)?;
             let tgt = Dataset::<f32, _>::regression(&dev, &x[8..], 1, &y[8..], 1)?;
@@ -149,6 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms.push(Predictive::new(500).evaluate(&m, &q, &tgt)?.mean_lpd);
             let (m, q) = mfvi(&ctx, noise_raw, Some(&guide), mf_steps, ti as u64)?;
             ml.push(Predictive::new(500).evaluate(&m, &q, &tgt)?.mean_lpd);
+            or.push(sawtooth.oracle_lpd((&x[..nc], &y[..nc]), (&x[8..], &y[8..]))?);
         }
         let stat = |v: &[f64]| {
             let n = v.len() as f64;
@@ -156,9 +167,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let se = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt() } else { 0.0 };
             (m, se)
         };
-        let ((bm, bs), (sm, ss), (lm, ls)) = (stat(&b), stat(&ms), stat(&ml));
-        println!("{nc:>9} | {bm:>8.3} ± {bs:<5.3} | {sm:>8.3} ± {ss:<5.3} | {lm:>8.3} ± {ls:<5.3}");
-        summary.push_str(&format!(" nc{nc}_bnnp={bm:.3} nc{nc}_mfvi={sm:.3} nc{nc}_mfvi_learned={lm:.3}"));
+        let ((bm, bs), (sm, ss), (lm, ls), (om, os)) = (stat(&b), stat(&ms), stat(&ml), stat(&or));
+        println!("{nc:>9} | {bm:>8.3} ± {bs:<5.3} | {sm:>8.3} ± {ss:<5.3} | {lm:>8.3} ± {ls:<5.3} | {om:>8.3} ± {os:<5.3}");
+        summary.push_str(&format!(" nc{nc}_bnnp={bm:.3} nc{nc}_mfvi={sm:.3} nc{nc}_mfvi_learned={lm:.3} nc{nc}_oracle={om:.3}"));
     }
 
     // 3. pictures

@@ -785,3 +785,321 @@ fn partial_trainability_generators_and_meta_checkpoints() {
     assert!(corr(0, 2).abs() < 0.1, "far correlation {}", corr(0, 2));
     assert!((corr(0, 0) - 1.0).abs() < 0.1);
 }
+
+#[test]
+fn generator_settings_are_validated() {
+    let mut rng = Rng64::seed_from_u64(3);
+    let bad = |r: weightspace::Result<(Vec<f64>, Vec<f64>)>| matches!(r, Err(weightspace::Error::InvalidConfig { .. }));
+    let saw = Sawtooth::default();
+    for gen in [
+        Sawtooth { period: 0.0, ..saw },
+        Sawtooth { period: -0.75, ..saw },
+        Sawtooth { period: f64::INFINITY, ..saw },
+        Sawtooth { noise: 0.0, ..saw },
+        Sawtooth { noise: f64::NAN, ..saw },
+        Sawtooth { slope: f64::NAN, ..saw },
+        Sawtooth { x_range: (1.0, 1.0), ..saw },
+        Sawtooth { x_range: (f64::NEG_INFINITY, 1.0), ..saw },
+        Sawtooth { n_range: (40, 40), ..saw },
+        Sawtooth { n_range: (0, 10), ..saw },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    let gp = GpTasks::default();
+    for gen in [
+        GpTasks { lengthscale: 0.0, ..gp },
+        GpTasks { lengthscale: f64::NAN, ..gp },
+        GpTasks { variance: -1.0, ..gp },
+        GpTasks { noise: -0.05, ..gp },
+        GpTasks { x_range: (2.0, -2.0), ..gp },
+        GpTasks { n_range: (10, 5), ..gp },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    let hs = Heaviside::default();
+    for gen in [
+        Heaviside { lengthscale: 0.0, ..hs },
+        Heaviside { lengthscale: f64::INFINITY, ..hs },
+        Heaviside { noise: 0.0, ..hs },
+        Heaviside { n_range: (5, 5), ..hs },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    for gen in [
+        BnnPriorTasks { widths: vec![8, 0], ..Default::default() },
+        BnnPriorTasks { noise: f64::NAN, ..Default::default() },
+        BnnPriorTasks { x_range: (0.0, f64::NAN), ..Default::default() },
+    ] {
+        assert!(bad(gen.generate(&mut rng)), "{gen:?} is rejected");
+    }
+    // the same settings, valid, draw tasks; a one-point range draws exactly that many points
+    assert_eq!(Sawtooth { n_range: (7, 8), ..saw }.generate(&mut rng).unwrap().0.len(), 7);
+    assert!(GpTasks { n_range: (3, 4), ..gp }.generate(&mut rng).is_ok());
+    assert!(Heaviside { n_range: (3, 4), ..hs }.generate(&mut rng).is_ok());
+    // the oracle rejects what the generator rejects, and inconsistent points
+    let (x, y) = ([0.1, 0.2], [0.0, 0.1]);
+    assert!(Sawtooth { period: 0.0, ..saw }.oracle_lpd((&x, &y), (&x, &y)).is_err());
+    assert!(saw.oracle_lpd((&x, &y[..1]), (&x, &y)).is_err());
+    assert!(saw.oracle_lpd((&x, &y), (&[], &[])).is_err());
+    assert!(matches!(saw.oracle_lpd((&x, &y), (&[f64::NAN], &[0.0])), Err(weightspace::Error::NonFinite { .. })));
+}
+
+/// Brute-force Monte-Carlo estimate of the sawtooth family's mean per-point predictive log density:
+/// `(s, a, b)` drawn from the generator's prior (a continuous shift), weighted by the context
+/// likelihood (self-normalised importance sampling). Returns the estimate and its standard error
+/// (delta method per target; the targets' errors are added, as if perfectly correlated).
+fn sawtooth_mc_lpd(gen: &Sawtooth, ctx: (&[f64], &[f64]), tgt: (&[f64], &[f64]), draws: usize, rng: &mut Rng64) -> (f64, f64) {
+    let var = gen.noise * gen.noise;
+    let log_n = |y: f64, m: f64| -0.5 * ((2.0 * std::f64::consts::PI * var).ln() + (y - m) * (y - m) / var);
+    let mut log_w = Vec::with_capacity(draws);
+    let mut g = vec![Vec::with_capacity(draws); tgt.0.len()];
+    for _ in 0..draws {
+        let (s, a, b) = gen.draw_parameters(rng);
+        log_w.push(ctx.0.iter().zip(ctx.1).map(|(&x, &y)| log_n(y, gen.function(x, s, a, b))).sum::<f64>());
+        for (t, (&x, &y)) in tgt.0.iter().zip(tgt.1).enumerate() {
+            g[t].push(log_n(y, gen.function(x, s, a, b)).exp());
+        }
+    }
+    let top = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = log_w.iter().map(|l| (l - top).exp()).collect();
+    let sw: f64 = w.iter().sum();
+    let (mut lpd, mut se) = (0.0, 0.0);
+    for gt in &g {
+        let r = w.iter().zip(gt).map(|(w, g)| w * g).sum::<f64>() / sw;
+        let var_r = w.iter().zip(gt).map(|(w, g)| w * w * (g - r) * (g - r)).sum::<f64>() / (sw * sw);
+        lpd += r.ln();
+        se += var_r.sqrt() / r;
+    }
+    let nt = tgt.0.len() as f64;
+    (lpd / nt, se / nt)
+}
+
+#[test]
+fn sawtooth_oracle_matches_brute_force_monte_carlo() {
+    for random_shift in [false, true] {
+        let gen = Sawtooth { n_range: (12, 13), random_shift, ..Default::default() };
+        let mut rng = Rng64::seed_from_u64(if random_shift { 5 } else { 6 });
+        for (task, nc) in [0usize, 1, 2, 2].into_iter().enumerate() {
+            let (x, y) = gen.generate(&mut rng).unwrap();
+            let ctx = (&x[..nc], &y[..nc]);
+            let tgt = (&x[4..], &y[4..]);
+            let oracle = gen.oracle_lpd(ctx, tgt).unwrap();
+            let (mc, se) = sawtooth_mc_lpd(&gen, ctx, tgt, 400_000, &mut rng);
+            println!("shift {random_shift} task {task} nc {nc}: oracle {oracle:.4}, Monte Carlo {mc:.4} ± {se:.4}");
+            // 4 standard errors, plus 2e-3 for the shift quadrature (600 points per period)
+            assert!((oracle - mc).abs() < 4.0 * se + 2e-3, "shift {random_shift}, {nc} context points: oracle {oracle} vs MC {mc} ± {se}");
+        }
+    }
+}
+
+#[test]
+fn sawtooth_oracle_reproduces_the_reference_optimum() {
+    // ALGORITHMS.md: 100 tasks of 108 points, context = the first nc, targets = the last 100;
+    // the published means and standard errors over tasks
+    let reference = [
+        (false, [(0.06, 0.06), (0.80, 0.06), (1.30, 0.03), (1.44, 0.01)]),
+        (true, [(-0.28, 0.05), (0.44, 0.07), (1.14, 0.03), (1.33, 0.02)]),
+    ];
+    for (random_shift, published) in reference {
+        let gen = Sawtooth { n_range: (108, 109), random_shift, ..Default::default() };
+        let mut rng = Rng64::seed_from_u64(2024);
+        let tasks: Vec<(Vec<f64>, Vec<f64>)> = (0..100).map(|_| gen.generate(&mut rng).unwrap()).collect();
+        for (nc, (want, want_se)) in [1usize, 2, 4, 8].into_iter().zip(published) {
+            let v: Vec<f64> = tasks.iter().map(|(x, y)| gen.oracle_lpd((&x[..nc], &y[..nc]), (&x[8..], &y[8..])).unwrap()).collect();
+            let m = v.iter().sum::<f64>() / 100.0;
+            let se = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 99.0 / 100.0).sqrt();
+            println!("shift {random_shift} nc {nc}: {m:+.3} ± {se:.3} (reference {want:+.2} ± {want_se:.2})");
+            // independent task draws: the difference has sd √(se² + se_ref²); the published means
+            // are rounded to 0.005
+            let tol = 4.0 * (se * se + want_se * want_se).sqrt() + 0.005;
+            assert!((m - want).abs() < tol, "shift {random_shift}, nc {nc}: {m} vs {want} (tolerance {tol})");
+        }
+    }
+}
+
+/// Sawtooth tasks, except that the draws numbered in `poison` have every target at `value`, which
+/// makes the step's evaluation fail (a step stops drawing tasks at its first bad one).
+struct Poisoned {
+    draws: usize,
+    poison: std::ops::Range<usize>,
+    value: f64,
+}
+
+impl TaskSource<f32, Cpu> for Poisoned {
+    fn next_task(&mut self, dev: &Cpu, rng: &mut Rng64) -> weightspace::Result<Dataset<f32, Cpu>> {
+        let draw = self.draws;
+        self.draws += 1;
+        let (x, mut y) = Sawtooth { n_range: (10, 20), ..Default::default() }.generate(rng)?;
+        if self.poison.contains(&draw) {
+            y.iter_mut().for_each(|y| *y = self.value);
+        }
+        Dataset::regression(dev, &x, 1, &y, 1)
+    }
+}
+
+#[test]
+fn meta_learning_skips_non_finite_steps_and_stops_after_too_many() {
+    let dev = Cpu::default();
+    let cfg = MetaConfig { steps: 8, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() };
+    // steps 0 and 1 use draws 0..4; steps 2 and 3 stop at their first draw, 4 and 5
+    let mut source = Poisoned { draws: 0, poison: 4..6, value: 1e30 };
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut meta = MetaLearner::new(cfg.clone()).unwrap();
+    for _ in 0..2 {
+        assert!(!meta.step(&mut guide, &mut source).unwrap().skipped);
+    }
+    let before = guide.store().clone();
+    let rec = meta.step(&mut guide, &mut source).unwrap();
+    assert!(rec.skipped && rec.step == 2 && rec.objective.is_nan(), "{rec:?}");
+    for id in guide.store().ids() {
+        assert_eq!(guide.store().values(id), before.values(id), "a skipped step leaves {} as it was", guide.store().name(id));
+    }
+    let report = meta.run(&mut guide, &mut source).unwrap();
+    assert_eq!((report.steps, report.skipped_steps, meta.steps_skipped(), meta.steps_taken()), (5, 1, 2, 8));
+    assert!(report.history.iter().all(|r| !r.skipped && r.objective.is_finite()));
+    assert!(guide.store().all_finite());
+
+    // three bad steps in a row stop a run that tolerates three, and the parameters stay finite
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let initial = guide.store().clone();
+    let mut always = Poisoned { draws: 0, poison: 0..usize::MAX, value: 1e30 };
+    let err = MetaLearner::new(MetaConfig { max_bad_steps: 3, ..cfg.clone() }).unwrap().run(&mut guide, &mut always).unwrap_err();
+    assert!(matches!(err, weightspace::Error::Diverged { step: 2, .. }), "{err}");
+    for id in guide.store().ids() {
+        assert_eq!(guide.store().values(id), initial.values(id));
+    }
+    // a good step between bad ones resets the count: bad, bad, good, bad, bad passes at 3
+    let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut meta = MetaLearner::new(MetaConfig { max_bad_steps: 3, steps: 5, ..cfg.clone() }).unwrap();
+    let mut gappy = Poisoned { draws: 0, poison: 0..2, value: 1e30 };
+    for _ in 0..3 {
+        meta.step(&mut guide, &mut gappy).unwrap();
+    }
+    gappy.poison = 4..6;
+    assert_eq!(meta.run(&mut guide, &mut gappy).unwrap().skipped_steps, 2);
+    assert_eq!(meta.steps_skipped(), 4);
+    assert!(MetaLearner::<f32, Cpu>::new(MetaConfig { max_bad_steps: 0, ..cfg }).is_err());
+}
+
+/// A regression network whose output layer squashes: BNNP's conjugate output update cannot model it.
+#[bnn]
+struct SquashedOut {
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h: Dense<1, 8, Relu>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    out: Dense<8, 1, Tanh>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.1>>,
+}
+
+#[test]
+fn amortised_guide_rejects_an_output_activation() {
+    let dev = Cpu::default();
+    let err = SquashedOut::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap_err();
+    match &err {
+        weightspace::Error::InvalidConfig { name, value, .. } => {
+            assert_eq!(*name, "output layer activation");
+            assert!(value.contains("Tanh") && value.contains("`out`"), "{value}");
+        }
+        e => panic!("expected InvalidConfig, got {e}"),
+    }
+    // the same network with an identity output is fine
+    assert!(SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).is_ok());
+}
+
+/// A random source whose first `u64` is `first` (the guide's chunk pick) and whose other draws come
+/// from a seeded generator, so that every chunk choice sees the same Monte-Carlo noise.
+struct PickedChunk {
+    first: Option<u64>,
+    inner: Rng64,
+}
+
+impl rand::RngCore for PickedChunk {
+    fn next_u32(&mut self) -> u32 {
+        self.inner.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.first.take().unwrap_or_else(|| self.inner.next_u64())
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.inner.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.inner.try_fill_bytes(dest)
+    }
+}
+
+/// The gradient of `objective`'s loss with the context folded in chunks of `chunk` points
+/// (`None`: whole), the chunk pick forced to `pick`, noise from `seed`; all parameters, flattened.
+fn task_gradient(
+    guide: &AmortisedGuide<f64, Cpu>,
+    ctx: &Dataset<f64, Cpu>,
+    tgt: &Dataset<f64, Cpu>,
+    objective: &TaskObjective,
+    chunk: Option<usize>,
+    pick: u64,
+    seed: u64,
+) -> Vec<f64> {
+    let mut rng = PickedChunk { first: Some(pick), inner: Rng64::seed_from_u64(seed) };
+    let opts = ForwardOptions { samples: 4, chunk, ..Default::default() };
+    let terms = task_terms(guide, ctx, Some(tgt), objective, &opts, &mut rng).unwrap();
+    let mut grads = terms.loss.backward();
+    let mut g = Vec::new();
+    for id in guide.store().ids() {
+        grads.try_alloc_for(guide.store().get(id)).unwrap();
+        g.extend(grads.get(guide.store().get(id)).as_vec());
+    }
+    g
+}
+
+/// Relative distance `‖a − b‖ / ‖b‖`.
+fn rel_dist(a: &[f64], b: &[f64]) -> f64 {
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    d / b.iter().map(|y| y * y).sum::<f64>().sqrt()
+}
+
+#[test]
+fn chunked_gradient_expectation_against_the_full_gradient() {
+    let dev = Cpu::default();
+    // 6 context points in chunks of 2: 3 chunks, each picked in turn with the same noise, so the
+    // average over picks is the chunked estimator's exact expectation given that noise
+    let objectives = [TaskObjective::Avi { beta: 1.0 }, TaskObjective::PpAvi { beta: 1.0 }];
+
+    // one layer whose pseudo-observations carry no parameters (the likelihood's fixed noise): every
+    // gradient path meets the chunk once, and the estimator is exactly unbiased
+    let (x, y) = lin_data(9, 31);
+    let ctx = Dataset::regression(&dev, &x[..12], 2, &y[..6], 1).unwrap();
+    let tgt = Dataset::regression(&dev, &x[12..], 2, &y[6..], 1).unwrap();
+    let mut lin = Lin::<f64, Cpu>::new(&dev).amortised_guide(exact_guide_cfg()).unwrap();
+    perturb(&mut lin, 1);
+    for objective in &objectives {
+        let full = task_gradient(&lin, &ctx, &tgt, objective, None, 0, 5);
+        let picks: Vec<Vec<f64>> = (0..3).map(|i| task_gradient(&lin, &ctx, &tgt, objective, Some(2), i, 5)).collect();
+        let mean: Vec<f64> = (0..full.len()).map(|k| picks.iter().map(|g| g[k]).sum::<f64>() / 3.0).collect();
+        let d = rel_dist(&mean, &full);
+        println!("one layer, {objective:?}: relative bias {d:.2e}; single picks differ by {:.2e}", rel_dist(&picks[0], &full));
+        assert!(d < 1e-9, "one layer: the chunk average is the full gradient ({d})");
+        assert!(rel_dist(&picks[0], &full) > 1e-3, "a single pick is a noisy estimate, not the full gradient");
+    }
+
+    // three layers with amortised pseudo-observations: paths that meet the chunk in two layers are
+    // scaled twice and the cross-chunk paths are dropped, so the expectation is not the full
+    // gradient. Measured over 8 noise seeds; the bias is printed and must be clearly non-zero.
+    let ctx = small_task(6, 40);
+    let tgt = small_task(4, 41);
+    let mut deep = Deep::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    perturb(&mut deep, 2);
+    for objective in &objectives {
+        let mut rel = Vec::new();
+        for seed in 0..8 {
+            let full = task_gradient(&deep, &ctx, &tgt, objective, None, 0, seed);
+            let picks: Vec<Vec<f64>> = (0..3).map(|i| task_gradient(&deep, &ctx, &tgt, objective, Some(2), i, seed)).collect();
+            let mean: Vec<f64> = (0..full.len()).map(|k| picks.iter().map(|g| g[k]).sum::<f64>() / 3.0).collect();
+            rel.push(rel_dist(&mean, &full));
+        }
+        let m = rel.iter().sum::<f64>() / rel.len() as f64;
+        let lo = rel.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!("three layers, {objective:?}: relative bias ‖E_chunk g − g‖/‖g‖ per noise draw: mean {m:.3}, min {lo:.3}, {rel:.3?}");
+        assert!(lo > 1e-3, "three layers: the chunked gradient is biased (the docs say so); smallest relative bias {lo}");
+    }
+}

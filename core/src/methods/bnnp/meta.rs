@@ -49,6 +49,7 @@ pub struct Checkpointing {
 /// let cfg = MetaConfig { steps: 500, objective: TaskObjective::PpAvi { beta: 0.1 }, ..Default::default() };
 /// assert_eq!(cfg.tasks_per_step, 5);
 /// assert_eq!(cfg.lr_end, Some(1e-4));
+/// assert_eq!(cfg.max_bad_steps, 10); // a bad batch is skipped, ten in a row stop the run
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetaConfig {
@@ -87,6 +88,13 @@ pub struct MetaConfig {
     /// a run cut short ends at a higher rate than `lr_end`; calling `run` again resumes the
     /// schedule with a fresh budget. Default `None` (no limit).
     pub time_limit: Option<Duration>,
+    /// How many consecutive bad steps (a non-finite loss, gradient or updated parameter, or a
+    /// numerical failure while evaluating a task) are
+    /// skipped before the run stops with [`Error::Diverged`]. A skipped step leaves the parameters
+    /// and Adam's moments as they were, moves the step counter (and so the task draws and the
+    /// learning-rate schedule) on, and is counted in [`MetaReport::skipped_steps`]; a good step
+    /// resets the run of bad ones. `1` stops at the first bad step. Default 10.
+    pub max_bad_steps: usize,
 }
 
 impl Default for MetaConfig {
@@ -105,6 +113,7 @@ impl Default for MetaConfig {
             record_every: 10,
             checkpoint: None,
             time_limit: None,
+            max_bad_steps: 10,
         }
     }
 }
@@ -144,6 +153,9 @@ impl MetaConfig {
         if self.time_limit == Some(Duration::ZERO) {
             return Err(Error::config("MetaConfig::time_limit", "0 s", "must be > 0 (None for no limit)"));
         }
+        if self.max_bad_steps == 0 {
+            return Err(Error::config("MetaConfig::max_bad_steps", 0, "must be >= 1 (1 stops at the first bad step)"));
+        }
         if self.chunk == Some(0) {
             return Err(Error::config("MetaConfig::chunk", 0, "chunks need at least one point"));
         }
@@ -164,6 +176,7 @@ impl MetaConfig {
 /// let rec: MetaRecord = meta.step(&mut guide, &mut tasks)?;
 /// assert_eq!(rec.step, 0);
 /// assert!(rec.objective.is_finite() && rec.kl >= 0.0 && rec.noise > 0.0 && rec.lr > 0.0);
+/// assert!(!rec.skipped);
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,6 +195,9 @@ pub struct MetaRecord {
     pub noise: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Whether the step was skipped: its loss, a gradient or an updated parameter was not finite,
+    /// so the parameters were left as they were (see [`MetaConfig::max_bad_steps`]).
+    pub skipped: bool,
 }
 
 /// What [`MetaLearner::run`] returns.
@@ -197,6 +213,7 @@ pub struct MetaRecord {
 /// let report: MetaReport = MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
 /// assert_eq!(report.steps, 4);
 /// assert!(!report.stopped_early);
+/// assert_eq!(report.skipped_steps, 0);
 /// assert!(report.history.iter().any(|r| r.step == 3)); // the last step is always recorded
 /// assert!(report.final_objective(2).is_finite());
 /// # Ok::<(), weightspace::Error>(())
@@ -209,6 +226,9 @@ pub struct MetaReport {
     pub steps: usize,
     /// Whether [`MetaConfig::time_limit`] stopped the run before `MetaConfig::steps`.
     pub stopped_early: bool,
+    /// Steps of this call that were skipped for a non-finite loss, gradient or parameter (see
+    /// [`MetaConfig::max_bad_steps`]); they are not in `history`.
+    pub skipped_steps: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -249,6 +269,9 @@ pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     cfg: MetaConfig,
     opt: Adam<E, D>,
     step: usize,
+    /// Bad steps in a row, and in all.
+    bad_run: usize,
+    skipped: usize,
 }
 
 impl<E: Real, D: Device<E>> MetaLearner<E, D> {
@@ -256,7 +279,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     pub fn new(cfg: MetaConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = Adam::new(cfg.adam);
-        Ok(Self { cfg, opt, step: 0 })
+        Ok(Self { cfg, opt, step: 0, bad_run: 0, skipped: 0 })
     }
 
     /// The settings.
@@ -264,14 +287,29 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         &self.cfg
     }
 
-    /// Steps taken so far.
+    /// Steps taken so far (skipped ones included).
     pub fn steps_taken(&self) -> usize {
         self.step
     }
 
+    /// Steps skipped so far for a non-finite loss, gradient or parameter.
+    ///
+    /// ```
+    /// use weightspace::bnnp::{MetaConfig, MetaLearner};
+    /// let meta = MetaLearner::<f32, weightspace::prelude::Cpu>::new(MetaConfig::default())?;
+    /// assert_eq!((meta.steps_taken(), meta.steps_skipped()), (0, 0));
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn steps_skipped(&self) -> usize {
+        self.skipped
+    }
+
     /// One step: draw, split and evaluate `tasks_per_step` tasks, then one Adam update. On a
-    /// non-finite loss or gradient the guide keeps its previous parameters and
-    /// [`Error::Diverged`] is returned.
+    /// non-finite loss, gradient or updated parameter (or a numerical failure while evaluating a
+    /// task: [`Error::NonFinite`], [`Error::NotPositiveDefinite`]) the guide and the optimiser keep their
+    /// previous state and the step is skipped: the record has `skipped: true`, or, at the
+    /// [`MetaConfig::max_bad_steps`]-th bad step in a row, [`Error::Diverged`] is returned. Either
+    /// way the step counter moves on, so the next step draws fresh tasks.
     pub fn step(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaRecord> {
         let cfg = &self.cfg;
         let lr = linear_lr(cfg.adam.lr, cfg.lr_end, self.step, cfg.steps);
@@ -280,7 +318,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk };
         let t = cfg.tasks_per_step;
         let mut total: Option<Taped<(), E, D>> = None;
-        let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr };
+        let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr, skipped: false };
         for k in 0..t {
             // task k of this step draws from its own streams: one for the task and its split, one
             // for the Monte-Carlo noise, so neither depends on the batch of tasks around it
@@ -288,7 +326,16 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             let mut task_rng = stream(cfg.seed, Purpose::Task, &key);
             let task = source.next_task(&dev, &mut task_rng)?;
             let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
-            let terms = task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key))?;
+            let terms = match task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key)) {
+                Ok(t) => t,
+                // numerical failures of a bad batch (a NaN, a precision that is not positive
+                // definite) are a bad step, like a non-finite loss
+                Err(e @ (Error::NonFinite { .. } | Error::NotPositiveDefinite { .. } | Error::Diverged { .. })) => {
+                    rec.objective = f64::NAN;
+                    return self.skip(guide, rec, format!("task {k}: {e}"));
+                }
+                Err(e) => return Err(e),
+            };
             rec.objective += terms.objective / t as f64;
             rec.ctx_ell += terms.ctx_ell / t as f64;
             rec.tgt_lpp += terms.tgt_lpp / t as f64;
@@ -297,17 +344,39 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             total = crate::vi::prior::add_term(total, l);
         }
         if !rec.objective.is_finite() {
-            return Err(Error::Diverged { step: self.step, what: format!("objective ({})", rec.objective) });
+            let what = format!("objective ({})", rec.objective);
+            return self.skip(guide, rec, what);
         }
         let mut grads = total.expect("at least one task").backward();
-        let backup = guide.store().clone();
-        self.opt.step(guide.store_mut(), &mut grads)?;
+        let backup = (guide.store().clone(), self.opt.clone());
+        match self.opt.step(guide.store_mut(), &mut grads) {
+            Ok(()) => {}
+            Err(Error::Diverged { what, .. }) => return self.skip(guide, rec, what),
+            Err(e) => return Err(e),
+        }
         if !guide.store().all_finite() {
-            *guide.store_mut() = backup;
-            return Err(Error::Diverged { step: self.step, what: "a parameter after the Adam update".into() });
+            (*guide.store_mut(), self.opt) = backup;
+            return self.skip(guide, rec, "a parameter after the Adam update".into());
         }
         rec.noise = guide.noise_scale();
         self.step += 1;
+        self.bad_run = 0;
+        Ok(rec)
+    }
+
+    /// Skips the current step (the parameters are untouched), or reports [`Error::Diverged`] at the
+    /// `max_bad_steps`-th bad step in a row.
+    fn skip(&mut self, guide: &AmortisedGuide<E, D>, mut rec: MetaRecord, what: String) -> Result<MetaRecord> {
+        let step = self.step;
+        self.step += 1;
+        self.skipped += 1;
+        self.bad_run += 1;
+        if self.bad_run >= self.cfg.max_bad_steps {
+            let what = format!("{what} ({} bad steps in a row)", self.bad_run);
+            return Err(Error::Diverged { step, what });
+        }
+        rec.noise = guide.noise_scale();
+        rec.skipped = true;
         Ok(rec)
     }
 
@@ -337,6 +406,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         bar.set_position(self.step);
         let mut history = Vec::new();
         let first = self.step;
+        let skipped_before = self.skipped;
         let mut stopped_early = false;
         while self.step < steps {
             let rec = match self.step(guide, source) {
@@ -347,8 +417,10 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                 }
             };
             stopped_early = self.step < steps && self.cfg.time_limit.is_some_and(|limit| start.elapsed() >= limit);
-            if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early {
-                bar.message(format!("objective {:.2}  σ_y {:.3}", rec.objective, rec.noise));
+            if !rec.skipped && (rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early) {
+                let skipped = self.skipped - skipped_before;
+                let note = if skipped > 0 { format!("  skipped {skipped}") } else { String::new() };
+                bar.message(format!("objective {:.2}  σ_y {:.3}{note}", rec.objective, rec.noise));
                 history.push(rec);
             }
             if let Some(c) = &self.cfg.checkpoint {
@@ -363,6 +435,10 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             }
         }
         bar.finish();
-        Ok(MetaReport { history, steps: self.step - first, stopped_early, seconds: start.elapsed().as_secs_f64() })
+        let skipped_steps = self.skipped - skipped_before;
+        if skipped_steps > 0 {
+            bar.println(format!("meta: skipped {skipped_steps} of {} steps for a non-finite loss or gradient", self.step - first));
+        }
+        Ok(MetaReport { history, steps: self.step - first, stopped_early, skipped_steps, seconds: start.elapsed().as_secs_f64() })
     }
 }

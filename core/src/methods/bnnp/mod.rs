@@ -14,13 +14,14 @@
 //! |---|---|
 //! | the guide for any dense `#[bnn]` model with a Gaussian likelihood | [`AmortisedGuide`], built by [`Amortised::amortised_guide`] |
 //! | one pass: posterior from a context, outputs on context and targets through the same samples, closed-form KL | [`AmortisedGuide::forward`], [`ForwardOptions`] |
-//! | exact within-task minibatching (context folded in chunks) | [`ForwardOptions::chunk`] |
+//! | within-task minibatching (context folded in chunks: the posterior is exact, the gradient a truncated, biased estimate) | [`ForwardOptions::chunk`] |
 //! | per-layer posterior moments, predictions, log predictive density | [`AmortisedGuide::posterior_moments`], [`AmortisedGuide::predict`], [`AmortisedGuide::log_predictive`] |
 //! | online last-layer updates on cached earlier-layer samples | [`AmortisedGuide::online`], [`OnlineLastLayer`] |
 //! | learnable prior families (unit-wise full rank, weight-wise diagonal, layer-wise full rank) and partial trainability | [`LearnedPrior`], [`PriorConfig`], [`PriorFamily`], [`PriorTraining`] |
 //! | objectives: AVI, PP-AVI (β), target-only | [`TaskObjective`], [`task_terms`], [`split_task`] |
 //! | the meta-learning loop | [`MetaLearner`], [`MetaConfig`], [`Checkpointing`] |
 //! | task sources | [`TaskSource`], [`TaskCollection`], [`Generated`] with [`Sawtooth`], [`GpTasks`], [`BnnPriorTasks`], [`Heaviside`] |
+//! | the Bayes-optimal predictor of a task family (the ceiling for a learned prior) | [`OracleLpd`] |
 //! | parameters, Adam with linear decay, checkpoints, progress bar | [`ParamStore`], [`Adam`], [`linear_lr`], [`AmortisedGuide::save`], [`Progress`](crate::Progress) |
 //! | prior transfer to mean-field VI and to samplers | [`LearnedPriorElbo`], [`LearnedPrior::log_density`], [`LearnedPriorSource`] |
 //!
@@ -91,5 +92,5 @@ pub use objective::{split_task, task_terms, Split, TaskObjective, TaskTerms};
 pub use online::OnlineLastLayer;
 pub use params::{linear_lr, Adam, AdamSettings, ParamId, ParamStore};
 pub use prior::{LearnedPrior, PriorConfig, PriorFamily, PriorTraining};
-pub use tasks::{gp_sample, BnnPriorTasks, Generated, GpTasks, Heaviside, Sawtooth, TaskCollection, TaskGenerator, TaskSource};
+pub use tasks::{gp_sample, BnnPriorTasks, Generated, GpTasks, Heaviside, OracleLpd, Sawtooth, TaskCollection, TaskGenerator, TaskSource};
 pub use transfer::{sample_learned_prior, LearnedPriorElbo, LearnedPriorSource};

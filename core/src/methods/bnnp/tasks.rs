@@ -173,16 +173,47 @@ impl<E: Real, D: Device<E>, G: TaskGenerator> TaskSource<E, D> for Generated<G> 
 }
 
 fn inputs(rng: &mut StdRng, n_range: (usize, usize), x_range: (f64, f64)) -> Vec<f64> {
-    let n = if n_range.1 > n_range.0 + 1 { rng.gen_range(n_range.0..n_range.1) } else { n_range.0.max(1) };
-    (0..n.max(1)).map(|_| rng.gen_range(x_range.0..x_range.1)).collect()
+    let n = rng.gen_range(n_range.0..n_range.1);
+    (0..n).map(|_| rng.gen_range(x_range.0..x_range.1)).collect()
 }
 
 fn normal(rng: &mut StdRng) -> f64 {
     rng.sample::<f64, _>(StandardNormal)
 }
 
-/// Sawtooth tasks: `f(x) = m((x + s) mod p − p/2) + a·x/3 + 0.25·b`, `s ~ U[0, p)`,
-/// `a, b ~ N(0, 1)`, plus Gaussian noise.
+/// Checks the settings every generator shares, named `names = [x_range, n_range, noise]`: a finite,
+/// non-empty input range, a non-empty range of points per task (at least one point), and a
+/// positive, finite noise sd.
+fn check_common(names: [&'static str; 3], x_range: (f64, f64), n_range: (usize, usize), noise: f64) -> Result<()> {
+    let (lo, hi) = x_range;
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        return Err(Error::config(names[0], format!("({lo}, {hi})"), "the input range must be finite with lo < hi"));
+    }
+    if n_range.0 == 0 || n_range.1 <= n_range.0 {
+        return Err(Error::config(
+            names[1],
+            format!("({}, {})", n_range.0, n_range.1),
+            "points per task lo..hi (hi exclusive) needs 1 <= lo < hi",
+        ));
+    }
+    check_positive(names[2], noise)
+}
+
+/// `value` must be positive and finite.
+fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(name, value, "must be positive and finite"))
+    }
+}
+
+/// Sawtooth tasks: `f(x) = m((x + s) mod p − p/2) + a·x/3 + 0.25·b`, `a, b ~ N(0, 1)`, plus
+/// Gaussian noise. The shift is `s = 0` (the paper's family: the teeth sit at the same place in
+/// every task), or `s ~ U[0, p)` with [`random_shift`](Sawtooth::random_shift).
+///
+/// A period, noise or input range that is not positive and finite, an empty range of points, or a
+/// non-finite slope is an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
 ///
 /// ```
 /// use weightspace::bnnp::{Sawtooth, TaskGenerator};
@@ -190,6 +221,11 @@ fn normal(rng: &mut StdRng) -> f64 {
 /// let (x, y) = Sawtooth::default().generate(&mut rng)?;
 /// assert!((40..100).contains(&x.len()) && x.len() == y.len());
 /// assert!(x.iter().all(|x| (-2.0..2.0).contains(x)));
+/// // the paper's family has no shift; the harder one draws it per task
+/// assert!(!Sawtooth::default().random_shift);
+/// let shifted = Sawtooth { random_shift: true, ..Default::default() };
+/// assert!(shifted.draw_parameters(&mut rng).0 > 0.0);
+/// assert!(Sawtooth { period: 0.0, ..Default::default() }.generate(&mut rng).is_err());
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,11 +240,14 @@ pub struct Sawtooth {
     pub slope: f64,
     /// Observation noise sd. Default 0.05.
     pub noise: f64,
+    /// Draw the shift `s ~ U[0, p)` per task; `false` fixes `s = 0`. Default `false`, the paper's
+    /// family (the official generator's default).
+    pub random_shift: bool,
 }
 
 impl Default for Sawtooth {
     fn default() -> Self {
-        Self { x_range: (-2.0, 2.0), n_range: (40, 100), period: 0.75, slope: 1.33, noise: 0.05 }
+        Self { x_range: (-2.0, 2.0), n_range: (40, 100), period: 0.75, slope: 1.33, noise: 0.05, random_shift: false }
     }
 }
 
@@ -219,18 +258,142 @@ impl Sawtooth {
         self.slope * ((x + s).rem_euclid(p) - p / 2.0) + a * x / 3.0 + 0.25 * b
     }
 
-    /// Draws one task's random function parameters `(s, a, b)`.
+    /// Draws one task's random function parameters `(s, a, b)` (`s = 0` without
+    /// [`random_shift`](Sawtooth::random_shift)).
     pub fn draw_parameters(&self, rng: &mut StdRng) -> (f64, f64, f64) {
-        (rng.gen_range(0.0..self.period), normal(rng), normal(rng))
+        let s = if self.random_shift { rng.gen_range(0.0..self.period) } else { 0.0 };
+        (s, normal(rng), normal(rng))
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_common(["Sawtooth::x_range", "Sawtooth::n_range", "Sawtooth::noise"], self.x_range, self.n_range, self.noise)?;
+        check_positive("Sawtooth::period", self.period)?;
+        if !self.slope.is_finite() {
+            return Err(Error::config("Sawtooth::slope", self.slope, "must be finite"));
+        }
+        Ok(())
     }
 }
 
 impl TaskGenerator for Sawtooth {
     fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
+        self.validate()?;
         let x = inputs(rng, self.n_range, self.x_range);
         let (s, a, b) = self.draw_parameters(rng);
         let y = x.iter().map(|&x| self.function(x, s, a, b) + self.noise * normal(rng)).collect();
         Ok((x, y))
+    }
+}
+
+/// Task families whose Bayes-optimal predictor is computable: the generator's own posterior
+/// predictive, the ceiling that no meta-learned prior can beat on average over the family's tasks.
+///
+/// ```
+/// use weightspace::bnnp::{OracleLpd, Sawtooth, TaskGenerator};
+/// let gen = Sawtooth { n_range: (108, 109), ..Default::default() };
+/// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+/// let (x, y) = gen.generate(&mut rng)?;
+/// let lpd = |nc: usize| gen.oracle_lpd((&x[..nc], &y[..nc]), (&x[8..], &y[8..]));
+/// // more context never hurts the optimal predictor on average, and 8 points get close to knowing f
+/// // (1.58 nats per point for noise 0.05)
+/// assert!(lpd(8)? > lpd(0)?);
+/// assert!(lpd(8)? < 1.7);
+/// // mismatched lengths are errors
+/// assert!(gen.oracle_lpd((&x[..2], &y[..1]), (&x[8..], &y[8..])).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub trait OracleLpd {
+    /// Mean per-point log predictive density of the targets `(x, y)` given the context `(x, y)`
+    /// (which may be empty), each target scored by its marginal posterior predictive under the
+    /// generator itself: `(1/N) Σ_n ln p(y_n | x_n, context)`. Unequal lengths, no targets, or a
+    /// non-finite value are errors, and so are settings the generator rejects.
+    fn oracle_lpd(&self, context: (&[f64], &[f64]), targets: (&[f64], &[f64])) -> Result<f64>;
+}
+
+/// Checks the `(x, y)` pairs handed to an [`OracleLpd`].
+fn check_points(context: (&[f64], &[f64]), targets: (&[f64], &[f64])) -> Result<()> {
+    for (what, (x, y)) in [("oracle_lpd context", context), ("oracle_lpd targets", targets)] {
+        if x.len() != y.len() {
+            return Err(Error::config(what, format!("{} inputs, {} outputs", x.len(), y.len()), "needs as many inputs as outputs"));
+        }
+        for (part, v) in [("inputs", x), ("outputs", y)] {
+            if let Some(index) = v.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite { what: format!("{what} {part}"), index });
+            }
+        }
+    }
+    if targets.0.is_empty() {
+        return Err(Error::Empty { what: "oracle_lpd targets".into() });
+    }
+    Ok(())
+}
+
+/// Shifts per period in the quadrature of [`Sawtooth`]'s oracle with a random shift.
+const SHIFT_GRID: usize = 600;
+
+/// `ln Σ exp(v)`.
+fn logsumexp(v: &[f64]) -> f64 {
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+/// The Bayes-optimal predictor of the sawtooth family: given the shift `s` the residual
+/// `y − m((x + s) mod p − p/2)` is a Bayesian linear regression on the features `(x/3, 0.25)` with
+/// weights `(a, b) ~ N(0, I)` and the known noise, solved in closed form. With
+/// [`random_shift`](Sawtooth::random_shift) the shift is integrated out by a midpoint rule on 600
+/// points per period, each weighted by its marginal likelihood of the context; without, `s = 0`.
+impl OracleLpd for Sawtooth {
+    fn oracle_lpd(&self, context: (&[f64], &[f64]), targets: (&[f64], &[f64])) -> Result<f64> {
+        self.validate()?;
+        check_points(context, targets)?;
+        let shifts: Vec<f64> = if self.random_shift {
+            (0..SHIFT_GRID).map(|j| (j as f64 + 0.5) * self.period / SHIFT_GRID as f64).collect()
+        } else {
+            vec![0.0]
+        };
+        let var = self.noise * self.noise;
+        let ln2pi = (2.0 * std::f64::consts::PI).ln();
+        let (cx, cy) = context;
+        let (tx, ty) = targets;
+        // per shift: log marginal likelihood of the context, and each target's log predictive density
+        let mut log_w = Vec::with_capacity(shifts.len());
+        let mut log_p = vec![Vec::with_capacity(shifts.len()); tx.len()];
+        for &s in &shifts {
+            let teeth = |x: f64| self.function(x, s, 0.0, 0.0);
+            // P = I + ΦᵀΦ/σ², h = Φᵀr/σ² with φ = (x/3, 0.25)
+            let (mut p00, mut p01, mut p11, mut h0, mut h1, mut rr) = (1.0, 0.0, 1.0, 0.0, 0.0, 0.0);
+            for (&x, &y) in cx.iter().zip(cy) {
+                let (f0, f1, r) = (x / 3.0, 0.25, y - teeth(x));
+                p00 += f0 * f0 / var;
+                p01 += f0 * f1 / var;
+                p11 += f1 * f1 / var;
+                h0 += f0 * r / var;
+                h1 += f1 * r / var;
+                rr += r * r / var;
+            }
+            let det = p00 * p11 - p01 * p01;
+            // C = P⁻¹, mean = C h
+            let (c00, c01, c11) = (p11 / det, -p01 / det, p00 / det);
+            let (m0, m1) = (c00 * h0 + c01 * h1, c01 * h0 + c11 * h1);
+            let n = cx.len() as f64;
+            log_w.push(-0.5 * (n * (ln2pi + var.ln()) + det.ln() + rr - (h0 * m0 + h1 * m1)));
+            for (t, (&x, &y)) in tx.iter().zip(ty).enumerate() {
+                let (f0, f1) = (x / 3.0, 0.25);
+                let mean = teeth(x) + f0 * m0 + f1 * m1;
+                let v = var + f0 * f0 * c00 + 2.0 * f0 * f1 * c01 + f1 * f1 * c11;
+                log_p[t].push(-0.5 * (ln2pi + v.ln() + (y - mean) * (y - mean) / v));
+            }
+        }
+        let z = logsumexp(&log_w);
+        let total: f64 = log_p.iter().map(|lp| logsumexp(&lp.iter().zip(&log_w).map(|(a, b)| a + b).collect::<Vec<_>>()) - z).sum();
+        let lpd = total / tx.len() as f64;
+        if !lpd.is_finite() {
+            return Err(Error::NonFinite { what: "Sawtooth::oracle_lpd".into(), index: 0 });
+        }
+        Ok(lpd)
     }
 }
 
@@ -289,7 +452,9 @@ pub fn gp_sample(x: &[f64], lengthscale: f64, variance: f64, rng: &mut StdRng) -
     Ok((0..n).map(|i| (0..=i).map(|p| k[i * n + p] * z[p]).sum()).collect())
 }
 
-/// Gaussian-process tasks: a squared-exponential GP sample plus noise.
+/// Gaussian-process tasks: a squared-exponential GP sample plus noise. A lengthscale, variance,
+/// noise or input range that is not positive and finite, or an empty range of points, is an
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig).
 ///
 /// ```
 /// use weightspace::bnnp::{GpTasks, TaskGenerator};
@@ -323,6 +488,9 @@ impl Default for GpTasks {
 
 impl TaskGenerator for GpTasks {
     fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
+        check_common(["GpTasks::x_range", "GpTasks::n_range", "GpTasks::noise"], self.x_range, self.n_range, self.noise)?;
+        check_positive("GpTasks::lengthscale", self.lengthscale)?;
+        check_positive("GpTasks::variance", self.variance)?;
         let x = inputs(rng, self.n_range, self.x_range);
         let f = gp_sample(&x, self.lengthscale, self.variance, rng)?;
         let y = f.iter().map(|f| f + self.noise * normal(rng)).collect();
@@ -331,6 +499,8 @@ impl TaskGenerator for GpTasks {
 }
 
 /// Heaviside tasks: the sign of a zero-mean SE-GP sample (centred on its sample mean), plus noise.
+/// A lengthscale, noise or input range that is not positive and finite, or an empty range of
+/// points, is an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
 ///
 /// ```
 /// use weightspace::bnnp::{Heaviside, TaskGenerator};
@@ -361,6 +531,8 @@ impl Default for Heaviside {
 
 impl TaskGenerator for Heaviside {
     fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
+        check_common(["Heaviside::x_range", "Heaviside::n_range", "Heaviside::noise"], self.x_range, self.n_range, self.noise)?;
+        check_positive("Heaviside::lengthscale", self.lengthscale)?;
         let x = inputs(rng, self.n_range, self.x_range);
         let f = gp_sample(&x, self.lengthscale, 1.0, rng)?;
         let mean = f.iter().sum::<f64>() / f.len() as f64;
@@ -370,7 +542,8 @@ impl TaskGenerator for Heaviside {
 }
 
 /// Tasks drawn from a BNN prior: a fresh 1-D network per task with weights `N(0, 1/(fan_in + 1))`
-/// (biases included), plus noise.
+/// (biases included), plus noise. A zero width, a noise or input range that is not positive and
+/// finite, or an empty range of points, is an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
 ///
 /// ```
 /// use weightspace::bnnp::{BnnPriorTasks, TaskGenerator};
@@ -440,6 +613,10 @@ impl BnnPriorTasks {
 
 impl TaskGenerator for BnnPriorTasks {
     fn generate(&self, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
+        check_common(["BnnPriorTasks::x_range", "BnnPriorTasks::n_range", "BnnPriorTasks::noise"], self.x_range, self.n_range, self.noise)?;
+        if self.widths.contains(&0) {
+            return Err(Error::config("BnnPriorTasks::widths", format!("{:?}", self.widths), "every hidden layer needs at least one unit"));
+        }
         let x = inputs(rng, self.n_range, self.x_range);
         let net = self.draw_network(rng);
         let y = x.iter().map(|&x| self.evaluate(&net, x) + self.noise * normal(rng)).collect();
