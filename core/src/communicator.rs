@@ -43,6 +43,31 @@ pub trait Communicator {
     /// wait in their next collective forever.
     fn abort(&self, code: i32, message: &str) -> !;
 
+    /// Replaces `values` by their elementwise sum over all ranks, the same on every rank (every
+    /// rank passes as many values). Unlike [`block_sums`](Self::block_sums), the order of the
+    /// additions may depend on the number of ranks: use it where a float tolerance is acceptable
+    /// (gradients of data-parallel training).
+    ///
+    /// ```
+    /// use weightspace::comm::{Communicator, SingleProcess};
+    /// let mut g = [1.5, -2.0];
+    /// SingleProcess.all_reduce_sum(&mut g)?;
+    /// assert_eq!(g, [1.5, -2.0]); // one process: its own values
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    fn all_reduce_sum(&self, values: &mut [f64]) -> Result<()> {
+        let n = values.len();
+        let mut all = vec![0.0; n * self.size()];
+        self.all_gather(values, &vec![n; self.size()], &mut all)?;
+        values.iter_mut().for_each(|v| *v = 0.0);
+        for part in all.chunks(n.max(1)) {
+            for (v, x) in values.iter_mut().zip(part) {
+                *v += x;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this is rank 0, the rank that gathers results, writes files and shows progress.
     fn is_root(&self) -> bool {
         self.rank() == 0
@@ -270,6 +295,16 @@ mod mpi_impl {
                 root.gather_varcount_into(local);
                 Ok(None)
             }
+        }
+        fn all_reduce_sum(&self, values: &mut [f64]) -> Result<()> {
+            let local = values.to_vec();
+            mpi::collective::CommunicatorCollectives::all_reduce_into(
+                &self.world,
+                &local[..],
+                values,
+                mpi::collective::SystemOperation::sum(),
+            );
+            Ok(())
         }
         fn abort(&self, code: i32, message: &str) -> ! {
             eprintln!("{message}");

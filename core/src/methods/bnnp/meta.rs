@@ -11,6 +11,7 @@ use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
 use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
+use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
@@ -273,12 +274,46 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     /// non-finite loss or gradient the guide keeps its previous parameters and
     /// [`Error::Diverged`] is returned.
     pub fn step(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaRecord> {
+        self.step_on(&SingleProcess, guide, source)
+    }
+
+    /// [`step`](Self::step), data-parallel over the processes of `comm` (see
+    /// [`comm`](crate::comm)): every rank draws the step's `tasks_per_step` tasks (each from its
+    /// own streams keyed by (step, task), so stateful sources stay in step), evaluates its
+    /// contiguous share of them, and the gradients and the recorded terms are summed over ranks
+    /// before one Adam update that every rank takes alike. The result equals the one-process step
+    /// up to the order of the floating-point additions. Every rank must hold the same guide and
+    /// learner (start them alike).
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// use weightspace::comm::SingleProcess;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let dev = Cpu::default();
+    /// let cfg = MetaConfig { steps: 2, tasks_per_step: 3, samples: 2, progress: false, ..Default::default() };
+    /// let mut a = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let mut b = a.clone();
+    /// let mut tasks = Generated(Sawtooth::default());
+    /// let ra = MetaLearner::new(cfg.clone())?.step(&mut a, &mut tasks)?;
+    /// let rb = MetaLearner::new(cfg)?.step_on(&SingleProcess, &mut b, &mut tasks)?;
+    /// assert_eq!(ra.objective, rb.objective); // one process: the same step
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn step_on(
+        &mut self,
+        comm: &dyn Communicator,
+        guide: &mut AmortisedGuide<E, D>,
+        source: &mut impl TaskSource<E, D>,
+    ) -> Result<MetaRecord> {
         let cfg = &self.cfg;
         let lr = linear_lr(cfg.adam.lr, cfg.lr_end, self.step, cfg.steps);
         self.opt.settings.lr = lr;
         let dev = guide.store().device().clone();
         let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk };
         let t = cfg.tasks_per_step;
+        let mine = share(t, comm.rank(), comm.size());
         let mut total: Option<Taped<(), E, D>> = None;
         let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr };
         for k in 0..t {
@@ -287,6 +322,9 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             let key = [self.step as u64, k as u64];
             let mut task_rng = stream(cfg.seed, Purpose::Task, &key);
             let task = source.next_task(&dev, &mut task_rng)?;
+            if !mine.contains(&k) {
+                continue; // another rank's task (drawn all the same, so the source advances alike)
+            }
             let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
             let terms = task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key))?;
             rec.objective += terms.objective / t as f64;
@@ -296,12 +334,26 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             let l = terms.loss * crate::num::cast::from_f64::<E>(1.0 / t as f64);
             total = crate::vi::prior::add_term(total, l);
         }
+        let parallel = comm.size() > 1;
+        if parallel {
+            let mut terms = [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl];
+            comm.all_reduce_sum(&mut terms)?;
+            [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl] = terms;
+        }
         if !rec.objective.is_finite() {
             return Err(Error::Diverged { step: self.step, what: format!("objective ({})", rec.objective) });
         }
-        let mut grads = total.expect("at least one task").backward();
+        // a rank with no task this step contributes zero gradients
+        let mut grads = match total {
+            Some(total) => total.backward(),
+            None => Gradients::leaky(),
+        };
         let backup = guide.store().clone();
-        self.opt.step(guide.store_mut(), &mut grads)?;
+        if parallel {
+            self.opt.step_reduced(guide.store_mut(), &mut grads, Some(&mut |g: &mut [f64]| comm.all_reduce_sum(g)))?;
+        } else {
+            self.opt.step(guide.store_mut(), &mut grads)?;
+        }
         if !guide.store().all_finite() {
             *guide.store_mut() = backup;
             return Err(Error::Diverged { step: self.step, what: "a parameter after the Adam update".into() });
@@ -331,15 +383,42 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     /// # Ok::<(), weightspace::Error>(())
     /// ```
     pub fn run(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaReport> {
+        self.run_on(&SingleProcess, guide, source)
+    }
+
+    /// [`run`](Self::run) with every step data-parallel over `comm` ([`step_on`](Self::step_on)).
+    /// Only rank 0 shows progress and writes checkpoints; the time limit is rank 0's clock, shared
+    /// with every rank so that all stop after the same step.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// use weightspace::comm::SingleProcess;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let dev = Cpu::default();
+    /// let mut guide = Net::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let cfg = MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, ..Default::default() };
+    /// let report = MetaLearner::new(cfg)?.run_on(&SingleProcess, &mut guide, &mut Generated(Sawtooth::default()))?;
+    /// assert_eq!(report.steps, 3);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn run_on(
+        &mut self,
+        comm: &dyn Communicator,
+        guide: &mut AmortisedGuide<E, D>,
+        source: &mut impl TaskSource<E, D>,
+    ) -> Result<MetaReport> {
         let start = Instant::now();
         let steps = self.cfg.steps;
-        let bar = Progress::new(steps, self.cfg.progress, "meta");
+        let root = comm.is_root();
+        let bar = Progress::new(steps, self.cfg.progress && root, "meta");
         bar.set_position(self.step);
         let mut history = Vec::new();
         let first = self.step;
         let mut stopped_early = false;
         while self.step < steps {
-            let rec = match self.step(guide, source) {
+            let rec = match self.step_on(comm, guide, source) {
                 Ok(r) => r,
                 Err(e) => {
                     bar.abandon();
@@ -347,12 +426,16 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                 }
             };
             stopped_early = self.step < steps && self.cfg.time_limit.is_some_and(|limit| start.elapsed() >= limit);
+            if self.cfg.time_limit.is_some() && comm.size() > 1 {
+                // rank 0's clock decides, so every rank stops after the same step
+                stopped_early = comm.all_max(if root && stopped_early { 1.0 } else { 0.0 })? > 0.0;
+            }
             if rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early {
                 bar.message(format!("objective {:.2}  σ_y {:.3}", rec.objective, rec.noise));
                 history.push(rec);
             }
             if let Some(c) = &self.cfg.checkpoint {
-                if self.step.is_multiple_of(c.every) || self.step == steps || stopped_early {
+                if root && (self.step.is_multiple_of(c.every) || self.step == steps || stopped_early) {
                     guide.save(&c.path)?;
                 }
             }
