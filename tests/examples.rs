@@ -182,6 +182,7 @@ fn meta_custom() {
 #[test]
 fn meta_sawtooth() {
     let (out, dir) = run("meta_sawtooth");
+    finite(&summary(&out, "meta_training ranks=1 "), &["steps", "seconds", "compute_seconds", "allreduce_seconds"]);
     let s = summary(&out, "meta_sawtooth ");
     for nc in [1, 2, 4, 8] {
         finite(&s, &[&format!("nc{nc}_bnnp"), &format!("nc{nc}_mfvi"), &format!("nc{nc}_mfvi_learned")]);

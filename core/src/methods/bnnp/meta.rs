@@ -212,6 +212,9 @@ pub struct MetaReport {
     pub stopped_early: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Of [`seconds`](Self::seconds), those this rank spent summing over ranks ([`MetaLearner::run_on`];
+    /// including waiting there for slower ranks). 0 on one process.
+    pub communication_seconds: f64,
 }
 
 impl MetaReport {
@@ -250,6 +253,8 @@ pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     cfg: MetaConfig,
     opt: Adam<E, D>,
     step: usize,
+    /// Seconds spent in collectives so far.
+    comm_seconds: f64,
 }
 
 impl<E: Real, D: Device<E>> MetaLearner<E, D> {
@@ -257,7 +262,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     pub fn new(cfg: MetaConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = Adam::new(cfg.adam);
-        Ok(Self { cfg, opt, step: 0 })
+        Ok(Self { cfg, opt, step: 0, comm_seconds: 0.0 })
     }
 
     /// The settings.
@@ -335,9 +340,16 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             total = crate::vi::prior::add_term(total, l);
         }
         let parallel = comm.size() > 1;
+        let mut comm_seconds = 0.0;
+        let mut reduce = |v: &mut [f64]| {
+            let t0 = Instant::now();
+            let r = comm.all_reduce_sum(v);
+            comm_seconds += t0.elapsed().as_secs_f64();
+            r
+        };
         if parallel {
             let mut terms = [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl];
-            comm.all_reduce_sum(&mut terms)?;
+            reduce(&mut terms)?;
             [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl] = terms;
         }
         if !rec.objective.is_finite() {
@@ -350,10 +362,11 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         };
         let backup = guide.store().clone();
         if parallel {
-            self.opt.step_reduced(guide.store_mut(), &mut grads, Some(&mut |g: &mut [f64]| comm.all_reduce_sum(g)))?;
+            self.opt.step_reduced(guide.store_mut(), &mut grads, Some(&mut reduce))?;
         } else {
             self.opt.step(guide.store_mut(), &mut grads)?;
         }
+        self.comm_seconds += comm_seconds;
         if !guide.store().all_finite() {
             *guide.store_mut() = backup;
             return Err(Error::Diverged { step: self.step, what: "a parameter after the Adam update".into() });
@@ -417,6 +430,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         let mut history = Vec::new();
         let first = self.step;
         let mut stopped_early = false;
+        let comm_start = self.comm_seconds;
         while self.step < steps {
             let rec = match self.step_on(comm, guide, source) {
                 Ok(r) => r,
@@ -446,6 +460,12 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             }
         }
         bar.finish();
-        Ok(MetaReport { history, steps: self.step - first, stopped_early, seconds: start.elapsed().as_secs_f64() })
+        Ok(MetaReport {
+            history,
+            steps: self.step - first,
+            stopped_early,
+            seconds: start.elapsed().as_secs_f64(),
+            communication_seconds: self.comm_seconds - comm_start,
+        })
     }
 }

@@ -341,7 +341,7 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
         &mut self,
         store: &mut ParamStore<E, D>,
         grads: &mut Gradients<E, D>,
-        reduce: Option<&mut dyn FnMut(&mut [f64]) -> Result<()>>,
+        reduce: Option<Reduce<'_>>,
     ) -> Result<()> {
         let s = self.settings;
         if !(s.lr.is_finite() && s.lr >= 0.0) {
@@ -400,6 +400,9 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
         Ok(())
     }
 }
+
+/// A sum over processes of a flat gradient vector, in place ([`Adam::step_reduced`]).
+pub(crate) type Reduce<'a> = &'a mut dyn FnMut(&mut [f64]) -> Result<()>;
 
 /// The learning rate of a linear decay from `start` to `end` over `steps` steps, at `step`.
 ///

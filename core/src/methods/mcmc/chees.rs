@@ -215,7 +215,8 @@ pub struct ManyChainRun {
     /// Wall-clock seconds.
     pub seconds: f64,
     /// Of [`seconds`](Self::seconds), those this rank spent in collectives (the cross-chain
-    /// reductions and the final gather; 0-cost copies on a single process).
+    /// reductions and the final gather, including waiting there for slower ranks; near 0 on a
+    /// single process).
     pub communication_seconds: f64,
     /// Processes the chains were split across ([`sample_many_chains_on`]); 1 otherwise.
     pub ranks: usize,
