@@ -5,8 +5,21 @@
 //! cargo run --release --example symmetry_mcmc -- --dataset sinusoidal|regression2d|diabetes \
 //!     --arch f1|f2 --chains 1274 --warmup 1024 [--draws 1] [--threads 1] [--seed 0] [--no-single] \
 //!     [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc]
-//! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 8 chains × 50 warm-up steps × 8 draws, 40 sinusoidal points
+//! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 24 chains × 50 warm-up steps × 8 draws, 40 sinusoidal points
 //! ```
+//!
+//! Over MPI (`--features mpi`), every rank runs its share of the chains; rank 0 gathers the draws,
+//! canonicalises them, computes the LPPD and writes the files:
+//!
+//! ```text
+//! cargo build --release --features mpi --example symmetry_mcmc
+//! mpirun -n 4 target/release/examples/symmetry_mcmc --dataset sinusoidal --arch f1 --chains 1274 --no-single
+//! ```
+//!
+//! The last line, `symmetry_mcmc ranks=R lppd=… seconds=… … compute_seconds=… allreduce_seconds=…`,
+//! splits the sampling time into compute and collectives (on rank 0). `--fail-rank R` (with
+//! `--fail-how err|panic`) makes rank `R` fail on purpose before sampling, to check that the job
+//! ends on every rank instead of hanging.
 //!
 //! Results out: the run writes, under `--out`, `.npz` files for NumPy and ArviZ (arrays in ArviZ's
 //! `(chain, draw, ...)` order): `raw.npz` and `canonical.npz` (`w`, `log_sigma`),
@@ -35,6 +48,7 @@ mod common;
 use std::path::Path;
 
 use common::Args;
+use weightspace::comm::Communicator;
 use weightspace::diagnostics::SummaryTable;
 use weightspace::export::Npz;
 use weightspace::mcmc::data::Table;
@@ -95,10 +109,19 @@ struct Outcome {
     lppd: Lppd,
     single: Option<Lppd>,
     seconds: f64,
+    communication_seconds: f64,
+    ranks: usize,
 }
 
-fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f32, Cpu>, args: &Args) -> weightspace::Result<Outcome> {
-    let chains: usize = args.get("--chains", if args.quick() { 8 } else { 1274 });
+/// `None` on the ranks other than 0.
+fn run<M: Bnn<f32, Cpu>>(
+    comm: &dyn Communicator,
+    model: &M,
+    train: &Dataset<f32, Cpu>,
+    test: &Dataset<f32, Cpu>,
+    args: &Args,
+) -> weightspace::Result<Option<Outcome>> {
+    let chains: usize = args.get("--chains", if args.quick() { 24 } else { 1274 });
     let warmup: usize = args.get("--warmup", if args.quick() { 50 } else { 1024 });
     let draws: usize = args.get("--draws", if args.quick() { 8 } else { 1 });
     let seed: u64 = args.get("--seed", 0);
@@ -127,7 +150,17 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
         progress: !args.quick(),
         ..Default::default()
     };
-    let run = sym_mcmc(model, train, &settings, &Canonicalisation::Exact)?;
+    if args.value("--fail-rank").map(|r| r.parse::<usize>().ok() == Some(comm.rank())).unwrap_or(false) {
+        if args.value("--fail-how") == Some("panic") {
+            panic!("--fail-rank {}: this rank panics on purpose", comm.rank());
+        }
+        return Err(weightspace::Error::InvalidConfig {
+            name: "--fail-rank",
+            value: comm.rank().to_string(),
+            reason: "this rank fails on purpose",
+        });
+    }
+    let Some(run) = sym_mcmc_on(comm, model, train, &settings, &Canonicalisation::Exact)? else { return Ok(None) };
     let lppd = run.lppd(model, test)?;
     println!(
         "many-chain ({name}): {chains} chains × {warmup} warm-up × {draws} draw(s), {:.1} s, {} gradient evaluations, {} divergences after warm-up",
@@ -167,7 +200,7 @@ fn run<M: Bnn<f32, Cpu>>(model: &M, train: &Dataset<f32, Cpu>, test: &Dataset<f3
         }
         Some(single.lppd(model, test)?)
     };
-    Ok(Outcome { lppd, single, seconds: run.seconds })
+    Ok(Some(Outcome { lppd, single, seconds: run.seconds, communication_seconds: run.communication_seconds, ranks: run.ranks }))
 }
 
 /// Prints at most `max` rows of a summary table.
@@ -210,18 +243,41 @@ fn write_results<M: Bnn<f32, Cpu>>(
     Ok(())
 }
 
-fn main() -> weightspace::Result<()> {
+fn main() {
+    #[cfg(feature = "mpi")]
+    weightspace::comm::Mpi::run(|comm| job(comm));
+    #[cfg(not(feature = "mpi"))]
+    if let Err(e) = job(&weightspace::comm::SingleProcess) {
+        eprintln!("Error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
     let args = Args::parse(
         "[--quick] [--dataset sinusoidal|regression2d|diabetes] [--arch f1|f2] [--chains 1274] [--warmup 1024] [--draws 1] \
-         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc]",
+         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc] \
+         [--fail-rank R --fail-how err|panic]",
         &["--no-single", "--per-chain", "--diag"],
-        &["--dataset", "--arch", "--chains", "--warmup", "--draws", "--threads", "--seed", "--sampler", "--out"],
+        &[
+            "--dataset",
+            "--arch",
+            "--chains",
+            "--warmup",
+            "--draws",
+            "--threads",
+            "--seed",
+            "--sampler",
+            "--out",
+            "--fail-rank",
+            "--fail-how",
+        ],
         0,
     );
     let quick = args.quick();
     let dataset: String = args.get("--dataset", "sinusoidal".to_string());
     let arch: String = args.get("--arch", "f1".to_string());
-    let chains: usize = args.get("--chains", if quick { 8 } else { 1274 });
+    let chains: usize = args.get("--chains", if quick { 24 } else { 1274 });
     let seed: u64 = args.get("--seed", 0);
     // the paper's sizes, or with --quick fewer rows of the generated data sets (diabetes stays whole)
     let table = match dataset.as_str() {
@@ -238,25 +294,29 @@ fn main() -> weightspace::Result<()> {
     };
     // the paper's protocol: standardise every column with whole-dataset statistics, then split
     let (train, test) = table.standardise().0.split(0.8, seed)?;
-    println!(
+    let say = comm.is_root();
+    if say {
+        println!(
         "dataset {dataset} ({} rows × {} features), arch {arch}; protocol: all columns (target included) standardised with whole-dataset statistics, one 80/20 split (seed {seed}), ± = s.e. over {} test points",
         table.len(),
         table.d_in,
         test.len()
     );
+    }
     let dev = Cpu::default();
     let (train, test) = (train.to_dataset::<f32, _>(&dev)?, test.to_dataset::<f32, _>(&dev)?);
     let out = match (arch.as_str(), table.d_in) {
-        ("f1", 1) => run(&F1In1::<f32, Cpu>::new(&dev), &train, &test, &args)?,
-        ("f1", 2) => run(&F1In2::<f32, Cpu>::new(&dev), &train, &test, &args)?,
-        ("f1", 10) => run(&F1In10::<f32, Cpu>::new(&dev), &train, &test, &args)?,
-        ("f2", 1) => run(&F2In1::<f32, Cpu>::new(&dev), &train, &test, &args)?,
-        ("f2", 2) => run(&F2In2::<f32, Cpu>::new(&dev), &train, &test, &args)?,
-        ("f2", 10) => run(&F2In10::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f1", 1) => run(comm, &F1In1::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f1", 2) => run(comm, &F1In2::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f1", 10) => run(comm, &F1In10::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f2", 1) => run(comm, &F2In1::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f2", 2) => run(comm, &F2In2::<f32, Cpu>::new(&dev), &train, &test, &args)?,
+        ("f2", 10) => run(comm, &F2In10::<f32, Cpu>::new(&dev), &train, &test, &args)?,
         _ => {
             return Err(weightspace::Error::InvalidConfig { name: "--arch", value: arch, reason: "use f1 (1×3 tanh) or f2 (3×16 tanh)" })
         }
     };
+    let Some(out) = out else { return Ok(()) }; // ranks other than 0: rank 0 reports
     let fmt = |l: &Option<Lppd>| l.as_ref().map_or("n/a".to_string(), |l| format!("{:.3} ({:.3})", l.mean, l.se));
     println!("mean test LPPD (s.e.)      many-chain          single chain");
     println!("  weightspace              {:<19} {}", format!("{:.3} ({:.3})", out.lppd.mean, out.lppd.se), fmt(&out.single));
@@ -264,12 +324,17 @@ fn main() -> weightspace::Result<()> {
         Some(((a, sa), (b, sb))) => println!("  published (Wiese et al.) {:<19} {b:.2} ({sb:.2})", format!("{a:.2} ({sa:.2})")),
         None => println!("  published: none"),
     }
+    // the LPPD with all digits: runs on different numbers of ranks compare it exactly
     println!(
-        "symmetry_mcmc dataset={dataset} arch={arch} chains={chains} lppd={:.4} se={:.4} lppd_single={} seconds={:.2}",
+        "symmetry_mcmc ranks={} lppd={:?} seconds={:.3} dataset={dataset} arch={arch} chains={chains} se={:.4} lppd_single={} \
+         compute_seconds={:.3} allreduce_seconds={:.3}",
+        out.ranks,
         out.lppd.mean,
+        out.seconds,
         out.lppd.se,
         out.single.as_ref().map_or("nan".to_string(), |l| format!("{:.4}", l.mean)),
-        out.seconds
+        out.seconds - out.communication_seconds,
+        out.communication_seconds
     );
     Ok(())
 }

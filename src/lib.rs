@@ -47,7 +47,7 @@ pub use weightspace_core::{Activation, Architecture, Granularity, LayerSpec, Lik
 pub use weightspace_core::{Column, CsvOptions, DataTable, Split, Standardiser, TableTargets, TargetKind, UciSplits};
 pub use weightspace_core::{DensePrior, LikelihoodParams, NormalParams, NormalView, PriorView};
 // namespaces: metrics, batched linear algebra, diagnostics, results out, the methods and the test toolkit
-pub use weightspace_core::{bali, bnnp, diagnostics, export, linalg, mcmc, metrics, symmetry, testing};
+pub use weightspace_core::{bali, bnnp, comm, diagnostics, export, linalg, mcmc, metrics, symmetry, testing};
 
 #[doc(hidden)]
 pub use weightspace_core::__private;

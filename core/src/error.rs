@@ -96,6 +96,15 @@ pub enum Error {
         #[source]
         source: SourceError,
     },
+    /// A collective over the processes of a run ([`comm`](crate::comm)) could not be carried out:
+    /// shard sizes that disagree, or an MPI set-up error.
+    #[error("communication: {what}: {reason}")]
+    Communication {
+        /// What was being communicated.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A metric could not be computed.
     #[error(transparent)]
     Metric(#[from] MetricError),

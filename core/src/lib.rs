@@ -9,6 +9,7 @@
 
 // The layers, bottom to top. A module imports only from its own layer or the layers below it
 // (`core/tests/architecture.rs` checks this), and nothing but `testing` imports `testing`.
+mod communicator;
 mod error;
 mod kernels;
 mod methods;
@@ -98,6 +99,15 @@ pub mod diagnostics {
 pub mod export {
     pub use crate::model::npz::Npz;
     pub use crate::predict::draws::PredictiveDraws;
+}
+
+/// The processes a run is spread over: [`Communicator`](comm::Communicator), with
+/// [`SingleProcess`](comm::SingleProcess) (the default everywhere) and, with the `mpi` feature,
+/// [`Mpi`](comm::Mpi). The samplers' `_on` functions take one.
+pub mod comm {
+    #[cfg(feature = "mpi")]
+    pub use crate::communicator::Mpi;
+    pub use crate::communicator::{Communicator, SingleProcess};
 }
 
 // the methods, each with its own explicit list

@@ -12,9 +12,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, bottom to top, by top-level module. `error` sits with the numerics: everything
-/// returns its `Error`; so does `progress`, the progress bar every long loop shows.
-const LAYERS: &[(&str, usize)] =
-    &[("error", 0), ("num", 0), ("progress", 0), ("kernels", 1), ("model", 2), ("vi", 3), ("predict", 4), ("methods", 5), ("testing", 6)];
+/// returns its `Error`; so does `progress`, the progress bar every long loop shows, and `communicator`, the
+/// processes a run is spread over.
+const LAYERS: &[(&str, usize)] = &[
+    ("error", 0),
+    ("num", 0),
+    ("progress", 0),
+    ("communicator", 0),
+    ("kernels", 1),
+    ("model", 2),
+    ("vi", 3),
+    ("predict", 4),
+    ("methods", 5),
+    ("testing", 6),
+];
 
 /// Items the crate root re-exports that library code may name as `crate::Item`: all from layer 0.
 const ROOT_ITEMS: &[&str] = &["Real", "Error", "Result"];

@@ -18,6 +18,8 @@ pub(crate) enum Purpose {
     Init = 3,
     /// Drawing a task (and its context/target split) in meta-learning.
     Task = 4,
+    /// The momenta and accept/reject draws of one MCMC chain (keyed by its global index).
+    Transition = 5,
 }
 
 /// SplitMix64's finaliser: a bijection on `u64` that mixes every input bit into every output bit.

@@ -11,6 +11,7 @@ use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
 use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
+use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
@@ -231,6 +232,9 @@ pub struct MetaReport {
     pub skipped_steps: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Of [`seconds`](Self::seconds), those this rank spent summing over ranks ([`MetaLearner::run_on`];
+    /// including waiting there for slower ranks). 0 on one process.
+    pub communication_seconds: f64,
 }
 
 impl MetaReport {
@@ -272,6 +276,8 @@ pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     /// Bad steps in a row, and in all.
     bad_run: usize,
     skipped: usize,
+    /// Seconds spent in collectives so far.
+    comm_seconds: f64,
 }
 
 impl<E: Real, D: Device<E>> MetaLearner<E, D> {
@@ -279,7 +285,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     pub fn new(cfg: MetaConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = Adam::new(cfg.adam);
-        Ok(Self { cfg, opt, step: 0, bad_run: 0, skipped: 0 })
+        Ok(Self { cfg, opt, step: 0, bad_run: 0, skipped: 0, comm_seconds: 0.0 })
     }
 
     /// The settings.
@@ -311,28 +317,68 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     /// [`MetaConfig::max_bad_steps`]-th bad step in a row, [`Error::Diverged`] is returned. Either
     /// way the step counter moves on, so the next step draws fresh tasks.
     pub fn step(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaRecord> {
+        self.step_on(&SingleProcess, guide, source)
+    }
+
+    /// [`step`](Self::step), data-parallel over the processes of `comm` (see
+    /// [`comm`](crate::comm)): every rank draws the step's `tasks_per_step` tasks (each from its
+    /// own streams keyed by (step, task), so stateful sources stay in step), evaluates its
+    /// contiguous share of them, and the gradients and the recorded terms are summed over ranks
+    /// before one Adam update that every rank takes alike. The result equals the one-process step
+    /// up to the order of the floating-point additions. Every rank must hold the same guide and
+    /// learner (start them alike).
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// use weightspace::comm::SingleProcess;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let dev = Cpu::default();
+    /// let cfg = MetaConfig { steps: 2, tasks_per_step: 3, samples: 2, progress: false, ..Default::default() };
+    /// let mut a = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let mut b = a.clone();
+    /// let mut tasks = Generated(Sawtooth::default());
+    /// let ra = MetaLearner::new(cfg.clone())?.step(&mut a, &mut tasks)?;
+    /// let rb = MetaLearner::new(cfg)?.step_on(&SingleProcess, &mut b, &mut tasks)?;
+    /// assert_eq!(ra.objective, rb.objective); // one process: the same step
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn step_on(
+        &mut self,
+        comm: &dyn Communicator,
+        guide: &mut AmortisedGuide<E, D>,
+        source: &mut impl TaskSource<E, D>,
+    ) -> Result<MetaRecord> {
         let cfg = &self.cfg;
         let lr = linear_lr(cfg.adam.lr, cfg.lr_end, self.step, cfg.steps);
         self.opt.settings.lr = lr;
         let dev = guide.store().device().clone();
         let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk };
         let t = cfg.tasks_per_step;
+        let mine = share(t, comm.rank(), comm.size());
         let mut total: Option<Taped<(), E, D>> = None;
         let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr, skipped: false };
+        let mut bad_task: Option<String> = None;
         for k in 0..t {
             // task k of this step draws from its own streams: one for the task and its split, one
             // for the Monte-Carlo noise, so neither depends on the batch of tasks around it
             let key = [self.step as u64, k as u64];
             let mut task_rng = stream(cfg.seed, Purpose::Task, &key);
             let task = source.next_task(&dev, &mut task_rng)?;
+            if !mine.contains(&k) || bad_task.is_some() {
+                continue; // another rank's task (drawn all the same, so the source advances alike)
+            }
             let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
             let terms = match task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key)) {
                 Ok(t) => t,
                 // numerical failures of a bad batch (a NaN, a precision that is not positive
                 // definite) are a bad step, like a non-finite loss
+                // (the step is skipped below, after the terms are summed over ranks, so that every
+                // rank skips it alike instead of leaving the others waiting in the sum)
                 Err(e @ (Error::NonFinite { .. } | Error::NotPositiveDefinite { .. } | Error::Diverged { .. })) => {
-                    rec.objective = f64::NAN;
-                    return self.skip(guide, rec, format!("task {k}: {e}"));
+                    bad_task = Some(format!("task {k}: {e}"));
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -343,13 +389,39 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             let l = terms.loss * crate::num::cast::from_f64::<E>(1.0 / t as f64);
             total = crate::vi::prior::add_term(total, l);
         }
+        let parallel = comm.size() > 1;
+        let mut comm_seconds = 0.0;
+        let mut reduce = |v: &mut [f64]| {
+            let t0 = Instant::now();
+            let r = comm.all_reduce_sum(v);
+            comm_seconds += t0.elapsed().as_secs_f64();
+            r
+        };
+        if bad_task.is_some() {
+            rec.objective = f64::NAN;
+        }
+        if parallel {
+            let mut terms = [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl];
+            reduce(&mut terms)?;
+            [rec.objective, rec.ctx_ell, rec.tgt_lpp, rec.kl] = terms;
+        }
         if !rec.objective.is_finite() {
-            let what = format!("objective ({})", rec.objective);
+            let what = bad_task.unwrap_or_else(|| format!("objective ({})", rec.objective));
             return self.skip(guide, rec, what);
         }
-        let mut grads = total.expect("at least one task").backward();
+        // a rank with no task this step contributes zero gradients
+        let mut grads = match total {
+            Some(total) => total.backward(),
+            None => Gradients::leaky(),
+        };
         let backup = (guide.store().clone(), self.opt.clone());
-        match self.opt.step(guide.store_mut(), &mut grads) {
+        let stepped = if parallel {
+            self.opt.step_reduced(guide.store_mut(), &mut grads, Some(&mut reduce))
+        } else {
+            self.opt.step(guide.store_mut(), &mut grads)
+        };
+        self.comm_seconds += comm_seconds;
+        match stepped {
             Ok(()) => {}
             Err(Error::Diverged { what, .. }) => return self.skip(guide, rec, what),
             Err(e) => return Err(e),
@@ -400,16 +472,44 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     /// # Ok::<(), weightspace::Error>(())
     /// ```
     pub fn run(&mut self, guide: &mut AmortisedGuide<E, D>, source: &mut impl TaskSource<E, D>) -> Result<MetaReport> {
+        self.run_on(&SingleProcess, guide, source)
+    }
+
+    /// [`run`](Self::run) with every step data-parallel over `comm` ([`step_on`](Self::step_on)).
+    /// Only rank 0 shows progress and writes checkpoints; the time limit is rank 0's clock, shared
+    /// with every rank so that all stop after the same step.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// use weightspace::comm::SingleProcess;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let dev = Cpu::default();
+    /// let mut guide = Net::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let cfg = MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, ..Default::default() };
+    /// let report = MetaLearner::new(cfg)?.run_on(&SingleProcess, &mut guide, &mut Generated(Sawtooth::default()))?;
+    /// assert_eq!(report.steps, 3);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn run_on(
+        &mut self,
+        comm: &dyn Communicator,
+        guide: &mut AmortisedGuide<E, D>,
+        source: &mut impl TaskSource<E, D>,
+    ) -> Result<MetaReport> {
         let start = Instant::now();
         let steps = self.cfg.steps;
-        let bar = Progress::new(steps, self.cfg.progress, "meta");
+        let root = comm.is_root();
+        let bar = Progress::new(steps, self.cfg.progress && root, "meta");
         bar.set_position(self.step);
         let mut history = Vec::new();
         let first = self.step;
         let skipped_before = self.skipped;
         let mut stopped_early = false;
+        let comm_start = self.comm_seconds;
         while self.step < steps {
-            let rec = match self.step(guide, source) {
+            let rec = match self.step_on(comm, guide, source) {
                 Ok(r) => r,
                 Err(e) => {
                     bar.abandon();
@@ -417,6 +517,10 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                 }
             };
             stopped_early = self.step < steps && self.cfg.time_limit.is_some_and(|limit| start.elapsed() >= limit);
+            if self.cfg.time_limit.is_some() && comm.size() > 1 {
+                // rank 0's clock decides, so every rank stops after the same step
+                stopped_early = comm.all_max(if root && stopped_early { 1.0 } else { 0.0 })? > 0.0;
+            }
             if !rec.skipped && (rec.step.is_multiple_of(self.cfg.record_every) || rec.step + 1 == steps || stopped_early) {
                 let skipped = self.skipped - skipped_before;
                 let note = if skipped > 0 { format!("  skipped {skipped}") } else { String::new() };
@@ -424,7 +528,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                 history.push(rec);
             }
             if let Some(c) = &self.cfg.checkpoint {
-                if self.step.is_multiple_of(c.every) || self.step == steps || stopped_early {
+                if root && (self.step.is_multiple_of(c.every) || self.step == steps || stopped_early) {
                     guide.save(&c.path)?;
                 }
             }
@@ -439,6 +543,13 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         if skipped_steps > 0 {
             bar.println(format!("meta: skipped {skipped_steps} of {} steps for a non-finite loss or gradient", self.step - first));
         }
-        Ok(MetaReport { history, steps: self.step - first, stopped_early, skipped_steps, seconds: start.elapsed().as_secs_f64() })
+        Ok(MetaReport {
+            history,
+            steps: self.step - first,
+            stopped_early,
+            skipped_steps,
+            seconds: start.elapsed().as_secs_f64(),
+            communication_seconds: self.comm_seconds - comm_start,
+        })
     }
 }

@@ -332,6 +332,17 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
     /// One update of every trainable parameter from `grads` (parameters with no recorded gradient
     /// count as zero). On a non-finite gradient nothing changes and [`Error::Diverged`] is returned.
     pub fn step(&mut self, store: &mut ParamStore<E, D>, grads: &mut Gradients<E, D>) -> Result<()> {
+        self.step_reduced(store, grads, None)
+    }
+
+    /// [`step`](Self::step) with the gradients first passed, as one flat `f64` vector over the
+    /// trainable parameters in store order, through `reduce` (a sum over processes).
+    pub(crate) fn step_reduced(
+        &mut self,
+        store: &mut ParamStore<E, D>,
+        grads: &mut Gradients<E, D>,
+        reduce: Option<Reduce<'_>>,
+    ) -> Result<()> {
         let s = self.settings;
         if !(s.lr.is_finite() && s.lr >= 0.0) {
             return Err(Error::config("AdamSettings::lr", s.lr, "must be finite and >= 0"));
@@ -355,6 +366,23 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
             }
             gs.push(Some(g));
         }
+        if let Some(reduce) = reduce {
+            let mut flat: Vec<f64> = Vec::new();
+            for g in gs.iter().flatten() {
+                flat.extend(crate::num::cast::to_f64s(&g.as_vec()));
+            }
+            reduce(&mut flat)?;
+            if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Diverged { step: self.t, what: format!("reduced gradient (flat index {i})") });
+            }
+            let mut at = 0;
+            for g in gs.iter_mut().flatten() {
+                let n = g.shape().0;
+                let v: Vec<E> = flat[at..at + n].iter().map(|&x| crate::num::cast::from_f64::<E>(x)).collect();
+                *g = store.dev.tensor_from_vec(v, (n,));
+                at += n;
+            }
+        }
         self.t += 1;
         let (b1, b2) = s.betas;
         let c1 = 1.0 - b1.powi(self.t as i32);
@@ -372,6 +400,9 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
         Ok(())
     }
 }
+
+/// A sum over processes of a flat gradient vector, in place ([`Adam::step_reduced`]).
+pub(crate) type Reduce<'a> = &'a mut dyn FnMut(&mut [f64]) -> Result<()>;
 
 /// The learning rate of a linear decay from `start` to `end` over `steps` steps, at `step`.
 ///

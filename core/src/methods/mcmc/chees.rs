@@ -5,10 +5,15 @@
 
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
+use std::cell::Cell;
+
+use rand::rngs::StdRng;
+use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::target::BatchLogDensity;
+use crate::communicator::{share, Communicator, SingleProcess};
+use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -209,6 +214,12 @@ pub struct ManyChainRun {
     pub gradient_evaluations: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Of [`seconds`](Self::seconds), those this rank spent in collectives (the cross-chain
+    /// reductions and the final gather, including waiting there for slower ranks; near 0 on a
+    /// single process).
+    pub communication_seconds: f64,
+    /// Processes the chains were split across ([`sample_many_chains_on`]); 1 otherwise.
+    pub ranks: usize,
 }
 
 impl ManyChainRun {
@@ -342,32 +353,80 @@ pub fn sample_many_chains<T: BatchLogDensity + ?Sized>(
     init: Vec<Vec<f64>>,
     settings: &ManyChainSettings,
 ) -> Result<ManyChainRun> {
+    sample_many_chains_on(&SingleProcess, target, init, settings)?
+        .ok_or_else(|| Error::Communication { what: "single process".into(), reason: "rank 0 received no draws".into() })
+}
+
+/// [`sample_many_chains`] with the chains split across the processes of `comm` (see
+/// [`comm`](crate::comm)): `Some(run)` on rank 0, with every chain's draws, and `None` on the
+/// other ranks. Every rank passes the same `init` (all `C` positions) and `settings`; each
+/// evaluates only its own share of the chains with `target`.
+///
+/// The chains are dealt to ranks in blocks of 8 consecutive chains. Each chain draws its momenta
+/// and accept/reject uniforms from its own random stream, keyed by its global index, and the
+/// cross-chain statistics of the adaptation (the harmonic-mean acceptance, the ChEES criterion's
+/// means and gradient, the step-size extremes) are formed from per-block partial sums gathered and
+/// added in block order. So the run does not depend on the number of ranks: 2 ranks give the same
+/// draws, bit for bit, as 1. Time spent in the collectives is
+/// [`ManyChainRun::communication_seconds`].
+///
+/// ```
+/// use weightspace::comm::SingleProcess;
+/// use weightspace::mcmc::{sample_many_chains, sample_many_chains_on, BatchLogDensity, LogDensity, ManyChainSettings};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {}
+/// let settings = ManyChainSettings { warmup: 50, draws: 3, ..Default::default() };
+/// let run = sample_many_chains_on(&SingleProcess, &mut StdNormal, vec![vec![0.5]; 20], &settings)?.expect("rank 0 has the draws");
+/// assert_eq!(run.ranks, 1);
+/// assert_eq!(run.draws, sample_many_chains(&mut StdNormal, vec![vec![0.5]; 20], &settings)?.draws);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn sample_many_chains_on<T: BatchLogDensity + ?Sized>(
+    comm: &dyn Communicator,
+    target: &mut T,
+    init: Vec<Vec<f64>>,
+    settings: &ManyChainSettings,
+) -> Result<Option<ManyChainRun>> {
     settings.validate()?;
     let s = settings;
     let start = Instant::now();
-    let mut chains = Chains::start(target, init)?;
+    if init.is_empty() {
+        return Err(Error::config("chains", 0, "must be >= 1 (one initial position per chain)"));
+    }
+    let shard = Shard::new(comm, init.len());
+    let local_init: Vec<Vec<f64>> = init.into_iter().skip(shard.lo).take(shard.c_local).collect();
+    let mut chains = Chains::start(target, local_init, shard.lo)?;
     let (c, d) = (chains.c, chains.d);
     let total_iters = s.warmup + s.draws;
     let max_bits = (usize::BITS - (total_iters + 1).leading_zeros()).max(1);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+    let mut rngs: Vec<StdRng> = (0..c).map(|ci| stream(s.seed, Purpose::Transition, &[(shard.lo + ci) as u64])).collect();
     let mut adapt = Adaptation::new(s, c);
     let mut mass = MassMatrixWindow::new(s, c * d);
     let mut tr = Transition::new(c, d);
     let mut out = Collected::new(c, s.draws, total_iters);
-    let bar = Progress::new(total_iters, s.progress, "chees");
+    let bar = Progress::new(total_iters, s.progress && comm.is_root(), "chees");
     for it in 0..total_iters {
         let warm = it < s.warmup;
         let u = 1.0 - s.jitter + s.jitter * halton(it, max_bits);
         tr.plan(&adapt, u, s.max_leapfrog_steps);
-        tr.draw_momenta(&chains.inv_mass, &mut rng);
+        tr.draw_momenta(&chains.inv_mass, &mut rngs);
         tr.integrate(target, &mut chains, &adapt)?;
         tr.judge(&chains, s.max_energy_error);
-        let n_div = out.count_divergences(&tr.divergent, warm);
+        out.count_divergences(&tr.divergent, warm);
+        let pr = tr.proposals(&chains, u);
+        let stats = shard.transition_stats(&pr, warm)?;
         // adaptation uses the proposals (before accept/reject) and the initial positions
         if warm {
-            adapt.update(&tr.proposals(&chains, u), s);
+            adapt.update(&pr, &stats, s, &shard)?;
         }
-        let mean_accept = chains.accept_or_reject(&tr, &mut rng);
+        chains.accept_or_reject(&tr, &mut rngs);
         if warm && mass.observe(it, &chains.theta, &mut chains.inv_mass) {
             // the metric changed: restart the step-size adaptation from the current values
             adapt.restart_step_size();
@@ -375,21 +434,138 @@ pub fn sample_many_chains<T: BatchLogDensity + ?Sized>(
         if !warm {
             out.keep_draws(&chains);
         }
+        let max_steps = shard.max(tr.max_steps as f64)? as usize;
         out.iterations.push(IterationStats {
             warmup: warm,
-            step_size: adapt.mean_step_size(),
+            step_size: adapt.mean_step_size(&shard)?,
             trajectory_length: adapt.traj,
-            max_leapfrog_steps: tr.max_steps,
-            mean_accept,
-            divergences: n_div,
+            max_leapfrog_steps: max_steps,
+            mean_accept: stats.sum_accept / shard.c_total as f64,
+            divergences: stats.divergences as usize,
         });
         if it + 1 == s.warmup {
-            adapt.finish_warmup(s);
+            adapt.finish_warmup(s, &shard)?;
         }
         bar.inc();
     }
     bar.finish();
-    Ok(out.into_run(chains, &adapt, start))
+    out.into_run(chains, &adapt, &shard, s.draws, start)
+}
+
+/// Chains are dealt to ranks in blocks of this many consecutive chains; the cross-chain sums are
+/// formed per block and then over blocks in order, whatever the number of ranks.
+const REDUCTION_BLOCK: usize = 8;
+
+/// This rank's share of the chains and the collectives over all of them.
+struct Shard<'a> {
+    comm: &'a dyn Communicator,
+    /// Global index of the first local chain.
+    lo: usize,
+    c_local: usize,
+    c_total: usize,
+    /// Blocks and chains of every rank.
+    blocks: Vec<usize>,
+    chains: Vec<usize>,
+    /// Seconds spent in collectives.
+    seconds: Cell<f64>,
+}
+
+/// Cross-chain statistics of one transition, over all ranks' chains.
+struct TransitionStats {
+    /// Σ 1/accept and count over non-divergent chains (the harmonic mean).
+    sum_inv_accept: f64,
+    non_divergent: f64,
+    sum_accept: f64,
+    divergences: f64,
+    /// ChEES (warm-up only): Σ weights, Σ w·θ' and Σ θ per coordinate.
+    wsum: f64,
+    mean1: Vec<f64>,
+    mean0: Vec<f64>,
+}
+
+impl<'a> Shard<'a> {
+    fn new(comm: &'a dyn Communicator, c_total: usize) -> Self {
+        let nb = c_total.div_ceil(REDUCTION_BLOCK);
+        let size = comm.size();
+        let chain_range = |r: usize| {
+            let b = share(nb, r, size);
+            (b.start * REDUCTION_BLOCK).min(c_total)..(b.end * REDUCTION_BLOCK).min(c_total)
+        };
+        let blocks = (0..size).map(|r| share(nb, r, size).len()).collect();
+        let chains = (0..size).map(|r| chain_range(r).len()).collect();
+        let mine = chain_range(comm.rank());
+        Self { comm, lo: mine.start, c_local: mine.len(), c_total, blocks, chains, seconds: Cell::new(0.0) }
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let t = Instant::now();
+        let r = f();
+        self.seconds.set(self.seconds.get() + t.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Sums over all chains of `k` per-chain quantities (`f(local chain, out)` writes them), in
+    /// block order: the same bits for any number of ranks.
+    fn sums(&self, k: usize, mut f: impl FnMut(usize, &mut [f64])) -> Result<Vec<f64>> {
+        let mut local = Vec::with_capacity(self.c_local.div_ceil(REDUCTION_BLOCK) * k);
+        let mut one = vec![0.0; k];
+        for block in (0..self.c_local).collect::<Vec<_>>().chunks(REDUCTION_BLOCK) {
+            let mut partial = vec![0.0; k];
+            for &ci in block {
+                one.iter_mut().for_each(|v| *v = 0.0);
+                f(ci, &mut one);
+                for (p, v) in partial.iter_mut().zip(&one) {
+                    *p += v;
+                }
+            }
+            local.extend_from_slice(&partial);
+        }
+        self.timed(|| self.comm.block_sums(&local, &self.blocks, k))
+    }
+
+    fn max(&self, value: f64) -> Result<f64> {
+        self.timed(|| self.comm.all_max(value))
+    }
+
+    fn min(&self, value: f64) -> Result<f64> {
+        self.timed(|| self.comm.all_min(value))
+    }
+
+    /// The acceptance statistics of a transition, and in warm-up the ChEES means' sums.
+    fn transition_stats(&self, pr: &Proposals<'_>, warm: bool) -> Result<TransitionStats> {
+        let d = pr.d;
+        let k = if warm { 5 + 2 * d } else { 4 };
+        let v = self.sums(k, |ci, o| {
+            let (acc, div) = (pr.accept[ci], pr.divergent[ci]);
+            if !div {
+                o[0] = 1.0 / acc;
+                o[1] = 1.0;
+            }
+            o[2] = acc;
+            o[3] = f64::from(u8::from(div));
+            if warm {
+                let w = if div { 0.0 } else { acc };
+                o[4] = w;
+                for j in 0..d {
+                    let x1 = pr.theta1[ci * d + j];
+                    if x1.is_finite() {
+                        o[5 + j] = w * x1;
+                    }
+                    o[5 + d + j] = pr.theta0[ci * d + j];
+                }
+            }
+        })?;
+        let (mean1, mean0) = if warm { (v[5..5 + d].to_vec(), v[5 + d..].to_vec()) } else { (Vec::new(), Vec::new()) };
+        Ok(TransitionStats {
+            sum_inv_accept: v[0],
+            non_divergent: v[1],
+            sum_accept: v[2],
+            divergences: v[3],
+            wsum: if warm { v[4] } else { 0.0 },
+            mean1,
+            mean0,
+        })
+    }
 }
 
 /// The chains' current positions, log densities, gradients and inverse mass diagonals (chain-major,
@@ -407,35 +583,33 @@ struct Chains {
 
 impl Chains {
     /// Checks the initial positions and evaluates them in one batched call.
-    fn start<T: BatchLogDensity + ?Sized>(target: &mut T, init: Vec<Vec<f64>>) -> Result<Self> {
+    /// `lo` is the global index of the first chain (for the messages).
+    fn start<T: BatchLogDensity + ?Sized>(target: &mut T, init: Vec<Vec<f64>>, lo: usize) -> Result<Self> {
         let c = init.len();
-        if c == 0 {
-            return Err(Error::config("chains", 0, "must be >= 1 (one initial position per chain)"));
-        }
         let d = target.dim();
         if let Some(bad) = init.iter().find(|p| p.len() != d) {
             return Err(Error::Shape { what: "initial position".into(), expected: format!("({d},)"), got: format!("({},)", bad.len()) });
         }
         for (ci, p) in init.iter().enumerate() {
-            crate::error::check_finite(&format!("initial position of chain {ci}"), p)?;
+            crate::error::check_finite(&format!("initial position of chain {}", lo + ci), p)?;
         }
         let theta: Vec<f64> = init.into_iter().flatten().collect();
         let mut logp = vec![0.0; c];
         let mut grad = vec![0.0; c * d];
-        target.logp_batch(&theta, &mut logp, &mut grad)?;
-        if let Some(ci) = logp.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: format!("log density at the initial position of chain {ci}"), index: ci });
+        if c > 0 {
+            target.logp_batch(&theta, &mut logp, &mut grad)?;
         }
-        Ok(Self { c, d, theta, logp, grad, inv_mass: vec![1.0; c * d], batched_calls: 1, evaluations: c as u64 })
+        if let Some(ci) = logp.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { what: format!("log density at the initial position of chain {}", lo + ci), index: lo + ci });
+        }
+        Ok(Self { c, d, theta, logp, grad, inv_mass: vec![1.0; c * d], batched_calls: u64::from(c > 0), evaluations: c as u64 })
     }
 
-    /// Metropolis accept/reject of every chain's proposal (one uniform draw per non-divergent
-    /// chain, in chain order); returns the mean acceptance probability.
-    fn accept_or_reject(&mut self, tr: &Transition, rng: &mut impl Rng) -> f64 {
+    /// Metropolis accept/reject of every chain's proposal (one uniform draw from the chain's own
+    /// stream per non-divergent chain).
+    fn accept_or_reject(&mut self, tr: &Transition, rngs: &mut [StdRng]) {
         let d = self.d;
-        let mut sum_acc = 0.0;
-        for ci in 0..self.c {
-            sum_acc += tr.accept[ci];
+        for (ci, rng) in rngs.iter_mut().enumerate() {
             let take = !tr.divergent[ci] && rng.gen::<f64>() < tr.accept[ci];
             if take {
                 let r = ci * d..(ci + 1) * d;
@@ -444,7 +618,6 @@ impl Chains {
                 self.logp[ci] = tr.lp_new[ci];
             }
         }
-        sum_acc / self.c as f64
     }
 }
 
@@ -501,13 +674,14 @@ impl Transition {
             let n = (u * adapt.traj / adapt.step_size(ci)).ceil();
             self.steps[ci] = if n.is_finite() { (n as usize).clamp(1, max) } else { 1 };
         }
-        self.max_steps = *self.steps.iter().max().unwrap_or(&1);
+        self.max_steps = self.steps.iter().copied().max().unwrap_or(0);
     }
 
-    /// Momenta `p ~ N(0, M)`, `M = diag(1 / inv_mass)`, chain by chain, and their kinetic energies.
-    fn draw_momenta(&mut self, inv_mass: &[f64], rng: &mut impl Rng) {
+    /// Momenta `p ~ N(0, M)`, `M = diag(1 / inv_mass)`, each chain from its own stream, and their
+    /// kinetic energies.
+    fn draw_momenta(&mut self, inv_mass: &[f64], rngs: &mut [StdRng]) {
         let d = self.d;
-        for ci in 0..self.c {
+        for (ci, rng) in rngs.iter_mut().enumerate() {
             let mut k = 0.0;
             for j in 0..d {
                 let im = inv_mass[ci * d + j];
@@ -700,20 +874,55 @@ impl Collected {
         }
     }
 
-    fn into_run(self, ch: Chains, adapt: &Adaptation, start: Instant) -> ManyChainRun {
-        ManyChainRun {
-            draws: self.draws,
-            logp: self.logp,
-            step_sizes: (0..ch.c).map(|ci| adapt.step_size(ci)).collect(),
-            trajectory_length: adapt.traj,
-            inverse_mass: ch.inv_mass.chunks(ch.d).map(|r| r.to_vec()).collect(),
-            warmup_divergences: self.warmup_divergences,
-            divergences: self.divergences,
-            iterations: self.iterations,
-            batched_calls: ch.batched_calls,
-            gradient_evaluations: ch.evaluations,
-            seconds: start.elapsed().as_secs_f64(),
+    /// Gathers every chain's draws, step size, mass matrix and divergence counts on rank 0.
+    fn into_run(self, ch: Chains, adapt: &Adaptation, shard: &Shard<'_>, draws: usize, start: Instant) -> Result<Option<ManyChainRun>> {
+        let d = ch.d;
+        // per chain: draws × (d + 1), then step size, inverse mass (d), the two divergence counts
+        let per = draws * (d + 1) + d + 3;
+        let mut local = Vec::with_capacity(ch.c * per);
+        for ci in 0..ch.c {
+            for (x, lp) in self.draws[ci].iter().zip(&self.logp[ci]) {
+                local.extend_from_slice(x);
+                local.push(*lp);
+            }
+            local.push(adapt.step_size(ci));
+            local.extend_from_slice(&ch.inv_mass[ci * d..(ci + 1) * d]);
+            local.push(self.warmup_divergences[ci] as f64);
+            local.push(self.divergences[ci] as f64);
         }
+        let counts: Vec<usize> = shard.chains.iter().map(|c| c * per).collect();
+        let batched_calls = shard.max(ch.batched_calls as f64)? as u64;
+        let evaluations = shard.sums(1, |ci, o| o[0] = if ci == 0 { ch.evaluations as f64 } else { 0.0 })?[0] as u64;
+        let gathered = shard.timed(|| shard.comm.gather_to_root(&local, &counts))?;
+        let Some(all) = gathered else { return Ok(None) };
+        let c = shard.c_total;
+        let mut run = ManyChainRun {
+            draws: Vec::with_capacity(c),
+            logp: Vec::with_capacity(c),
+            step_sizes: Vec::with_capacity(c),
+            trajectory_length: adapt.traj,
+            inverse_mass: Vec::with_capacity(c),
+            warmup_divergences: Vec::with_capacity(c),
+            divergences: Vec::with_capacity(c),
+            iterations: self.iterations,
+            batched_calls,
+            gradient_evaluations: evaluations,
+            seconds: 0.0,
+            communication_seconds: 0.0,
+            ranks: shard.comm.size(),
+        };
+        for chain in all.chunks(per) {
+            let (body, tail) = chain.split_at(draws * (d + 1));
+            run.draws.push(body.chunks(d + 1).map(|r| r[..d].to_vec()).collect());
+            run.logp.push(body.chunks(d + 1).map(|r| r[d]).collect());
+            run.step_sizes.push(tail[0]);
+            run.inverse_mass.push(tail[1..1 + d].to_vec());
+            run.warmup_divergences.push(tail[1 + d] as usize);
+            run.divergences.push(tail[2 + d] as usize);
+        }
+        run.seconds = start.elapsed().as_secs_f64();
+        run.communication_seconds = shard.seconds.get();
+        Ok(Some(run))
     }
 }
 
@@ -753,32 +962,45 @@ impl Adaptation {
         self.eps[if self.per_chain { ci } else { 0 }]
     }
 
-    fn mean_step_size(&self) -> f64 {
-        self.eps.iter().sum::<f64>() / self.eps.len() as f64
+    /// The mean step size over all chains.
+    fn mean_step_size(&self, shard: &Shard<'_>) -> Result<f64> {
+        if !self.per_chain {
+            return Ok(self.eps[0]);
+        }
+        Ok(shard.sums(1, |ci, o| o[0] = self.eps[ci])?[0] / shard.c_total as f64)
+    }
+
+    /// The smallest and largest step size over all chains.
+    fn step_size_range(&self, shard: &Shard<'_>) -> Result<(f64, f64)> {
+        let emin = self.eps.iter().copied().fold(f64::INFINITY, f64::min);
+        let emax = self.eps.iter().copied().fold(0.0, f64::max);
+        if !self.per_chain {
+            return Ok((emin, emax));
+        }
+        Ok((shard.min(emin)?, shard.max(emax)?))
     }
 
     /// One ChEES adaptation step (BlackJAX's `compute_parameters`, with ascent on the criterion).
-    fn update(&mut self, pr: &Proposals<'_>, s: &ManyChainSettings) {
+    fn update(&mut self, pr: &Proposals<'_>, stats: &TransitionStats, s: &ManyChainSettings, shard: &Shard<'_>) -> Result<()> {
         let w = self.ma_step.powf(-s.decay_rate);
-        self.update_step_sizes(pr, s, w);
-        let gradient = chees_gradient(pr, self.traj);
+        self.update_step_sizes(pr, stats, s, w);
+        let gradient = chees_gradient(pr, stats, self.traj, shard)?;
         let log_t = self.traj.ln();
         let upd = self.adam.ascent(gradient, s.learning_rate);
         let new_log_t = if (log_t + upd).is_finite() { log_t + upd } else { log_t };
         self.log_traj_ma = (1.0 - w) * self.log_traj_ma + w * new_log_t;
-        let emin = self.eps.iter().copied().fold(f64::INFINITY, f64::min);
-        let emax = self.eps.iter().copied().fold(0.0, f64::max);
+        let (emin, emax) = self.step_size_range(shard)?;
         let cap = s.max_leapfrog_steps as f64 * emin;
         self.traj = self.log_traj_ma.exp().clamp(emax.min(cap), cap);
         self.ma_step += 1.0;
+        Ok(())
     }
 
     /// Dual averaging towards the target acceptance: of the harmonic mean over non-divergent
     /// chains (shared), or of each chain's own; then the moving averages of `ln ε` with weight `w`.
-    fn update_step_sizes(&mut self, pr: &Proposals<'_>, s: &ManyChainSettings, w: f64) {
-        if self.da.len() == 1 {
-            let ok: Vec<f64> = (0..pr.c).filter(|&ci| !pr.divergent[ci]).map(|ci| pr.accept[ci]).collect();
-            let hm = if ok.is_empty() { 0.0 } else { ok.len() as f64 / ok.iter().map(|a| 1.0 / a).sum::<f64>() };
+    fn update_step_sizes(&mut self, pr: &Proposals<'_>, stats: &TransitionStats, s: &ManyChainSettings, w: f64) {
+        if !self.per_chain {
+            let hm = if stats.non_divergent == 0.0 { 0.0 } else { stats.non_divergent / stats.sum_inv_accept };
             let hm = if hm.is_finite() { hm } else { 0.0 };
             self.da[0].update(s.target_accept - hm);
         } else {
@@ -804,7 +1026,7 @@ impl Adaptation {
     }
 
     /// At the end of warm-up: switch to the averaged step sizes and trajectory length.
-    fn finish_warmup(&mut self, s: &ManyChainSettings) {
+    fn finish_warmup(&mut self, s: &ManyChainSettings, shard: &Shard<'_>) -> Result<()> {
         for (e, ma) in self.eps.iter_mut().zip(&self.log_eps_ma) {
             if ma.is_finite() && *ma != 0.0 {
                 *e = ma.exp();
@@ -813,8 +1035,9 @@ impl Adaptation {
         if self.log_traj_ma.is_finite() && self.log_traj_ma != 0.0 {
             self.traj = self.log_traj_ma.exp();
         }
-        let emin = self.eps.iter().copied().fold(f64::INFINITY, f64::min);
+        let (emin, _) = self.step_size_range(shard)?;
         self.traj = self.traj.clamp(emin.min(self.traj), s.max_leapfrog_steps as f64 * emin);
+        Ok(())
     }
 }
 
@@ -832,26 +1055,16 @@ struct Proposals<'a> {
 }
 
 /// The ChEES criterion's gradient with respect to `ln T`, in each chain's whitened coordinates,
-/// weighted by acceptance (divergent chains left out).
-fn chees_gradient(pr: &Proposals<'_>, traj: f64) -> f64 {
-    let (c, d) = (pr.c, pr.d);
-    let weight: Vec<f64> = (0..c).map(|ci| if pr.divergent[ci] { 0.0 } else { pr.accept[ci] }).collect();
-    let wsum: f64 = weight.iter().sum::<f64>() + 1e-20;
-    let mut mean1 = vec![0.0; d];
-    let mut mean0 = vec![0.0; d];
-    for (ci, w) in weight.iter().enumerate() {
-        for j in 0..d {
-            let x1 = pr.theta1[ci * d + j];
-            if x1.is_finite() {
-                mean1[j] += w * x1;
-            }
-            mean0[j] += pr.theta0[ci * d + j];
+/// weighted by acceptance (divergent chains left out), over all ranks' chains.
+fn chees_gradient(pr: &Proposals<'_>, stats: &TransitionStats, traj: f64, shard: &Shard<'_>) -> Result<f64> {
+    let d = pr.d;
+    let wsum = stats.wsum + 1e-20;
+    let mean1: Vec<f64> = stats.mean1.iter().map(|m| m / wsum).collect();
+    let mean0: Vec<f64> = stats.mean0.iter().map(|m| m / shard.c_total as f64).collect();
+    let num = shard.sums(1, |ci, o| {
+        if pr.divergent[ci] {
+            return;
         }
-    }
-    mean1.iter_mut().for_each(|m| *m /= wsum);
-    mean0.iter_mut().for_each(|m| *m /= c as f64);
-    let mut num = 0.0;
-    for ci in (0..c).filter(|&ci| !pr.divergent[ci]) {
         let (mut n1, mut n0, mut dv) = (0.0, 0.0, 0.0);
         for j in 0..d {
             let sq = pr.inv_mass[ci * d + j].sqrt();
@@ -864,8 +1077,8 @@ fn chees_gradient(pr: &Proposals<'_>, traj: f64) -> f64 {
         }
         let g = pr.jitter * traj * (n1 - n0) * dv;
         if g.is_finite() {
-            num += pr.accept[ci] * g;
+            o[0] = pr.accept[ci] * g;
         }
-    }
-    num / wsum
+    })?[0];
+    Ok(num / wsum)
 }

@@ -55,12 +55,12 @@ mod weight_prior;
 mod workflow;
 
 pub use bound::{chains_needed, expected_chains, paper_mode_probabilities};
-pub use chees::{sample_many_chains, IterationStats, ManyChainRun, ManyChainSettings, StepSizeAdaptation};
+pub use chees::{sample_many_chains, sample_many_chains_on, IterationStats, ManyChainRun, ManyChainSettings, StepSizeAdaptation};
 pub use export::DrawSet;
 pub use nuts::{sample_nuts, DrawStats, NutsRun, NutsSettings};
 pub use target::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 pub use weight_prior::GaussianWeightPrior;
 pub use workflow::{
-    lppd, sym_mcmc, Canonicalise, ChainDiagnostics, ChainInit, ChainSampler, Lppd, NoCanonicalisation, PosteriorPredictive, SamplerReport,
-    SymMcmcRun, SymMcmcSettings,
+    lppd, sym_mcmc, sym_mcmc_on, Canonicalise, ChainDiagnostics, ChainInit, ChainSampler, Lppd, NoCanonicalisation, PosteriorPredictive,
+    SamplerReport, SymMcmcRun, SymMcmcSettings,
 };

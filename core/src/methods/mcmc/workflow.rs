@@ -7,10 +7,11 @@ use std::time::Instant;
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
-use super::chees::{sample_many_chains, ManyChainRun, ManyChainSettings};
+use super::chees::{sample_many_chains_on, ManyChainRun, ManyChainSettings};
 use super::nuts::{sample_nuts, NutsSettings};
 use super::target::{BnnPosterior, NoisePrior};
 use super::GaussianWeightPrior;
+use crate::communicator::{share, Communicator, SingleProcess};
 use crate::model::arch::Architecture;
 use crate::model::bnn::{Bnn, Weights};
 use crate::model::data::Dataset;
@@ -353,8 +354,13 @@ pub struct SymMcmcRun {
     pub divergences: usize,
     /// Positions evaluated (gradient evaluations) over the run.
     pub gradient_evaluations: u64,
-    /// Seconds spent sampling (not canonicalising).
+    /// Seconds spent sampling (not canonicalising), on rank 0.
     pub seconds: f64,
+    /// Of [`seconds`](Self::seconds), those rank 0 spent in collectives (cross-chain reductions,
+    /// gathering the draws); 0-cost copies on a single process.
+    pub communication_seconds: f64,
+    /// Processes the chains were split across ([`sym_mcmc_on`]); 1 otherwise.
+    pub ranks: usize,
     /// The sampler's own report.
     pub report: SamplerReport,
 }
@@ -386,6 +392,43 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
     settings: &SymMcmcSettings,
     canon: &impl Canonicalise<E, D>,
 ) -> Result<SymMcmcRun> {
+    sym_mcmc_on(&SingleProcess, model, train, settings, canon)?
+        .ok_or_else(|| Error::Communication { what: "single process".into(), reason: "rank 0 received no draws".into() })
+}
+
+/// [`sym_mcmc`] with the chains split across the processes of `comm` (see
+/// [`comm`](crate::comm)): every rank calls it with the same arguments; rank 0 gets `Some(run)`
+/// with every chain's draws, canonicalised there, and the other ranks `None`.
+///
+/// Every rank draws all `ρ` initial positions from the one seeded stream and keeps its own share,
+/// so each chain starts where it would on one process. The many-chain sampler runs through
+/// [`sample_many_chains_on`](super::sample_many_chains_on) (the same draws for any number of
+/// ranks); NUTS chains are independent and dealt out in contiguous shares (chain `i` keeps seed
+/// `seed + i`). Progress is shown on rank 0 only.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::comm::SingleProcess;
+/// use weightspace::mcmc::{sym_mcmc, sym_mcmc_on, NoCanonicalisation, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..8).map(|i| i as f64 / 4.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 12, warmup: 40, draws_per_chain: 2, ..Default::default() };
+/// let run = sym_mcmc_on(&SingleProcess, &model, &data, &settings, &NoCanonicalisation)?.expect("rank 0");
+/// assert_eq!((run.ranks, run.draws.len()), (1, 12));
+/// assert_eq!(run.draws, sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?.draws);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    comm: &dyn Communicator,
+    model: &M,
+    train: &Dataset<E, D>,
+    settings: &SymMcmcSettings,
+    canon: &impl Canonicalise<E, D>,
+) -> Result<Option<SymMcmcRun>> {
     if settings.chains == 0 {
         return Err(Error::config("SymMcmcSettings::chains", 0, "at least one chain is needed"));
     }
@@ -420,21 +463,21 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
         }
     };
     let start = Instant::now();
-    let (draws, divergences, report) = match &settings.sampler {
+    let (draws, divergences, report, evaluations, communication_seconds) = match &settings.sampler {
         ChainSampler::ManyChain(mc) => {
             let s =
                 ManyChainSettings { warmup: settings.warmup, draws: settings.draws_per_chain, progress: settings.progress, ..mc.clone() };
-            let mut run = sample_many_chains(&mut post, init, &s)?;
+            let Some(mut run) = sample_many_chains_on(comm, &mut post, init, &s)? else { return Ok(None) };
             let draws = std::mem::take(&mut run.draws);
             let div = run.total_divergences();
-            (draws, div, SamplerReport::ManyChain(Box::new(run)))
+            let (evals, comm_s) = (run.gradient_evaluations, run.communication_seconds);
+            (draws, div, SamplerReport::ManyChain(Box::new(run)), evals, comm_s)
         }
         ChainSampler::Nuts(ns) => {
-            let bar = crate::progress::Progress::new(settings.chains, settings.progress, "chains");
-            let mut draws = Vec::with_capacity(settings.chains);
-            let mut per = Vec::with_capacity(settings.chains);
-            let mut div = 0;
-            for (ci, x0) in init.iter().enumerate() {
+            let mine = share(settings.chains, comm.rank(), comm.size());
+            let bar = crate::progress::Progress::new(mine.len(), settings.progress && comm.is_root(), "chains");
+            let mut local = Vec::new();
+            for (ci, x0) in init.iter().enumerate().skip(mine.start).take(mine.len()) {
                 let s = NutsSettings {
                     warmup: settings.warmup,
                     draws: settings.draws_per_chain,
@@ -443,13 +486,28 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
                     ..ns.clone()
                 };
                 let run = sample_nuts(&mut post, x0, &s)?;
-                div += run.divergences();
-                per.push((run.divergences(), run.mean_tree_depth(), run.step_size().unwrap_or(f64::NAN)));
-                draws.push(run.draws);
+                // per chain: the draws, then divergences, mean tree depth, step size
+                local.extend(run.draws.iter().flatten());
+                local.extend([run.divergences() as f64, run.mean_tree_depth(), run.step_size().unwrap_or(f64::NAN)]);
                 bar.inc();
             }
             bar.finish();
-            (draws, div, SamplerReport::Nuts(per))
+            let per_chain = settings.draws_per_chain * dim + 3;
+            let t = Instant::now();
+            let counts: Vec<usize> = (0..comm.size()).map(|r| share(settings.chains, r, comm.size()).len() * per_chain).collect();
+            let mut evals = vec![0.0; comm.size()];
+            comm.all_gather(&[post.evaluations() as f64], &vec![1; comm.size()], &mut evals)?;
+            let Some(all) = comm.gather_to_root(&local, &counts)? else { return Ok(None) };
+            let comm_s = t.elapsed().as_secs_f64();
+            let mut draws = Vec::with_capacity(settings.chains);
+            let mut per = Vec::with_capacity(settings.chains);
+            for chain in all.chunks(per_chain) {
+                let (body, tail) = chain.split_at(settings.draws_per_chain * dim);
+                draws.push(body.chunks(dim).map(<[f64]>::to_vec).collect::<Vec<_>>());
+                per.push((tail[0] as usize, tail[1], tail[2]));
+            }
+            let div = per.iter().map(|p| p.0).sum();
+            (draws, div, SamplerReport::Nuts(per), evals.iter().sum::<f64>() as u64, comm_s)
         }
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -469,16 +527,18 @@ pub fn sym_mcmc<E: Real, D: Device<E>, M: Bnn<E, D>>(
         c
     });
     let canonical = draws.iter().map(|ch| ch.iter().map(|_| it.next().expect("same count")).collect()).collect();
-    Ok(SymMcmcRun {
+    Ok(Some(SymMcmcRun {
         draws,
         canonical,
         num_weights: p,
         samples_noise: post.samples_noise(),
         divergences,
-        gradient_evaluations: post.evaluations(),
+        gradient_evaluations: evaluations,
         seconds,
+        communication_seconds,
+        ranks: comm.size(),
         report,
-    })
+    }))
 }
 
 impl SymMcmcRun {
