@@ -419,3 +419,61 @@ fn bad_settings_and_data_are_errors_and_leave_the_state_untouched() {
     assert_eq!(bali.posterior().layers()[0], before);
     assert_eq!(bali.steps(), 1);
 }
+
+/// An output layer with a non-identity activation: BALI regresses the pre-activation, so it refuses.
+#[bnn]
+struct SquashedOut {
+    #[layer(prior = Normal(0.0, 1.0))]
+    h: Dense<3, 4, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 2, Sigmoid>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.4>>,
+}
+
+#[test]
+fn output_activation_other_than_identity_is_an_error() {
+    let dev = Cpu::default();
+    let model = SquashedOut::<f64, Cpu>::new(&dev);
+    let err = Bali::<f64, Cpu>::new(&model, BaliConfig::default()).unwrap_err();
+    match &err {
+        Error::InvalidConfig { name, value, .. } => {
+            assert_eq!(*name, "output layer activation");
+            assert!(value.contains("Sigmoid") && value.contains("`out`"), "{value}");
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    let (x, y) = lin_data(10, 3);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 3, &y, 2).unwrap();
+    let mut model = model;
+    assert!(matches!(
+        fit_bali(&mut model, &data, &BaliConfig { progress: false, ..Default::default() }),
+        Err(Error::InvalidConfig { .. })
+    ));
+    // the same network with an identity output is accepted
+    assert!(Bali::<f64, Cpu>::new(&Lin::<f64, Cpu>::new(&dev), BaliConfig::default()).is_ok());
+}
+
+/// `init_scale` moves every layer's initial mean off the prior mean, the last included.
+#[test]
+fn init_scale_perturbs_every_layer_including_the_last() {
+    let dev = Cpu::default();
+    let model = SquashedOutId::<f64, Cpu>::new(&dev);
+    let at = |init_scale: f64| {
+        let bali = Bali::<f64, Cpu>::new(&model, BaliConfig { init_scale, ..Default::default() }).unwrap();
+        bali.posterior().layers().iter().map(|l| l.mean().as_slice().iter().map(|v| v.abs()).fold(0.0, f64::max)).collect::<Vec<_>>()
+    };
+    // prior mean 0: init_scale 0 leaves every mean at exactly 0, init_scale 1 moves every layer
+    assert!(at(0.0).iter().all(|&m| m == 0.0));
+    assert!(at(1.0).iter().all(|&m| m > 0.0));
+}
+
+#[bnn]
+struct SquashedOutId {
+    #[layer(prior = Normal(0.0, 1.0))]
+    h: Dense<3, 4, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 2>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.4>>,
+}

@@ -277,7 +277,9 @@ pub struct BaliConfig {
     /// Learn a Gaussian noise scale (see the [module docs](self#choices)). `None` (the default)
     /// learns it exactly when the model declares it `Learned`.
     pub learn_noise: Option<bool>,
-    /// Scale of the prior draw added to the initial means of every layer but the last. Default 1.
+    /// Scale of the prior draw added to the initial means of every layer, the last included
+    /// (`M = M_0 + init_scale · (prior draw − M_0)`). Default 1; `0` starts every layer at its
+    /// prior mean.
     pub init_scale: f64,
     /// Seed for the initialisation, the minibatch order and the linearisation samples.
     pub seed: u64,
@@ -529,9 +531,20 @@ impl<E: Real, D: Device<E>> Bali<E, D> {
     /// Starts a run for `model`: initial means as described in the [module docs](self#choices),
     /// `Σ_l = I` (`σ² I` at a Gaussian output) and no data yet, so the initial posterior is the
     /// matrix-normal prior centred on the initial means.
+    ///
+    /// The output layer must have the identity activation: BALI regresses the output layer's
+    /// pre-activation on the likelihood, so an output activation would be fitted as if absent.
+    /// Any other returns [`Error::InvalidConfig`].
     pub fn new<M: Bnn<E, D>>(model: &M, cfg: BaliConfig) -> Result<Self> {
         cfg.validate(usize::MAX)?;
         let arch = M::ARCH;
+        if let Some(out) = arch.layers.last().filter(|l| l.activation != crate::model::arch::Activation::Identity) {
+            return Err(Error::config(
+                "output layer activation",
+                format!("{:?} (layer `{}`)", out.activation, out.name),
+                "BALI fits the output layer's pre-activation to the likelihood: the last layer must have the identity activation (the likelihood's link, e.g. softmax for Categorical, is applied by the likelihood itself)",
+            ));
+        }
         if cfg.learn_noise == Some(true) && !matches!(arch.likelihood, LikelihoodSpec::Gaussian { .. }) {
             return Err(Error::config("BaliConfig::learn_noise", true, "only a Gaussian likelihood has a noise scale"));
         }
