@@ -250,7 +250,11 @@ fn bali_regression<M: Bnn<E, Cpu>>(
     }
     let post: &BaliPosterior<E, Cpu> = bali.posterior();
     let m = Predictive { seed: seed + 1, ..Predictive::new(args.k) }.evaluate(&model, post.clone(), test)?;
-    Ok(Outcome { rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?, ll: m.mean_lpd + units.log_likelihood_shift(), nll_curve: curve })
+    Ok(Outcome {
+        rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
+        ll: m.mean_lpd + units.log_likelihood_shift(),
+        nll_curve: curve,
+    })
 }
 
 fn mfvi_regression<M: Bnn<E, Cpu>>(
@@ -279,7 +283,11 @@ fn mfvi_regression<M: Bnn<E, Cpu>>(
     let m = Predictive { seed: seed + 1, ..Predictive::new(args.k) }.evaluate(&model, &guide, test)?;
     let mut curve = obj.nll;
     curve.push(-(m.mean_lpd + units.log_likelihood_shift()));
-    Ok(Outcome { rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?, ll: m.mean_lpd + units.log_likelihood_shift(), nll_curve: curve })
+    Ok(Outcome {
+        rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
+        ll: m.mean_lpd + units.log_likelihood_shift(),
+        nll_curve: curve,
+    })
 }
 
 /// First epoch (1-based) after which the curve stays within `tol` of its last value.
@@ -310,7 +318,14 @@ fn regression<M: Bnn<E, Cpu>>(
     args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dev = Cpu::default();
-    println!("{name}: {} points, {} features; {} splits ({split_note}), {} epochs, K = {}", table.len(), table.d_in, splits.len(), args.epochs, args.k);
+    println!(
+        "{name}: {} points, {} features; {} splits ({split_note}), {} epochs, K = {}",
+        table.len(),
+        table.d_in,
+        splits.len(),
+        args.epochs,
+        args.k
+    );
     let (mut bali_out, mut mfvi_out) = (Vec::new(), Vec::new());
     for (split, rows) in splits.iter().enumerate() {
         let (tr, te) = rows.tables(table)?;
@@ -387,7 +402,13 @@ fn scores<M: Bnn<E, Cpu>>(model: &M, source: impl WeightSource<E, Cpu>, test: &D
     Ok([m.accuracy.unwrap_or(f64::NAN), -m.mean_lpd, ece])
 }
 
-fn classification<M: Bnn<E, Cpu>>(name: &str, make: fn(&Cpu) -> M, table: &DataTable, splits: &UciSplits, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn classification<M: Bnn<E, Cpu>>(
+    name: &str,
+    make: fn(&Cpu) -> M,
+    table: &DataTable,
+    splits: &UciSplits,
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
     let dev = Cpu::default();
     let cfg0 = bali_classifier_config(args, 0, 0);
     println!(
@@ -528,7 +549,10 @@ fn digits_ood(table: &DataTable, splits_n: usize, args: &Args) -> Result<(), Box
     let c: Vec<(f64, f64)> = (0..8).map(col).collect::<Result<_, _>>()?;
     println!("  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>10.3} ± {:.3}", "BALI", c[0].0, c[0].1, c[3].0, c[3].1, c[6].0, c[6].1);
     println!("  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>10.3} ± {:.3}", "mean-field VI", c[1].0, c[1].1, c[4].0, c[4].1, c[7].0, c[7].1);
-    println!("  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>18}", "deterministic (BALI posterior mean)", c[2].0, c[2].1, c[5].0, c[5].1, "—");
+    println!(
+        "  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>18}",
+        "deterministic (BALI posterior mean)", c[2].0, c[2].1, c[5].0, c[5].1, "—"
+    );
     println!(
         "bali_uci dataset=digits-ood auroc_bali={:.4} auroc_mfvi={:.4} auroc_det={:.4} auroc_bali_mi={:.4} auroc_mfvi_mi={:.4}",
         c[3].0, c[4].0, c[5].0, c[6].0, c[7].0
@@ -590,18 +614,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = DataTable::regression(wine.records.iter().copied().collect(), d, wine.targets.iter().map(|&q| q as f64).collect(), 1)?;
             let t = head(t, args.rows)?;
             let note = if published { "published" } else { "published protocol on the first rows" };
-            let pubs: Published = [("VI (Graves)", [0.65, 0.01, -0.98, 0.01]), ("PBP", [0.64, 0.01, -0.97, 0.01]), ("MC dropout", [0.62, 0.01, -0.93, 0.01])];
+            let pubs: Published =
+                [("VI (Graves)", [0.65, 0.01, -0.98, 0.01]), ("PBP", [0.64, 0.01, -0.97, 0.01]), ("MC dropout", [0.62, 0.01, -0.93, 0.01])];
             regression("wine", |d| WineNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
         }
         "boston" => {
             let t = head(boston()?, args.rows)?;
             let note = if published { "published" } else { "published protocol on the first rows" };
-            let pubs: Published = [("VI (Graves)", [4.32, 0.29, -2.90, 0.07]), ("PBP", [3.01, 0.18, -2.57, 0.09]), ("MC dropout", [2.97, 0.19, -2.46, 0.06])];
+            let pubs: Published =
+                [("VI (Graves)", [4.32, 0.29, -2.90, 0.07]), ("PBP", [3.01, 0.18, -2.57, 0.09]), ("MC dropout", [2.97, 0.19, -2.46, 0.06])];
             regression("boston", |d| BostonNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
         }
         "diabetes" => {
             let ds = smartcore::dataset::diabetes::load_dataset();
-            let t = DataTable::regression(ds.data.iter().map(|&v| v as f64).collect(), ds.num_features, ds.target.iter().map(|&v| v as f64).collect(), 1)?;
+            let t = DataTable::regression(
+                ds.data.iter().map(|&v| v as f64).collect(),
+                ds.num_features,
+                ds.target.iter().map(|&v| v as f64).collect(),
+                1,
+            )?;
             let t = head(t, args.rows)?;
             regression("diabetes", |d| DiabetesNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), Some(2001))?, "seeded random", None, &args)?;
         }
@@ -611,7 +642,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "breast-cancer" => {
             let ds = smartcore::dataset::breast_cancer::load_dataset();
-            let t = DataTable::classification(ds.data.iter().map(|&v| v as f64).collect(), ds.num_features, ds.target.iter().map(|&v| v as usize).collect(), 2)?;
+            let t = DataTable::classification(
+                ds.data.iter().map(|&v| v as f64).collect(),
+                ds.num_features,
+                ds.target.iter().map(|&v| v as usize).collect(),
+                2,
+            )?;
             let t = thin(t, args.rows)?;
             classification("breast-cancer", |d| CancerNet::<E, Cpu>::new(d), &t, &clf_splits(t.len())?, &args)?;
         }
@@ -630,5 +666,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn digits() -> Result<DataTable, Box<dyn std::error::Error>> {
     let ds = smartcore::dataset::digits::load_dataset();
-    Ok(DataTable::classification(ds.data.iter().map(|&v| v as f64).collect(), ds.num_features, ds.target.iter().map(|&v| v as usize).collect(), 10)?)
+    Ok(DataTable::classification(
+        ds.data.iter().map(|&v| v as f64).collect(),
+        ds.num_features,
+        ds.target.iter().map(|&v| v as usize).collect(),
+        10,
+    )?)
 }

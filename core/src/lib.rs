@@ -55,7 +55,8 @@ pub mod metrics {
     pub use crate::predict::metrics::{
         accuracy, auroc, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage,
         gaussian_negative_log_likelihood, interval_coverage, log_mean_exp, logsumexp, mean_and_se, mean_log_predictive_density,
-        mutual_information, pointwise_log_predictive_density, predictive_entropy, reliability_diagram, rmse, ReliabilityBin, PROB_SUM_TOLERANCE,
+        mutual_information, pointwise_log_predictive_density, predictive_entropy, reliability_diagram, rmse, ReliabilityBin,
+        PROB_SUM_TOLERANCE,
     };
 }
 

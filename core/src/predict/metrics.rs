@@ -813,7 +813,13 @@ mod tests {
             let mut u = 0.0;
             for x in a {
                 for y in b {
-                    u += if y > x { 1.0 } else if y == x { 0.5 } else { 0.0 };
+                    u += if y > x {
+                        1.0
+                    } else if y == x {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
             u / (a.len() * b.len()) as f64
