@@ -616,14 +616,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let note = if published { "published" } else { "published protocol on the first rows" };
             let pubs: Published =
                 [("VI (Graves)", [0.65, 0.01, -0.98, 0.01]), ("PBP", [0.64, 0.01, -0.97, 0.01]), ("MC dropout", [0.62, 0.01, -0.93, 0.01])];
-            regression("wine", |d| WineNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
+            regression("wine", WineNet::<E, Cpu>::new, &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
         }
         "boston" => {
             let t = head(boston()?, args.rows)?;
             let note = if published { "published" } else { "published protocol on the first rows" };
             let pubs: Published =
                 [("VI (Graves)", [4.32, 0.29, -2.90, 0.07]), ("PBP", [3.01, 0.18, -2.57, 0.09]), ("MC dropout", [2.97, 0.19, -2.46, 0.06])];
-            regression("boston", |d| BostonNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
+            regression("boston", BostonNet::<E, Cpu>::new, &t, &reg_splits(t.len(), None)?, note, Some(pubs), &args)?;
         }
         "diabetes" => {
             let ds = smartcore::dataset::diabetes::load_dataset();
@@ -634,11 +634,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 1,
             )?;
             let t = head(t, args.rows)?;
-            regression("diabetes", |d| DiabetesNet::<E, Cpu>::new(d), &t, &reg_splits(t.len(), Some(2001))?, "seeded random", None, &args)?;
+            regression("diabetes", DiabetesNet::<E, Cpu>::new, &t, &reg_splits(t.len(), Some(2001))?, "seeded random", None, &args)?;
         }
         "iris" => {
             let t = DataTable::from_linfa_classification(&linfa_datasets::iris())?;
-            classification("iris", |d| IrisNet::<E, Cpu>::new(d), &t, &clf_splits(t.len())?, &args)?;
+            classification("iris", IrisNet::<E, Cpu>::new, &t, &clf_splits(t.len())?, &args)?;
         }
         "breast-cancer" => {
             let ds = smartcore::dataset::breast_cancer::load_dataset();
@@ -649,11 +649,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 2,
             )?;
             let t = thin(t, args.rows)?;
-            classification("breast-cancer", |d| CancerNet::<E, Cpu>::new(d), &t, &clf_splits(t.len())?, &args)?;
+            classification("breast-cancer", CancerNet::<E, Cpu>::new, &t, &clf_splits(t.len())?, &args)?;
         }
         "digits" => {
             let t = thin(digits()?, args.rows)?;
-            classification("digits", |d| DigitsNet::<E, Cpu>::new(d), &t, &clf_splits(t.len())?, &args)?;
+            classification("digits", DigitsNet::<E, Cpu>::new, &t, &clf_splits(t.len())?, &args)?;
         }
         "digits-ood" => {
             let t = thin(digits()?, args.rows)?;
