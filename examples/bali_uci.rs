@@ -25,7 +25,7 @@
 //! Classification: one hidden layer of 50 ReLU units, inputs standardised per split, 40 epochs;
 //! test accuracy, NLL and ECE (15 equal-width confidence bins) as mean ± s.e. over splits. BALI
 //! uses α = 1 and damping 10 for classifiers (`--alpha`, `--damping`; chosen on iris splits 0–3
-//! among α ∈ {0.3, 0.5, 1} and damping ∈ {0.1, 1, 3, 10}); the row "BALI mean" is the
+//! from eight (α, damping) pairs with α ∈ {0.3, 0.5, 1} and damping ∈ {0.1, 0.3, 1, 3, 10}); the row "BALI mean" is the
 //! predictive of BALI's posterior mean alone. `--model-prior 0` switches
 //! `BaliConfig::model_prior_in_mean` off (the ablation), `--lin S` sets the linearisation samples
 //! of a classifier (0: the posterior mean).
