@@ -419,3 +419,118 @@ fn bad_settings_and_data_are_errors_and_leave_the_state_untouched() {
     assert_eq!(bali.posterior().layers()[0], before);
     assert_eq!(bali.steps(), 1);
 }
+
+/// An output layer with a non-identity activation: BALI regresses the pre-activation, so it refuses.
+#[bnn]
+struct SquashedOut {
+    #[layer(prior = Normal(0.0, 1.0))]
+    h: Dense<3, 4, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 2, Sigmoid>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.4>>,
+}
+
+#[test]
+fn output_activation_other_than_identity_is_an_error() {
+    let dev = Cpu::default();
+    let model = SquashedOut::<f64, Cpu>::new(&dev);
+    let err = Bali::<f64, Cpu>::new(&model, BaliConfig::default()).unwrap_err();
+    match &err {
+        Error::InvalidConfig { name, value, .. } => {
+            assert_eq!(*name, "output layer activation");
+            assert!(value.contains("Sigmoid") && value.contains("`out`"), "{value}");
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    let (x, y) = lin_data(10, 3);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 3, &y, 2).unwrap();
+    let mut model = model;
+    assert!(matches!(fit_bali(&mut model, &data, &BaliConfig { progress: false, ..Default::default() }), Err(Error::InvalidConfig { .. })));
+    // the same network with an identity output is accepted
+    assert!(Bali::<f64, Cpu>::new(&Lin::<f64, Cpu>::new(&dev), BaliConfig::default()).is_ok());
+}
+
+/// `init_scale` moves every layer's initial mean off the prior mean, the last included.
+#[test]
+fn init_scale_perturbs_every_layer_including_the_last() {
+    let dev = Cpu::default();
+    let model = SquashedOutId::<f64, Cpu>::new(&dev);
+    let at = |init_scale: f64| {
+        let bali = Bali::<f64, Cpu>::new(&model, BaliConfig { init_scale, ..Default::default() }).unwrap();
+        bali.posterior().layers().iter().map(|l| l.mean().as_slice().iter().map(|v| v.abs()).fold(0.0, f64::max)).collect::<Vec<_>>()
+    };
+    // prior mean 0: init_scale 0 leaves every mean at exactly 0, init_scale 1 moves every layer
+    assert!(at(0.0).iter().all(|&m| m == 0.0));
+    assert!(at(1.0).iter().all(|&m| m > 0.0));
+}
+
+#[bnn]
+struct SquashedOutId {
+    #[layer(prior = Normal(0.0, 1.0))]
+    h: Dense<3, 4, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 2>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.4>>,
+}
+
+/// One softmax layer, prior N(0, 1.5²) on every weight and bias.
+#[bnn]
+struct Softmax {
+    #[layer(prior = Normal(0.0, 1.5))]
+    out: Dense<2, 3>,
+    #[likelihood]
+    labels: Categorical,
+}
+
+/// The mean step with the model's prior converges to the model's MAP: at BALI's posterior mean
+/// (linearised at the mean, full batch) the gradient of the negative log posterior,
+/// `Σ_n (p_n − e_{y_n}) φ_nᵀ + W / c`, vanishes. With the matrix-normal prior in the mean step the
+/// fixed point is the MAP of another prior, and the model's gradient there does not vanish.
+#[test]
+fn mean_step_converges_to_the_models_map() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let centres = [[-1.0, 0.0], [1.0, 0.0], [0.0, 1.2]];
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..90 {
+        let c = i % 3;
+        x.extend([centres[c][0] + 0.8 * normal(&mut rng), centres[c][1] + 0.8 * normal(&mut rng)]);
+        labels.push(c);
+    }
+    let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
+    let grad_norm = |model_prior_in_mean: bool| {
+        let mut model = Softmax::<f64, Cpu>::new(&dev);
+        let cfg =
+            BaliConfig { epochs: 400, linearisation: Linearisation::Mean, model_prior_in_mean, progress: false, ..Default::default() };
+        let (post, _) = fit_bali(&mut model, &data, &cfg).unwrap();
+        let w = post.layers()[0].mean();
+        let mut g = [[0.0f64; 3]; 3];
+        for (r, &y) in x.chunks(2).zip(&labels) {
+            let phi = [r[0], r[1], 1.0];
+            let z: Vec<f64> = (0..3).map(|d| (0..3).map(|j| w[(d, j)] * phi[j]).sum()).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let tot: f64 = z.iter().map(|v| (v - m).exp()).sum();
+            for d in 0..3 {
+                let p = (z[d] - m).exp() / tot - if d == y { 1.0 } else { 0.0 };
+                for j in 0..3 {
+                    g[d][j] += p * phi[j];
+                }
+            }
+        }
+        let mut norm = 0.0;
+        for d in 0..3 {
+            for j in 0..3 {
+                norm += (g[d][j] + w[(d, j)] / 2.25).powi(2);
+            }
+        }
+        norm.sqrt()
+    };
+    let with_model_prior = grad_norm(true);
+    let with_mn_prior = grad_norm(false);
+    // the data term alone is O(N) = 90 per weight far from the optimum
+    println!("gradient norm: model prior {with_model_prior:e}, matrix-normal prior {with_mn_prior:e}");
+    assert!(with_model_prior < 1e-6, "gradient at the fixed point {with_model_prior}");
+    assert!(with_mn_prior > 1e-2, "matrix-normal prior's fixed point: gradient {with_mn_prior}");
+}

@@ -103,9 +103,31 @@ fn wrote(dir: &Path, paths: &[&str]) {
 
 #[test]
 fn bali_uci() {
-    let (out, _) = run("bali_uci");
+    // the default dataset is wine
+    let (out, dir) = run("bali_uci");
     let s = summary(&out, "bali_uci dataset=wine ");
     finite(&s, &["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "epochs"]);
+    for name in ["boston", "diabetes"] {
+        let out = run_in(&dir, "bali_uci", &["--dataset", name]);
+        let s = summary(&out, &format!("bali_uci dataset={name} "));
+        finite(&s, &["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "epochs"]);
+        if name == "boston" {
+            assert!(out.contains("row 505 LSTAT corrected from 7.8 to 7.88"), "{out}");
+        }
+    }
+    for name in ["iris", "breast-cancer", "digits"] {
+        let out = run_in(&dir, "bali_uci", &["--dataset", name]);
+        let s = summary(&out, &format!("bali_uci dataset={name} "));
+        let v = finite(&s, &["acc", "nll", "ece", "mfvi_acc", "mfvi_nll", "mfvi_ece"]);
+        assert!(v.iter().all(|x| *x >= 0.0) && v[0] <= 1.0 && v[3] <= 1.0, "{s:?}");
+    }
+    let out = run_in(&dir, "bali_uci", &["--dataset", "digits-ood"]);
+    let s = summary(&out, "bali_uci dataset=digits-ood ");
+    let v = finite(&s, &["auroc_bali", "auroc_mfvi", "auroc_det", "auroc_bali_mi", "auroc_mfvi_mi"]);
+    assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{s:?}");
+    // an unknown dataset is a usage error
+    let bad = Command::new(binary("bali_uci")).args(["--dataset", "mnist"]).output().expect("starting bali_uci");
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[test]

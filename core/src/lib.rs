@@ -50,13 +50,14 @@ pub use predict::plot::{band_plot, probability_map, BandPlot};
 pub use predict::predictive::{Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
 
 /// Metrics on predictions given as plain `f64` slices: log predictive density, RMSE, NLL,
-/// accuracy, calibration, interval coverage. Each checks its input and returns a [`MetricError`]
+/// accuracy, calibration, interval coverage, OOD scores and their AUROC. Each checks its input and returns a [`MetricError`]
 /// naming the problem.
 pub mod metrics {
     pub use crate::predict::metrics::{
-        accuracy, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage,
+        accuracy, auroc, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage,
         gaussian_negative_log_likelihood, interval_coverage, log_mean_exp, logsumexp, mean_and_se, mean_log_predictive_density,
-        pointwise_log_predictive_density, reliability_diagram, rmse, ReliabilityBin, PROB_SUM_TOLERANCE,
+        mutual_information, pointwise_log_predictive_density, predictive_entropy, reliability_diagram, rmse, ReliabilityBin,
+        PROB_SUM_TOLERANCE,
     };
 }
 

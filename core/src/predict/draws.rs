@@ -80,6 +80,45 @@ impl PredictiveDraws {
         self.f.get(((chain * self.draws + draw) * self.points + point) * self.outputs + output).copied()
     }
 
+    /// The class probabilities of a classifier's draws, row-major `(chain, draw, point, class)`,
+    /// and the number of classes: the softmax of each draw's logits when there are two or more
+    /// outputs (Categorical), `[1 − σ(f), σ(f)]` for one output (Bernoulli). Feed them to
+    /// [`mutual_information`](crate::metrics::mutual_information) with `S = chains · draws`.
+    /// Only meaningful for classifiers: a regression's outputs are not logits.
+    ///
+    /// ```
+    /// use weightspace::export::PredictiveDraws;
+    /// use weightspace::metrics::mutual_information;
+    /// // 1 chain × 2 draws at 1 point, 2 logits
+    /// let d = PredictiveDraws::new(1, 2, 1, 2, vec![0.0, 0.0, 2f64.ln(), 0.0], None)?;
+    /// let (p, k) = d.class_probabilities();
+    /// assert_eq!(k, 2);
+    /// assert!((p[0] - 0.5).abs() < 1e-15 && (p[2] - 2.0 / 3.0).abs() < 1e-15);
+    /// let mi = mutual_information(&p, 2, 1, k)?;
+    /// assert!(mi[0] > 0.0); // the draws disagree a little
+    /// // a single Bernoulli logit: σ(0) = 1/2
+    /// let (p, k) = PredictiveDraws::new(1, 1, 1, 1, vec![0.0], None)?.class_probabilities();
+    /// assert_eq!((p, k), (vec![0.5, 0.5], 2));
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn class_probabilities(&self) -> (Vec<f64>, usize) {
+        if self.outputs == 1 {
+            let p = self.f.iter().flat_map(|&z| {
+                let p1 = 1.0 / (1.0 + (-z).exp());
+                [1.0 - p1, p1]
+            });
+            return (p.collect(), 2);
+        }
+        let k = self.outputs.max(1);
+        let mut p = Vec::with_capacity(self.f.len());
+        for row in self.f.chunks(k) {
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let tot: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            p.extend(row.iter().map(|v| (v - m).exp() / tot));
+        }
+        (p, k)
+    }
+
     /// The arrays `f` and (when present) `y`, shape `(chain, draw, point, output)`.
     pub fn to_npz(&self) -> Result<Npz> {
         let shape = self.shape();

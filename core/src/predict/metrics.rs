@@ -14,6 +14,8 @@
 //! | ECE, reliability diagram | [`expected_calibration_error`], [`reliability_diagram`] | N×K class probabilities |
 //! | interval coverage | [`interval_coverage`], [`gaussian_interval_coverage`] | interval bounds, or Gaussian predictives |
 //! | standard error of a mean | [`mean_and_se`] | per-point scores |
+//! | OOD detection: AUROC of a score | [`auroc`] | scores of in-distribution and OOD inputs |
+//! | OOD scores: predictive entropy, mutual information | [`predictive_entropy`], [`mutual_information`] | N×K class probabilities; S×N×K per-sample class probabilities |
 //!
 //! Every function checks its input and returns a [`MetricError`] naming the problem (empty input,
 //! mismatched lengths, a NaN, a probability row that does not sum to one, ...); none of them
@@ -520,6 +522,146 @@ pub fn gaussian_interval_coverage(mean: &[f64], std: &[f64], y: &[f64], level: f
     Ok(inside as f64 / y.len() as f64)
 }
 
+/// Area under the ROC curve of a score that should be higher out of distribution: the
+/// probability that a random OOD input scores higher than a random in-distribution input, ties
+/// counting one half. It equals the Mann–Whitney `U` of the OOD scores divided by
+/// `n_in · n_out`, computed from mid-ranks in `O((n_in + n_out) log(n_in + n_out))`.
+///
+/// 1 separates perfectly, 0.5 is chance. Either set empty, or a NaN or infinite score, is an
+/// error.
+///
+/// ```
+/// use weightspace::metrics::auroc;
+///
+/// // 2 × 2 pairs: (0.1 < 0.4) (0.1 < 0.9) (0.4 = 0.4: one half) (0.4 < 0.9) → 3.5 / 4
+/// assert_eq!(auroc(&[0.1, 0.4], &[0.4, 0.9])?, 0.875);
+/// assert_eq!(auroc(&[0.0, 0.1], &[0.5, 0.6])?, 1.0);
+/// assert_eq!(auroc(&[1.0, 1.0], &[1.0])?, 0.5); // all tied
+/// assert!(auroc(&[], &[1.0]).is_err());
+/// assert!(auroc(&[f64::NAN], &[1.0]).is_err());
+/// # Ok::<(), weightspace::MetricError>(())
+/// ```
+pub fn auroc(scores_in: &[f64], scores_out: &[f64]) -> Result<f64> {
+    const M: &str = "auroc";
+    nonempty(M, "scores_in", scores_in)?;
+    nonempty(M, "scores_out", scores_out)?;
+    finite(M, "scores_in", scores_in)?;
+    finite(M, "scores_out", scores_out)?;
+    let mut all: Vec<(f64, bool)> = scores_in.iter().map(|&s| (s, false)).chain(scores_out.iter().map(|&s| (s, true))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // sum of the OOD scores' mid-ranks (1-based), tied runs sharing their mean rank
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mid * all[i..=j].iter().filter(|x| x.1).count() as f64;
+        i = j + 1;
+    }
+    let (n_in, n_out) = (scores_in.len() as f64, scores_out.len() as f64);
+    let u = rank_sum - n_out * (n_out + 1.0) / 2.0;
+    Ok(u / (n_in * n_out))
+}
+
+/// Checks `N×K` rows of class probabilities (no labels): returns `N`.
+fn check_prob_rows(metric: &'static str, what: &'static str, probs: &[f64], n_classes: usize) -> Result<usize> {
+    if n_classes == 0 {
+        return Err(MetricError::Empty { metric, what: "n_classes" });
+    }
+    nonempty(metric, what, probs)?;
+    if !probs.len().is_multiple_of(n_classes) {
+        return Err(MetricError::InvalidArgument {
+            metric,
+            what,
+            reason: format!("{} values is not a whole number of rows of {n_classes} classes", probs.len()),
+        });
+    }
+    finite(metric, what, probs)?;
+    for (row, p) in probs.chunks(n_classes).enumerate() {
+        if let Some(k) = p.iter().position(|x| *x < 0.0) {
+            return Err(MetricError::NotAProbability { metric, row, reason: format!("entry {k} is negative ({})", p[k]) });
+        }
+        let sum: f64 = p.iter().sum();
+        if (sum - 1.0).abs() > PROB_SUM_TOLERANCE {
+            return Err(MetricError::NotAProbability {
+                metric,
+                row,
+                reason: format!("entries sum to {sum}, not 1 (tolerance {PROB_SUM_TOLERANCE}); pass probabilities, not logits"),
+            });
+        }
+    }
+    Ok(probs.len() / n_classes)
+}
+
+/// `−Σ_k p_k ln p_k` in nats, with `0 ln 0 = 0`.
+fn entropy(p: &[f64]) -> f64 {
+    -p.iter().filter(|&&v| v > 0.0).map(|v| v * v.ln()).sum::<f64>()
+}
+
+/// Per-point predictive entropy `H[p̄] = −Σ_k p̄_k ln p̄_k` (nats) of `N×K` predictive class
+/// probabilities `p̄` (row-major, e.g. [`PredictiveSummary::mean`](crate::PredictiveSummary) of a
+/// classifier): total uncertainty, an OOD score (higher = more likely out of distribution).
+///
+/// ```
+/// use weightspace::metrics::predictive_entropy;
+///
+/// let h = predictive_entropy(&[0.5, 0.5, 1.0, 0.0], 2)?;
+/// assert!((h[0] - 2f64.ln()).abs() < 1e-15); // uniform over two classes: ln 2
+/// assert_eq!(h[1], 0.0); // certain
+/// assert!(predictive_entropy(&[2.0, -1.0], 2).is_err()); // logits, not probabilities
+/// # Ok::<(), weightspace::MetricError>(())
+/// ```
+pub fn predictive_entropy(probs: &[f64], n_classes: usize) -> Result<Vec<f64>> {
+    check_prob_rows("predictive_entropy", "probs (N×K, row-major)", probs, n_classes)?;
+    Ok(probs.chunks(n_classes).map(entropy).collect())
+}
+
+/// Per-point mutual information between the prediction and the weights,
+/// `I = H[(1/S) Σ_s p_s] − (1/S) Σ_s H[p_s]` (nats): the epistemic part of the predictive
+/// entropy, large where the weight samples disagree. `draw_probs` holds the class probabilities
+/// of `S` weight samples at `N` points, row-major `(S, N, K)` (the layout of
+/// [`PredictiveDraws::class_probabilities`](crate::export::PredictiveDraws::class_probabilities)
+/// with one chain). It is `≥ 0` (up to rounding) and at most `ln K`.
+///
+/// ```
+/// use weightspace::metrics::mutual_information;
+///
+/// // two samples, two points, two classes
+/// let draws = [1.0, 0.0,   0.5, 0.5,   // sample 0: point 0, point 1
+///              0.0, 1.0,   0.5, 0.5];  // sample 1
+/// let mi = mutual_information(&draws, 2, 2, 2)?;
+/// assert!((mi[0] - 2f64.ln()).abs() < 1e-15); // confident samples that disagree: all epistemic
+/// assert!(mi[1].abs() < 1e-15); // samples that agree on 50/50: no epistemic part
+/// assert!(mutual_information(&draws, 3, 2, 2).is_err()); // wrong length
+/// # Ok::<(), weightspace::MetricError>(())
+/// ```
+pub fn mutual_information(draw_probs: &[f64], s: usize, n: usize, n_classes: usize) -> Result<Vec<f64>> {
+    const M: &str = "mutual_information";
+    if s == 0 {
+        return Err(MetricError::Empty { metric: M, what: "samples S" });
+    }
+    if n == 0 {
+        return Err(MetricError::Empty { metric: M, what: "points N" });
+    }
+    same_len(M, "draw_probs (S×N×K, row-major)", s * n * n_classes, draw_probs.len())?;
+    check_prob_rows(M, "draw_probs (S×N×K, row-major)", draw_probs, n_classes)?;
+    let k = n_classes;
+    let mut mean = vec![0.0; n * k];
+    let mut mean_h = vec![0.0; n];
+    for sample in draw_probs.chunks(n * k) {
+        for (i, p) in sample.chunks(k).enumerate() {
+            mean_h[i] += entropy(p) / s as f64;
+            for c in 0..k {
+                mean[i * k + c] += p[c] / s as f64;
+            }
+        }
+    }
+    Ok(mean.chunks(k).zip(&mean_h).map(|(p, h)| (entropy(p) - h).max(0.0)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,5 +804,64 @@ mod tests {
         assert_eq!(interval_coverage(&lower, &upper, &y).unwrap(), c);
         assert!(interval_coverage(&[1.0], &[0.0], &[0.5]).is_err());
         assert!(gaussian_interval_coverage(&[0.0], &[1.0], &[0.0], 1.0).is_err());
+    }
+
+    #[test]
+    fn auroc_is_the_mann_whitney_statistic() {
+        // brute force over all pairs, ties one half
+        let brute = |a: &[f64], b: &[f64]| {
+            let mut u = 0.0;
+            for x in a {
+                for y in b {
+                    u += if y > x {
+                        1.0
+                    } else if y == x {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            u / (a.len() * b.len()) as f64
+        };
+        let cases: [(&[f64], &[f64]); 5] = [
+            (&[0.1, 0.4], &[0.4, 0.9]),
+            (&[1.0, 2.0, 3.0], &[0.0, 0.5]),
+            (&[2.0, 2.0, 1.0, 3.0], &[2.0, 3.0, 3.0]),
+            (&[5.0], &[5.0]),
+            (&[0.3, 0.1, 0.2, 0.2], &[0.2, 0.25, 0.05, 0.4, 0.2]),
+        ];
+        for (a, b) in cases {
+            close(auroc(a, b).unwrap(), brute(a, b), 1e-15);
+        }
+        // hand-computed: 3.5 of 4 pairs; reversed sets give 1 − AUROC
+        close(auroc(&[0.1, 0.4], &[0.4, 0.9]).unwrap(), 0.875, 0.0);
+        close(auroc(&[0.4, 0.9], &[0.1, 0.4]).unwrap(), 0.125, 0.0);
+        close(auroc(&[1.0, 2.0, 3.0], &[0.0, 0.5]).unwrap(), 0.0, 0.0);
+        assert!(matches!(auroc(&[], &[1.0]), Err(MetricError::Empty { what: "scores_in", .. })));
+        assert!(matches!(auroc(&[1.0], &[]), Err(MetricError::Empty { what: "scores_out", .. })));
+        assert!(matches!(auroc(&[1.0], &[f64::NAN]), Err(MetricError::NonFinite { what: "scores_out", index: 0, .. })));
+    }
+
+    #[test]
+    fn entropy_and_mutual_information_by_hand() {
+        // p̄ = (0.7, 0.2, 0.1): H = −Σ p ln p
+        let h = predictive_entropy(&[0.7, 0.2, 0.1], 3).unwrap();
+        close(h[0], -(0.7f64 * 0.7f64.ln() + 0.2 * 0.2f64.ln() + 0.1 * 0.1f64.ln()), 1e-15);
+        // two samples at one point: (0.9, 0.1) and (0.3, 0.7); mean (0.6, 0.4)
+        let hb = |p: f64| -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+        let mi = mutual_information(&[0.9, 0.1, 0.3, 0.7], 2, 1, 2).unwrap();
+        close(mi[0], hb(0.6) - (hb(0.9) + hb(0.3)) / 2.0, 1e-15);
+        // identical samples: no epistemic part, whatever the entropy
+        let mi = mutual_information(&[0.2, 0.8, 0.2, 0.8, 0.2, 0.8], 3, 1, 2).unwrap();
+        assert!(mi[0].abs() < 1e-15);
+        // errors: empty, ragged, not probabilities, NaN
+        assert!(predictive_entropy(&[], 2).is_err());
+        assert!(predictive_entropy(&[0.5, 0.5, 1.0], 2).is_err());
+        assert!(predictive_entropy(&[0.5, 0.5], 0).is_err());
+        assert!(matches!(predictive_entropy(&[0.5, f64::NAN], 2), Err(MetricError::NonFinite { .. })));
+        assert!(matches!(mutual_information(&[0.9, 0.1], 1, 2, 2), Err(MetricError::LengthMismatch { .. })));
+        assert!(matches!(mutual_information(&[0.9, 0.3], 1, 1, 2), Err(MetricError::NotAProbability { row: 0, .. })));
+        assert!(mutual_information(&[], 0, 1, 2).is_err());
     }
 }
