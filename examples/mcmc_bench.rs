@@ -3,7 +3,7 @@
 //! and `numpyro_multichain_nuts.py` (NumPyro NUTS).
 //!
 //! ```text
-//! cargo run --release --example mcmc_bench -- [--chains 1274] [--warmup 1024] [--threads 1]
+//! cargo run --release --example mcmc_bench -- [--chains 1274] [--warmup 1024] [--threads 0]
 //!     [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]
 //! cargo run --release --example mcmc_bench -- --quick   # smoke run: 16 chains × 64 warm-up steps, 40 generated points
 //! ```
@@ -43,7 +43,7 @@ fn read_csv(path: &str) -> Result<Table, Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = common::Args::parse(
-        "[--quick] [--chains 1274] [--warmup 1024] [--threads 1] [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]",
+        "[--quick] [--chains 1274] [--warmup 1024] [--threads 0] [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]",
         &["--diag", "--per-chain"],
         &["--chains", "--warmup", "--threads", "--train", "--test", "--seed"],
         0,
@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (chains, warmup, points) = if args.quick() { (16, 64, 40) } else { (1274, 1024, 150) };
     let chains: usize = args.get("--chains", chains);
     let warmup: usize = args.get("--warmup", warmup);
-    let threads: usize = args.get("--threads", 1);
+    let threads: usize = args.get("--threads", 0);
     let seed: u64 = args.get("--seed", 0);
     let (train, test, source) = match (args.value("--train"), args.value("--test")) {
         (Some(tr), Some(te)) => (read_csv(tr)?, read_csv(te)?, "peer split (csv)"),

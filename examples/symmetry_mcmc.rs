@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example symmetry_mcmc -- --dataset sinusoidal|regression2d|diabetes \
-//!     --arch f1|f2 --chains 1274 --warmup 1024 [--draws 1] [--threads 1] [--seed 0] [--no-single] \
+//!     --arch f1|f2 --chains 1274 --warmup 1024 [--draws 1] [--threads 0] [--seed 0] [--no-single] \
 //!     [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc]
 //! cargo run --release --example symmetry_mcmc -- --quick   # smoke run: 24 chains × 50 warm-up steps × 8 draws, 40 sinusoidal points
 //! ```
@@ -145,7 +145,7 @@ fn run<M: Bnn<f32, Cpu>>(
         warmup,
         draws_per_chain: draws,
         sampler,
-        threads: args.get("--threads", 1),
+        threads: args.get("--threads", 0),
         seed,
         progress: !args.quick(),
         ..Default::default()
@@ -256,7 +256,7 @@ fn main() {
 fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
     let args = Args::parse(
         "[--quick] [--dataset sinusoidal|regression2d|diabetes] [--arch f1|f2] [--chains 1274] [--warmup 1024] [--draws 1] \
-         [--threads 1] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc] \
+         [--threads 0] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc] \
          [--fail-rank R --fail-how err|panic]",
         &["--no-single", "--per-chain", "--diag"],
         &[

@@ -918,7 +918,8 @@ fn sawtooth_oracle_reproduces_the_reference_optimum() {
 }
 
 /// Sawtooth tasks, except that the draws numbered in `poison` have every target at `value`, which
-/// makes the step's evaluation fail (a step stops drawing tasks at its first bad one).
+/// makes the step's evaluation fail (a step still draws all its tasks, so that every rank's source
+/// advances alike, and stops evaluating at its first bad one).
 struct Poisoned {
     draws: usize,
     poison: std::ops::Range<usize>,
@@ -941,8 +942,8 @@ impl TaskSource<f32, Cpu> for Poisoned {
 fn meta_learning_skips_non_finite_steps_and_stops_after_too_many() {
     let dev = Cpu::default();
     let cfg = MetaConfig { steps: 8, tasks_per_step: 2, samples: 2, progress: false, record_every: 1, ..Default::default() };
-    // steps 0 and 1 use draws 0..4; steps 2 and 3 stop at their first draw, 4 and 5
-    let mut source = Poisoned { draws: 0, poison: 4..6, value: 1e30 };
+    // steps 0 and 1 use draws 0..4; steps 2 and 3 draw 4..8, all poisoned
+    let mut source = Poisoned { draws: 0, poison: 4..8, value: 1e30 };
     let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
     let mut meta = MetaLearner::new(cfg.clone()).unwrap();
     for _ in 0..2 {
@@ -971,11 +972,11 @@ fn meta_learning_skips_non_finite_steps_and_stops_after_too_many() {
     // a good step between bad ones resets the count: bad, bad, good, bad, bad passes at 3
     let mut guide = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
     let mut meta = MetaLearner::new(MetaConfig { max_bad_steps: 3, steps: 5, ..cfg.clone() }).unwrap();
-    let mut gappy = Poisoned { draws: 0, poison: 0..2, value: 1e30 };
+    let mut gappy = Poisoned { draws: 0, poison: 0..4, value: 1e30 };
     for _ in 0..3 {
         meta.step(&mut guide, &mut gappy).unwrap();
     }
-    gappy.poison = 4..6;
+    gappy.poison = 6..10;
     assert_eq!(meta.run(&mut guide, &mut gappy).unwrap().skipped_steps, 2);
     assert_eq!(meta.steps_skipped(), 4);
     assert!(MetaLearner::<f32, Cpu>::new(MetaConfig { max_bad_steps: 0, ..cfg }).is_err());

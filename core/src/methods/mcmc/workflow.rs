@@ -163,7 +163,8 @@ pub struct SymMcmcSettings {
     /// a meta-learned prior ([`crate::methods::bnnp::AmortisedGuide::weight_prior`]); [`ChainInit::Prior`]
     /// then draws from it too.
     pub weight_prior: Option<GaussianWeightPrior>,
-    /// Threads for the fused CPU log density (0: all cores). Default 1.
+    /// Threads for the fused CPU log density (0: all cores). Default 0, every core. Under MPI, with
+    /// one rank per core, set 1.
     pub threads: usize,
     /// Seed (initial positions, sampler seeds).
     pub seed: u64,
@@ -182,7 +183,7 @@ impl Default for SymMcmcSettings {
             init: ChainInit::Uniform(2.0),
             noise: NoisePrior::default(),
             weight_prior: None,
-            threads: 1,
+            threads: 0,
             seed: 0,
             progress: false,
         }
