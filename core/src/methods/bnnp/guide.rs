@@ -568,7 +568,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
         for (l, spec) in arch.layers.iter().enumerate() {
             let k = spec.d_in + 1;
             let d_out = spec.d_out;
-            let (g, kk, units) = groups(spec, self.prior.config().family);
+            let (g, kk, units) = groups(spec, self.prior.family(l));
             let (w, kl_l, kl_v, state) = if nc == 0 {
                 let w = self.prior.sample_layer(&self.store, l, s, rng, trace)?;
                 (w, None, 0.0, None)

@@ -17,7 +17,7 @@
 //! | within-task minibatching (context folded in chunks: the posterior is exact, the gradient a truncated, biased estimate) | [`ForwardOptions::chunk`] |
 //! | per-layer posterior moments, predictions, log predictive density | [`AmortisedGuide::posterior_moments`], [`AmortisedGuide::predict`], [`AmortisedGuide::log_predictive`] |
 //! | online last-layer updates on cached earlier-layer samples | [`AmortisedGuide::online`], [`OnlineLastLayer`] |
-//! | learnable prior families (unit-wise full rank, weight-wise diagonal, layer-wise full rank) and partial trainability | [`LearnedPrior`], [`PriorConfig`], [`PriorFamily`], [`PriorTraining`] |
+//! | learnable prior families (unit-wise full rank, weight-wise diagonal, layer-wise full rank), where they start, and partial trainability | [`LearnedPrior`], [`PriorConfig`], [`PriorFamily`], [`PriorInit`], [`PriorTraining`] |
 //! | objectives: AVI, PP-AVI (β), target-only | [`TaskObjective`], [`task_terms`], [`split_task`] |
 //! | the meta-learning loop | [`MetaLearner`], [`MetaConfig`], [`Checkpointing`] |
 //! | task sources | [`TaskSource`], [`TaskCollection`], [`Generated`] with [`Sawtooth`], [`GpTasks`], [`BnnPriorTasks`], [`Heaviside`] |
@@ -91,6 +91,6 @@ pub use meta::{Checkpointing, MetaConfig, MetaLearner, MetaRecord, MetaReport};
 pub use objective::{split_task, task_terms, Split, TaskObjective, TaskTerms};
 pub use online::OnlineLastLayer;
 pub use params::{linear_lr, Adam, AdamSettings, ParamId, ParamStore};
-pub use prior::{LearnedPrior, PriorConfig, PriorFamily, PriorTraining};
+pub use prior::{LearnedPrior, PriorConfig, PriorFamily, PriorInit, PriorTraining};
 pub use tasks::{gp_sample, BnnPriorTasks, Generated, GpTasks, Heaviside, OracleLpd, Sawtooth, TaskCollection, TaskGenerator, TaskSource};
 pub use transfer::{sample_learned_prior, LearnedPriorElbo, LearnedPriorSource};

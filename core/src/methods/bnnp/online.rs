@@ -101,7 +101,7 @@ impl<E: Real, D: Device<E>> OnlineLastLayer<E, D> {
         data.check_for(self.arch)?;
         let l = self.arch.layers.len() - 1;
         let spec = &self.arch.layers[l];
-        let (g, kk, units) = groups(spec, guide.prior().config().family);
+        let (g, kk, units) = groups(spec, guide.prior().family(l));
         let (k, d_out, s, n) = (spec.d_in + 1, spec.d_out, self.samples, data.len());
         let hidden = self.hidden(&data.x);
         let (phi, sphi) = match &hidden {
@@ -150,8 +150,9 @@ impl<E: Real, D: Device<E>> OnlineLastLayer<E, D> {
 
     /// The output layer's current posterior (one per sample of the earlier layers).
     pub fn posterior(&self, guide: &AmortisedGuide<E, D>) -> Result<LayerPosterior> {
-        let spec = self.arch.layers.last().expect("at least one layer");
-        let (g, kk, _) = groups(spec, guide.prior().config().family);
+        let l = self.arch.layers.len() - 1;
+        let spec = &self.arch.layers[l];
+        let (g, kk, _) = groups(spec, guide.prior().family(l));
         let st = HostPosterior {
             sp: self.state.so,
             g,

@@ -20,11 +20,13 @@ use crate::{Error, Real, Result};
 ///
 /// | family | covariance | parameters per layer |
 /// |---|---|---|
-/// | [`PriorFamily::UnitFullRank`] (default) | per unit, `Σ_d = L_d L_dᵀ / k` | mean `(d_out, k)`, `ln diag L` `(d_out, k)`, strict lower part of `L` `(d_out, k, k)` |
+/// | [`PriorFamily::UnitFullRank`] (default) | per unit, `Σ_d = L_d L_dᵀ / k` | mean `(d_out, k)`, `ln σ` `(d_out, k)`, strict lower part `U` `(d_out, k, k)` |
 /// | [`PriorFamily::WeightDiagonal`] | `diag(σ²) / k` | mean `(d_out, k)`, `ln σ` `(d_out, k)` |
-/// | [`PriorFamily::LayerFullRank`] | one `L Lᵀ / k` over all `d_out·k` weights | mean, `ln diag L` `(d_out·k,)`, strict lower part `(d_out·k, d_out·k)` |
+/// | [`PriorFamily::LayerFullRank`] | one `L Lᵀ / k` over all `d_out·k` weights | mean, `ln σ` `(d_out·k,)`, strict lower part `U` `(d_out·k, d_out·k)` |
 ///
-/// With `fan_in_scaled = false` the `/ k` is dropped. Every family starts at `N(0, I/k)` (the usual
+/// The full-rank factors are `L = (I + U) diag(σ)` with `U` strictly lower triangular: an `L D Lᵀ`
+/// form, in which the correlations are relative to the scales, so that a narrow prior stays
+/// well-conditioned while it learns. With `fan_in_scaled = false` the `/ k` is dropped. Every family starts at `N(0, I/k)` (the usual
 /// `1/fan-in` prior) with all parameters at zero. The layer-wise family couples all units of a
 /// layer, so its posterior is one `(d_out·k)²` system per sample: use it for small layers only.
 ///
@@ -102,12 +104,62 @@ pub enum PriorTraining {
     },
 }
 
+/// Where a learnable prior starts.
+///
+/// A prior centred at zero makes every weight sample an independent random-feature network: a
+/// hidden unit plays a different role in every sample, so the gradients that would move its prior
+/// mean cancel over samples and tasks, the hidden layers' prior never learns features, and only the
+/// output layer (a Bayesian linear regression on random features) adapts. Meta-learning then
+/// cannot capture structure that needs hidden features (the sawtooth's teeth, say).
+/// [`PriorInit::Network`] breaks the symmetry: the hidden layers start *narrow around one network*
+/// (means drawn like a network's initial weights, scales a small fraction of theirs), so that every
+/// sample shares the features and the prior means learn them like a network's weights; the scales
+/// are learned from there. The output layer starts centred either way: it is the conjugate layer.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::bnnp::{Amortised, GuideConfig, PriorConfig, PriorInit};
+/// #[bnn]
+/// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+/// let model = Net::<f64, Cpu>::new(&Cpu::default());
+/// let init = PriorInit::Network { spread: 0.01, seed: 3 };
+/// let guide = model.amortised_guide(GuideConfig { prior: PriorConfig { init, ..Default::default() }, ..Default::default() })?;
+/// let m = guide.prior().marginals(guide.store());
+/// // hidden layer: means spread like N(0, 1/2), scales 0.01 of that
+/// assert!(m[0].0.iter().any(|&mu| mu.abs() > 0.05));
+/// assert!(m[0].1.iter().all(|&sd| (sd - 0.01 / 2f64.sqrt()).abs() < 1e-9));
+/// // output layer: centred, N(0, 1/5)
+/// assert!(m[1].0.iter().all(|&mu| mu == 0.0));
+/// assert!(m[1].1.iter().all(|&sd| (sd - 1.0 / 5f64.sqrt()).abs() < 1e-9));
+/// // a spread must be positive
+/// let bad = PriorConfig { init: PriorInit::Network { spread: 0.0, seed: 0 }, ..Default::default() };
+/// assert!(model.amortised_guide(GuideConfig { prior: bad, ..Default::default() }).is_err());
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum PriorInit {
+    /// `N(0, I/(d_in+1))` in every layer (default).
+    #[default]
+    Centred,
+    /// Hidden layers start at `N(m, spread²·I/(d_in+1))` with `m ~ N(0, I/(d_in+1))` drawn once
+    /// from `seed` (without fan-in scaling: `N(m, spread²·I)`, `m ~ N(0, I)`); the output layer
+    /// starts centred. The full-rank families start with no correlations.
+    Network {
+        /// The hidden layers' initial scale as a fraction of the fan-in scale, in `(0, 1]`.
+        /// `0.01` is a good start for meta-learning features.
+        spread: f64,
+        /// Seed of the means.
+        seed: u64,
+    },
+}
+
 /// Settings of a learnable prior.
 ///
 /// ```
-/// use weightspace::bnnp::{PriorConfig, PriorFamily, PriorTraining};
+/// use weightspace::bnnp::{PriorConfig, PriorFamily, PriorInit, PriorTraining};
 /// let cfg = PriorConfig { family: PriorFamily::WeightDiagonal, training: PriorTraining::Fraction { fraction: 0.1, seed: 0 }, ..Default::default() };
 /// assert!(cfg.fan_in_scaled);
+/// assert_eq!(cfg.init, PriorInit::Centred);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PriorConfig {
@@ -117,18 +169,31 @@ pub struct PriorConfig {
     pub training: PriorTraining,
     /// Divide the covariance by `d_in + 1`. Default true (initial prior `N(0, I/(d_in+1))`).
     pub fan_in_scaled: bool,
+    /// Where the prior starts. Default centred at zero.
+    pub init: PriorInit,
+    /// The output layer's family, when it differs from `family`. Default `None` (the same).
+    /// A diagonal prior for the hidden layers with a full-rank one for the conjugate output layer
+    /// (`Some(PriorFamily::UnitFullRank)`) learns the correlated output directions that a
+    /// task family's random components need, at the hidden layers' diagonal cost.
+    pub output_family: Option<PriorFamily>,
 }
 
 impl Default for PriorConfig {
     fn default() -> Self {
-        Self { family: PriorFamily::UnitFullRank, training: PriorTraining::All, fan_in_scaled: true }
+        Self {
+            family: PriorFamily::UnitFullRank,
+            training: PriorTraining::All,
+            fan_in_scaled: true,
+            init: PriorInit::Centred,
+            output_family: None,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 struct LayerIds {
     mean: ParamId,
-    /// `ln diag L` (full-rank families) or `ln σ` (diagonal).
+    /// `ln σ`: the column scales of `L` (full-rank families) or the scales (diagonal).
     log_scale: ParamId,
     /// Strict lower part of `L` (full-rank families).
     off: Option<ParamId>,
@@ -224,6 +289,13 @@ pub struct LearnedPrior {
     layers: Vec<LayerIds>,
 }
 
+fn layer_family(arch: &Architecture, cfg: &PriorConfig, l: usize) -> PriorFamily {
+    match cfg.output_family {
+        Some(f) if l + 1 == arch.layers.len() => f,
+        _ => cfg.family,
+    }
+}
+
 fn scale_div(spec: &LayerSpec, cfg: &PriorConfig) -> f64 {
     if cfg.fan_in_scaled {
         (spec.d_in + 1) as f64
@@ -252,17 +324,18 @@ impl LearnedPrior {
         }
         let mut layers = Vec::new();
         for (li, spec) in arch.layers.iter().enumerate() {
-            let (g, kk, _) = groups(spec, cfg.family);
+            let family = layer_family(arch, &cfg, li);
+            let (g, kk, _) = groups(spec, family);
             let k = spec.d_in + 1;
             let name = |p: &str| format!("prior.{}.{p}", spec.name);
-            let (mean_shape, full_shape): (Vec<usize>, Vec<usize>) = match cfg.family {
+            let (mean_shape, full_shape): (Vec<usize>, Vec<usize>) = match family {
                 PriorFamily::LayerFullRank => (vec![kk], vec![kk, kk]),
                 _ => (vec![spec.d_out, k], vec![spec.d_out, k, k]),
             };
             let n = g * kk;
             let mean = store.add(&name("mean"), &mean_shape, &vec![0.0; n])?;
             let log_scale = store.add(&name("log_scale"), &mean_shape, &vec![0.0; n])?;
-            let off = match cfg.family {
+            let off = match family {
                 PriorFamily::WeightDiagonal => None,
                 _ => Some(store.add(&name("off_diag"), &full_shape, &vec![0.0; g * kk * kk])?),
             };
@@ -308,7 +381,19 @@ impl LearnedPrior {
             }
             layers.push(LayerIds { mean, log_scale, off });
         }
-        Ok(Self { arch, cfg, layers })
+        let prior = Self { arch, cfg, layers };
+        if let PriorInit::Network { spread, seed } = cfg.init {
+            if !(spread > 0.0 && spread <= 1.0) {
+                return Err(Error::config("PriorInit::Network::spread", spread, "must be in (0, 1]"));
+            }
+            for (l, spec) in arch.layers.iter().enumerate().take(arch.layers.len().saturating_sub(1)) {
+                let base = 1.0 / scale_div(spec, &cfg).sqrt();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(l as u64));
+                let mean: Vec<f64> = (0..spec.num_weights()).map(|_| base * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
+                prior.set_diagonal(store, l, &mean, &vec![spread * base; spec.num_weights()])?;
+            }
+        }
+        Ok(prior)
     }
 
     /// The settings.
@@ -319,6 +404,25 @@ impl LearnedPrior {
     /// The architecture.
     pub fn arch(&self) -> &'static Architecture {
         self.arch
+    }
+
+    /// Layer `l`'s family: [`PriorConfig::output_family`] for the output layer when set,
+    /// [`PriorConfig::family`] otherwise.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::{Amortised, GuideConfig, PriorConfig, PriorFamily};
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let prior = PriorConfig { family: PriorFamily::WeightDiagonal, output_family: Some(PriorFamily::UnitFullRank), ..Default::default() };
+    /// let guide = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig { prior, ..Default::default() })?;
+    /// assert_eq!(guide.prior().family(0), PriorFamily::WeightDiagonal);
+    /// assert_eq!(guide.prior().family(1), PriorFamily::UnitFullRank);
+    /// assert!(guide.store().find("prior.out.off_diag").is_some() && guide.store().find("prior.h.off_diag").is_none());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn family(&self, l: usize) -> PriorFamily {
+        layer_family(self.arch, &self.cfg, l)
     }
 
     /// Sets layer `layer` to `N(mean, diag(sd²))` exactly (every family; full-rank factors become
@@ -358,7 +462,7 @@ impl LearnedPrior {
         trace: bool,
     ) -> Result<Natural<E, D>> {
         let spec = &self.arch.layers[l];
-        let (g, kk, _) = groups(spec, self.cfg.family);
+        let (g, kk, _) = groups(spec, self.family(l));
         let ids = &self.layers[l];
         let c = scale_div(spec, &self.cfg);
         let dev = store.device().clone();
@@ -375,10 +479,7 @@ impl LearnedPrior {
                 Ok(Natural { prec, mean, sigma_inv: None, factor: Factor::DiagPrecSqrt(root), jitter })
             }
             Some(off) => {
-                let lower = strict_lower::<E, D>(&dev, kk).broadcast_like::<_, Axis<0>>(&(g, kk, kk));
-                let off = masked(store, off, trace).reshape_like(&(g, kk, kk)) * lower;
-                let diag = ls.exp().broadcast_like::<_, Axis<1>>(&(g, kk, kk)) * eye.clone();
-                let f = (off + diag) * crate::num::cast::from_f64::<E>(1.0 / c.sqrt());
+                let f = scaled_factor(&dev, masked(store, off, trace), ls, g, kk, c);
                 // a copy with its own id: dfdx cannot multiply a tensor by itself on the tape
                 let ft = (f.with_empty_tape() * E::one()).permute::<_, Axes3<0, 2, 1>>();
                 let sigma = f.with_empty_tape().matmul(ft);
@@ -414,7 +515,7 @@ impl LearnedPrior {
         trace: bool,
     ) -> Result<Taped<(usize, usize, usize), E, D>> {
         let spec = &self.arch.layers[l];
-        let (g, kk, _) = groups(spec, self.cfg.family);
+        let (g, kk, _) = groups(spec, self.family(l));
         let ids = &self.layers[l];
         let c = scale_div(spec, &self.cfg);
         let dev = store.device().clone();
@@ -428,10 +529,7 @@ impl LearnedPrior {
                 sd.broadcast_like::<_, Axis<0>>(&(s, g, kk)) * e
             }
             Some(off) => {
-                let eye = eye::<E, D>(&dev, kk).broadcast_like::<_, Axis<0>>(&(g, kk, kk));
-                let lower = strict_lower::<E, D>(&dev, kk).broadcast_like::<_, Axis<0>>(&(g, kk, kk));
-                let off = masked(store, off, trace).reshape_like(&(g, kk, kk)) * lower;
-                let f = (off + ls.exp().broadcast_like::<_, Axis<1>>(&(g, kk, kk)) * eye) * crate::num::cast::from_f64::<E>(1.0 / c.sqrt());
+                let f = scaled_factor(&dev, masked(store, off, trace), ls, g, kk, c);
                 let e: Tensor<(usize, usize, usize), E, D> = crate::vi::guide::standard_normal(&dev, rng, (g, kk, s));
                 f.matmul(e).permute::<_, Axes3<2, 0, 1>>()
             }
@@ -443,7 +541,7 @@ impl LearnedPrior {
     /// `(G, K)` from the family.
     pub fn moments<E: Real, D: Device<E>>(&self, store: &ParamStore<E, D>, l: usize) -> (Vec<f64>, Vec<f64>, usize, usize) {
         let spec = &self.arch.layers[l];
-        let (g, kk, _) = groups(spec, self.cfg.family);
+        let (g, kk, _) = groups(spec, self.family(l));
         let ids = &self.layers[l];
         let c = scale_div(spec, &self.cfg);
         let mean = store.values(ids.mean);
@@ -463,7 +561,7 @@ impl LearnedPrior {
                     let mut lf = vec![0.0; kk * kk];
                     for i in 0..kk {
                         for j in 0..i {
-                            lf[i * kk + j] = off[gi * kk * kk + i * kk + j];
+                            lf[i * kk + j] = off[gi * kk * kk + i * kk + j] * ls[gi * kk + j].exp();
                         }
                         lf[i * kk + i] = ls[gi * kk + i].exp();
                     }
@@ -548,6 +646,27 @@ pub(crate) fn eye<E: Real, D: Device<E>>(dev: &D, k: usize) -> Tensor<(usize, us
         v[i * k + i] = E::one();
     }
     dev.tensor_from_vec(v, (k, k))
+}
+
+/// The scaled factor `L/√c` of a full-rank family, `(G, K, K)`, on the tape:
+/// `L = (I + strict lower part of off) · diag(e^{ln σ})`, so that `Σ = L Lᵀ / c` is an `L D Lᵀ`
+/// factorisation whose correlations (`off`) are relative to its scales (`ln σ`). An optimiser's
+/// steps of similar size in every parameter then change `Σ`'s conditioning only as much as its
+/// correlations change, whatever the scale; with an absolute off-diagonal a narrow prior (small
+/// `σ`) became numerically singular within a few Adam steps.
+fn scaled_factor<E: Real, D: Device<E>>(
+    dev: &D,
+    off: Taped<(usize,), E, D>,
+    ls: Taped<(usize, usize), E, D>,
+    g: usize,
+    kk: usize,
+    c: f64,
+) -> Taped<(usize, usize, usize), E, D> {
+    let eye = eye::<E, D>(dev, kk).broadcast_like::<_, Axis<0>>(&(g, kk, kk));
+    let lower = strict_lower::<E, D>(dev, kk).broadcast_like::<_, Axis<0>>(&(g, kk, kk));
+    let unit = off.reshape_like(&(g, kk, kk)) * lower + eye;
+    // column j scaled by σ_j
+    unit * ls.exp().broadcast_like::<_, Axis<1>>(&(g, kk, kk)) * crate::num::cast::from_f64::<E>(1.0 / c.sqrt())
 }
 
 fn strict_lower<E: Real, D: Device<E>>(dev: &D, k: usize) -> Tensor<(usize, usize), E, D> {
