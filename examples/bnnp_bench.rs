@@ -18,17 +18,7 @@ use rand::SeedableRng;
 use weightspace::bnnp::*;
 use weightspace::prelude::*;
 
-#[bnn]
-struct Net64 {
-    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
-    h1: Dense<1, 64, Relu>,
-    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
-    h2: Dense<64, 64, Relu>,
-    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
-    out: Dense<64, 1>,
-    #[likelihood(upper = 0.2)]
-    noise: Gaussian<Learned<0.05>>,
-}
+use common::sawtooth::PaperNet;
 
 /// Floating-point operations of one task's pass (forward and backward), counted from the algorithm
 /// as implemented: the BNN over all points and samples, the inference networks, the host conjugate
@@ -89,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // f32 FLOP bound of this machine: 2 cores × 2.3 GHz × 2 AVX-512 FMA units × 16 lanes × 2
     let peak: f64 = args.get("--peak-gflops", 2.0 * 2.3 * 2.0 * 16.0 * 2.0);
     let dev = Cpu::default();
-    let mut guide = Net64::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    let mut guide = PaperNet::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let tasks = TaskCollection::generate(&Sawtooth { n_range: (points, points + 1), ..Default::default() }, n_tasks, &dev, &mut rng)?;
     let cfg = MetaConfig {

@@ -36,7 +36,9 @@
 pub use weightspace_macros::bnn;
 
 // The public surface, one explicit list (the same items as weightspace-core's root).
-pub use weightspace_core::{band_plot, probability_map, BandPlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
+pub use weightspace_core::{
+    band_plot, line_plot, probability_map, BandPlot, LinePlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource,
+};
 pub use weightspace_core::{dfdx, DataError, Error, ExportError, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
 pub use weightspace_core::{
     elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,

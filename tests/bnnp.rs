@@ -772,6 +772,68 @@ fn meta_learning_stops_at_its_time_limit_and_keeps_the_configured_schedule() {
     assert!(matches!(MetaLearner::<f32, Cpu>::new(zero), Err(Error::InvalidConfig { name: "MetaConfig::time_limit", .. })));
 }
 
+/// A run killed mid-way continues from its checkpoint as if it had never stopped: the same
+/// parameters, bit for bit, as an uninterrupted run (Adam's moments and step count, the step
+/// counter and so the task draws and learning rates all restored).
+#[test]
+fn meta_training_resumes_bit_exactly_from_its_checkpoint() {
+    let dev = Cpu::default();
+    let fresh = SawSmall::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let mut tasks = Generated(Sawtooth { n_range: (10, 20), ..Default::default() });
+    let path = std::env::temp_dir().join(format!("ws_bnnp_resume_{}.safetensors", std::process::id()));
+    let cfg = MetaConfig {
+        steps: 7,
+        tasks_per_step: 2,
+        samples: 2,
+        progress: false,
+        checkpoint: Some(Checkpointing { path: path.clone(), every: 2 }),
+        ..Default::default()
+    };
+    let values = |g: &AmortisedGuide<f32, Cpu>| g.store().ids().map(|id| g.store().values(id)).collect::<Vec<_>>();
+    let mut straight = fresh.clone();
+    MetaLearner::new(MetaConfig { checkpoint: None, ..cfg.clone() }).unwrap().run(&mut straight, &mut tasks).unwrap();
+
+    // "killed" after its third step: the last checkpoint is the one after step 2, in a run that
+    // stops at its time limit after every step
+    let mut killed = fresh.clone();
+    let mut meta = MetaLearner::new(MetaConfig { time_limit: Some(std::time::Duration::from_nanos(1)), ..cfg.clone() }).unwrap();
+    for _ in 0..2 {
+        meta.run(&mut killed, &mut tasks).unwrap();
+    }
+    let at_two = values(&killed);
+    meta.step(&mut killed, &mut tasks).unwrap(); // not checkpointed: lost in the "kill"
+
+    let mut resumed = fresh.clone();
+    let mut meta = MetaLearner::new(cfg.clone()).unwrap();
+    meta.resume(&mut resumed, &path).unwrap();
+    assert_eq!(meta.steps_taken(), 2);
+    assert_eq!(values(&resumed), at_two);
+    let report = meta.run(&mut resumed, &mut tasks).unwrap();
+    assert_eq!(report.steps, 5);
+    assert_eq!(values(&resumed), values(&straight), "the resumed run differs from the uninterrupted one");
+
+    // a checkpoint is also a guide file
+    let mut loaded = fresh.clone();
+    loaded.load(&path).unwrap();
+    assert_eq!(values(&loaded), values(&straight));
+
+    // a guide-only file has no optimiser state; another architecture does not fit: both are
+    // errors that leave the guide and the learner as they were
+    let guide_only = std::env::temp_dir().join(format!("ws_bnnp_resume_guide_{}.safetensors", std::process::id()));
+    straight.save(&guide_only).unwrap();
+    let mut target = fresh.clone();
+    let mut meta = MetaLearner::new(cfg.clone()).unwrap();
+    let e = meta.resume(&mut target, &guide_only).unwrap_err();
+    assert!(matches!(&e, Error::Checkpoint { reason, .. } if reason.contains("not written by MetaLearner")), "{e}");
+    let mut deep = Deep::<f32, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let before = values(&deep);
+    assert!(matches!(meta.resume(&mut deep, &path), Err(Error::Checkpoint { .. })));
+    assert_eq!((values(&deep), values(&target), meta.steps_taken()), (before, values(&fresh), 0));
+    assert!(matches!(meta.resume(&mut target, path.with_extension("missing")), Err(Error::Checkpoint { .. })));
+    std::fs::remove_file(&path).ok();
+    std::fs::remove_file(&guide_only).ok();
+}
+
 #[test]
 fn partial_trainability_generators_and_meta_checkpoints() {
     let dev = Cpu::default();

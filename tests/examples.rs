@@ -27,7 +27,9 @@ fn binary(name: &str) -> PathBuf {
         Err(_) => panic!("example binary {} is missing; {build}", path.display()),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for source in [root.join("examples").join(format!("{name}.rs")), root.join("examples/common/mod.rs")] {
+    for source in
+        [root.join("examples").join(format!("{name}.rs")), root.join("examples/common/mod.rs"), root.join("examples/common/sawtooth.rs")]
+    {
         let changed = std::fs::metadata(&source).and_then(|m| m.modified()).expect("example source");
         assert!(changed <= built, "example binary {} is older than {}; {build}", path.display(), source.display());
     }
@@ -217,6 +219,35 @@ fn meta_sawtooth() {
     wrote(&dir, &pngs.each_ref().map(String::as_str));
 }
 
+/// `--paper` in two segments: the second resumes from the first's checkpoint and extends the
+/// learning curve.
+#[test]
+fn meta_sawtooth_paper_resumes() {
+    let dir = scratch("meta_sawtooth_paper");
+    let first = run_in(&dir, "meta_sawtooth", &["--paper", "--steps", "2"]);
+    assert_eq!(summary(&first, "meta_sawtooth_paper ").get("step"), Some(&"2"), "{first}");
+    let second = run_in(&dir, "meta_sawtooth", &["--paper"]);
+    assert!(second.contains("resumed from target/weightspace/meta_sawtooth_paper.safetensors at step 2"), "{second}");
+    let s = summary(&second, "meta_sawtooth_paper ");
+    assert_eq!(s.get("step"), Some(&"4"), "{second}");
+    finite(&s, &["nc4_bnnp", "nc4_oracle", "nc8_bnnp", "nc8_oracle", "noise"]);
+    let curve = std::fs::read_to_string(dir.join("target/weightspace/meta_sawtooth_paper_curve.csv")).expect("the curve");
+    assert_eq!(curve.lines().count(), 3, "a header and one row per segment: {curve}");
+    wrote(&dir, &["target/weightspace/meta_sawtooth_paper_curve.png", "target/weightspace/meta_sawtooth_paper_prior_learned.png"]);
+}
+
+#[test]
+fn prior_transfer() {
+    let (out, _) = run("prior_transfer");
+    assert!(out.contains("meta-learned guide: trained here, 60 steps"), "{out}");
+    let s = summary(&out, "prior_transfer ");
+    let v = finite(&s, &["nc2_nuts_standard", "nc2_nuts_learned", "nc2_bnnp", "nc2_mfvi_learned", "nc2_oracle", "noise"]);
+    // nothing beats the Bayes-optimal predictor by more than the Monte-Carlo noise of 2 tasks
+    for (i, m) in v[..4].iter().enumerate() {
+        assert!(v[4] > m - 0.5, "method {i}: {m} above the oracle {}", v[4]);
+    }
+}
+
 /// Without `--csv`: the synthetic file it writes first.
 #[test]
 fn own_data() {
@@ -303,6 +334,7 @@ fn all_examples_covered_and_unknown_flags_rejected() {
         "meta_custom",
         "meta_sawtooth",
         "own_data",
+        "prior_transfer",
         "regression",
         "symmetrised_vi",
         "symmetry_mcmc",

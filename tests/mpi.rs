@@ -8,7 +8,8 @@
 //!
 //! Equality: on every rank count, rank 0 also runs each algorithm alone (`SingleProcess`) with the
 //! same seed and asserts that the sharded run's draws are the same bits, and that data-parallel
-//! meta-training steps give the one-process parameters within a float tolerance. Faults: with `--fail err`
+//! meta-training steps give the one-process parameters within a float tolerance, also when a run
+//! checkpointed on R ranks is resumed on one. Faults: with `--fail err`
 //! or `--fail panic`, the log density of rank 1 fails part-way through sampling while rank 0 waits
 //! in a collective; the job must end with a non-zero exit code and a message naming rank 1.
 
@@ -152,6 +153,40 @@ fn meta_equal(comm: &Mpi) -> weightspace::Result<()> {
     Ok(())
 }
 
+/// A meta-training run stopped after 2 of 4 steps on R ranks resumes from its checkpoint on one
+/// process and ends where a one-process run of all 4 steps ends (within 1e-9, as above).
+fn meta_resume_across_rank_counts(comm: &Mpi) -> weightspace::Result<()> {
+    let dev = Cpu::default();
+    let cfg = MetaConfig { steps: 4, tasks_per_step: 5, samples: 4, progress: false, seed: 11, ..Default::default() };
+    let fresh = || MetaNet::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default());
+    let mut guide = fresh()?;
+    let mut meta = MetaLearner::new(cfg.clone())?;
+    for _ in 0..2 {
+        meta.step_on(comm, &mut guide, &mut Generated(Sawtooth::default()))?;
+    }
+    if comm.is_root() {
+        let path = std::env::temp_dir().join(format!("ws_mpi_resume_{}.safetensors", std::process::id()));
+        meta.save(&guide, &path)?;
+        let mut resumed = fresh()?;
+        let mut meta = MetaLearner::new(cfg.clone())?;
+        meta.resume(&mut resumed, &path)?;
+        std::fs::remove_file(&path).ok();
+        let report = meta.run_on(&SingleProcess, &mut resumed, &mut Generated(Sawtooth::default()))?;
+        assert_eq!((report.steps, meta.steps_taken()), (2, 4));
+        let mut straight = fresh()?;
+        MetaLearner::new(cfg)?.run_on(&SingleProcess, &mut straight, &mut Generated(Sawtooth::default()))?;
+        let mut max_diff = 0.0f64;
+        for id in straight.store().ids() {
+            for (a, b) in resumed.store().values(id).iter().zip(straight.store().values(id)) {
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        assert!(max_diff < 1e-9, "resumed on 1 process after 2 steps on {} ranks: parameters differ by {max_diff:e}", comm.size());
+        println!("mpi meta resume: 2 steps on {} ranks, 2 more on 1 after resuming; max parameter difference {max_diff:e}", comm.size());
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let fail = args.iter().position(|a| a == "--fail").and_then(|i| args.get(i + 1)).cloned();
@@ -176,6 +211,7 @@ fn main() {
         workflow_equal(comm, ChainSampler::ManyChain(ManyChainSettings::default()), "sym_mcmc-chees")?;
         workflow_equal(comm, ChainSampler::Nuts(NutsSettings { seed: 2, ..Default::default() }), "sym_mcmc-nuts")?;
         meta_equal(comm)?;
+        meta_resume_across_rank_counts(comm)?;
         if comm.is_root() {
             println!("mpi checks passed on {} ranks", comm.size());
         }

@@ -46,7 +46,7 @@ pub use vi::guide::{rsample_guide, sample_guide, standard_normal, MeanFieldInit}
 pub use vi::network::forward_mean_field;
 
 // prediction
-pub use predict::plot::{band_plot, probability_map, BandPlot};
+pub use predict::plot::{band_plot, line_plot, probability_map, BandPlot, LinePlot};
 pub use predict::predictive::{Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
 
 /// Metrics on predictions given as plain `f64` slices: log predictive density, RMSE, NLL,

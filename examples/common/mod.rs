@@ -7,6 +7,8 @@
 // each example uses a different subset of these helpers
 #![allow(dead_code)]
 
+pub mod sawtooth;
+
 use std::str::FromStr;
 
 /// The parsed command line of one example.

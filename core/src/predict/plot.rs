@@ -1,4 +1,5 @@
-//! PNG pictures of predictive distributions: bands, function samples and data.
+//! PNG pictures of predictive distributions (bands, function samples and data), class
+//! probability maps, and line plots of curves.
 //!
 //! Drawing uses plotters' bitmap backend with the system's TrueType fonts; failures (no font, an
 //! unwritable path) are returned as [`Error::Plot`], never panics.
@@ -48,6 +49,37 @@ fn finite_range<'a>(vals: impl Iterator<Item = &'a f64>) -> Option<(f64, f64)> {
     (lo <= hi).then_some(if lo == hi { (lo - 1.0, hi + 1.0) } else { (lo, hi) })
 }
 
+/// The chart that [`band_plot`] and [`line_plot`] draw on.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+/// A 900×600 PNG at `path`: a captioned chart over the ranges `x` and `y` (`y` padded by 5 %), with
+/// a mesh and axis `labels`; `draw` adds the series, then the legend is drawn and the file written.
+fn xy_chart(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    x: (f64, f64),
+    y: (f64, f64),
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<()>,
+) -> Result<()> {
+    let pad = 0.05 * (y.1 - y.0);
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x.0..x.1, (y.0 - pad)..(y.1 + pad))
+        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().x_desc(labels.0).y_desc(labels.1).draw().map_err(|e| plot_err(path, e))?;
+    draw(&mut chart)?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
 /// Writes a band plot to `path` (PNG, 900×600).
 ///
 /// ```
@@ -76,42 +108,100 @@ pub fn band_plot(path: impl AsRef<Path>, p: &BandPlot<'_>) -> Result<()> {
     let (x0, x1) = finite_range(p.x.iter().chain(p.points.map_or(&[][..], |q| q.0))).ok_or_else(|| plot_err(path, "no finite x"))?;
     let ys = p.lower.iter().chain(p.upper).chain(p.mean).chain(p.points.map_or(&[][..], |q| q.1)).chain(p.samples.iter().flatten());
     let (y0, y1) = finite_range(ys).ok_or_else(|| plot_err(path, "no finite y"))?;
-    let pad = 0.05 * (y1 - y0);
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(p.title, ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-        .map_err(|e| plot_err(path, e))?;
-    chart.configure_mesh().x_desc("x").y_desc("y").draw().map_err(|e| plot_err(path, e))?;
-    let band: Vec<(f64, f64)> =
-        p.x.iter().zip(p.upper).map(|(&a, &b)| (a, b)).chain(p.x.iter().zip(p.lower).rev().map(|(&a, &b)| (a, b))).collect();
-    chart
-        .draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.18))))
-        .map_err(|e| plot_err(path, e))?
-        .label("central band")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.18).filled()));
-    for s in p.samples {
-        chart.draw_series(LineSeries::new(p.x.iter().zip(s).map(|(&a, &b)| (a, b)), BLUE.mix(0.25))).map_err(|e| plot_err(path, e))?;
-    }
-    chart
-        .draw_series(LineSeries::new(p.x.iter().zip(p.mean).map(|(&a, &b)| (a, b)), BLUE.stroke_width(2)))
-        .map_err(|e| plot_err(path, e))?
-        .label("predictive mean")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
-    if let Some((px, py)) = p.points {
+    xy_chart(path, p.title, ("x", "y"), (x0, x1), (y0, y1), |chart| {
+        let band: Vec<(f64, f64)> =
+            p.x.iter().zip(p.upper).map(|(&a, &b)| (a, b)).chain(p.x.iter().zip(p.lower).rev().map(|(&a, &b)| (a, b))).collect();
         chart
-            .draw_series(px.iter().zip(py).map(|(&a, &b)| Circle::new((a, b), 3, BLACK.filled())))
+            .draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.18))))
             .map_err(|e| plot_err(path, e))?
-            .label("data")
-            .legend(|(x, y)| Circle::new((x + 8, y), 3, BLACK.filled()));
+            .label("central band")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLUE.mix(0.18).filled()));
+        for s in p.samples {
+            chart.draw_series(LineSeries::new(p.x.iter().zip(s).map(|(&a, &b)| (a, b)), BLUE.mix(0.25))).map_err(|e| plot_err(path, e))?;
+        }
+        chart
+            .draw_series(LineSeries::new(p.x.iter().zip(p.mean).map(|(&a, &b)| (a, b)), BLUE.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label("predictive mean")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE.stroke_width(2)));
+        if let Some((px, py)) = p.points {
+            chart
+                .draw_series(px.iter().zip(py).map(|(&a, &b)| Circle::new((a, b), 3, BLACK.filled())))
+                .map_err(|e| plot_err(path, e))?
+                .label("data")
+                .legend(|(x, y)| Circle::new((x + 8, y), 3, BLACK.filled()));
+        }
+        Ok(())
+    })
+}
+
+/// Named curves over a common x axis (learning curves, say), each drawn as a line with markers.
+///
+/// ```no_run
+/// use weightspace::{line_plot, LinePlot};
+/// let steps = [1000.0, 2000.0, 3000.0];
+/// let lpd = [0.2, 0.5, 0.6];
+/// let optimum = [1.3, 1.3, 1.3];
+/// line_plot("curve.png", &LinePlot {
+///     title: "held-out LPD", x_label: "step", y_label: "nats per point",
+///     x: &steps, series: &[("BNNP", &lpd), ("optimum", &optimum)],
+/// })?;
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct LinePlot<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// Label of the x axis.
+    pub x_label: &'a str,
+    /// Label of the y axis.
+    pub y_label: &'a str,
+    /// The common x values.
+    pub x: &'a [f64],
+    /// `(legend, y values)` per curve, each as long as `x`; non-finite values are left out.
+    pub series: &'a [(&'a str, &'a [f64])],
+}
+
+/// Writes a line plot to `path` (PNG, 900×600).
+///
+/// ```
+/// use weightspace::{line_plot, Error, LinePlot};
+/// let x = [1.0, 2.0, 3.0];
+/// let mut p = LinePlot { title: "curves", x_label: "step", y_label: "value", x: &x, series: &[("a", &[0.0, 1.0, 0.5])] };
+/// let path = std::env::temp_dir().join("weightspace_line_plot_doc.png");
+/// match line_plot(&path, &p) {
+///     Ok(()) => assert!(std::fs::read(&path).unwrap().starts_with(b"\x89PNG")),
+///     Err(e) => assert!(matches!(e, Error::Plot { .. })), // e.g. no system font
+/// }
+/// // a curve of the wrong length is an error, not a panic
+/// p.series = &[("a", &[0.0, 1.0])];
+/// assert!(matches!(line_plot(&path, &p), Err(Error::Plot { .. })));
+/// ```
+pub fn line_plot(path: impl AsRef<Path>, p: &LinePlot<'_>) -> Result<()> {
+    let path = path.as_ref();
+    let n = p.x.len();
+    if n == 0 || p.series.is_empty() || p.series.iter().any(|(_, y)| y.len() != n) {
+        return Err(plot_err(path, format!("needs at least one point and one curve, each curve as long as x ({n})")));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
-    root.present().map_err(|e| plot_err(path, e))?;
-    Ok(())
+    let (mut x0, mut x1) = finite_range(p.x.iter()).ok_or_else(|| plot_err(path, "no finite x"))?;
+    if x0 == x1 {
+        (x0, x1) = (x0 - 1.0, x1 + 1.0);
+    }
+    let (y0, y1) = finite_range(p.series.iter().flat_map(|(_, y)| y.iter())).ok_or_else(|| plot_err(path, "no finite y"))?;
+    xy_chart(path, p.title, (p.x_label, p.y_label), (x0, x1), (y0, y1), |chart| {
+        for (i, (name, y)) in p.series.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> =
+                p.x.iter().zip(y.iter()).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(&a, &b)| (a, b)).collect();
+            chart.draw_series(pts.iter().map(|&q| Circle::new(q, 3, colour.filled()))).map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
+                .map_err(|e| plot_err(path, e))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
+        }
+        Ok(())
+    })
 }
 
 /// Writes a scatter plot of labelled 2-D points with a background of predicted class-1

@@ -9,7 +9,7 @@ use dfdx::prelude::*;
 
 use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
-use super::params::{linear_lr, Adam, AdamSettings};
+use super::params::{linear_lr, Adam, AdamSettings, SafetensorsFile};
 use super::tasks::TaskSource;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
@@ -17,8 +17,16 @@ use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
+/// Checkpoint metadata keys of [`MetaLearner::save`].
+const META_STEP: &str = "weightspace.meta.step";
+const META_SKIPPED: &str = "weightspace.meta.skipped";
+const META_BAD_RUN: &str = "weightspace.meta.bad_run";
+const META_ADAM_STEPS: &str = "weightspace.meta.adam_steps";
+
 /// Where and how often [`MetaLearner::run`] writes checkpoints (atomically: a failed write leaves
-/// the previous checkpoint intact).
+/// the previous checkpoint intact). A checkpoint is the whole training state
+/// ([`MetaLearner::save`]): an interrupted run continues from it with [`MetaLearner::resume`], and
+/// [`AmortisedGuide::load`] reads the guide from it.
 ///
 /// ```
 /// use weightspace::prelude::*;
@@ -31,7 +39,9 @@ use crate::{Error, Real, Result};
 /// let checkpoint = Some(Checkpointing { path: path.clone(), every: 2 });
 /// let cfg = MetaConfig { steps: 3, tasks_per_step: 2, samples: 2, progress: false, checkpoint, ..Default::default() };
 /// MetaLearner::new(cfg)?.run(&mut guide, &mut tasks)?;
-/// assert!(std::fs::metadata(&path)?.len() > 0);
+/// let mut restored = Net::<f64, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+/// restored.load(&path)?;
+/// assert_eq!(restored.noise_scale(), guide.noise_scale());
 /// std::fs::remove_file(&path).ok();
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -298,6 +308,97 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         self.step
     }
 
+    /// Writes the whole training state to a safetensors file (atomically): the guide's parameters
+    /// (under the names [`AmortisedGuide::save`] uses, so [`AmortisedGuide::load`] reads the file
+    /// too), Adam's moments and step count, and the step counters. [`MetaConfig::checkpoint`]
+    /// writes this; [`resume`](Self::resume) reads it back.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let dev = Cpu::default();
+    /// let fresh = Net::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default())?;
+    /// let cfg = MetaConfig { steps: 4, tasks_per_step: 2, samples: 2, progress: false, ..Default::default() };
+    /// let mut tasks = Generated(Sawtooth { n_range: (10, 12), ..Default::default() });
+    /// let path = std::env::temp_dir().join(format!("ws_meta_resume_{}.safetensors", std::process::id()));
+    ///
+    /// // four steps in one go
+    /// let mut straight = fresh.clone();
+    /// MetaLearner::new(cfg.clone())?.run(&mut straight, &mut tasks)?;
+    ///
+    /// // two steps, a checkpoint, then a new process would resume from it
+    /// let mut first = fresh.clone();
+    /// let mut meta = MetaLearner::new(cfg.clone())?;
+    /// meta.step(&mut first, &mut tasks)?;
+    /// meta.step(&mut first, &mut tasks)?;
+    /// meta.save(&first, &path)?;
+    /// let mut resumed = fresh.clone();
+    /// let mut meta = MetaLearner::new(cfg)?;
+    /// meta.resume(&mut resumed, &path)?;
+    /// assert_eq!(meta.steps_taken(), 2);
+    /// meta.run(&mut resumed, &mut tasks)?;
+    /// // the same parameters, bit for bit
+    /// let values = |g: &AmortisedGuide<f64, Cpu>| g.store().ids().map(|id| g.store().values(id)).collect::<Vec<_>>();
+    /// assert_eq!(values(&resumed), values(&straight));
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] when the file cannot be written.
+    pub fn save(&self, guide: &AmortisedGuide<E, D>, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let metadata =
+            [(META_STEP, self.step), (META_SKIPPED, self.skipped), (META_BAD_RUN, self.bad_run), (META_ADAM_STEPS, self.opt.steps())]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into_iter()
+                .collect();
+        guide.store().save_with(path.as_ref(), self.opt.state(guide.store()), metadata)
+    }
+
+    /// Continues from a file written by [`save`](Self::save) (or by [`MetaConfig::checkpoint`]):
+    /// loads the guide's parameters, Adam's state and the step counters, so that the next
+    /// [`run`](Self::run) takes the same steps, with the same task draws and learning rates, as an
+    /// uninterrupted run would have (bit for bit on one process; over MPI the gradient sums may
+    /// round differently with a different number of ranks). The guide must have the architecture
+    /// and settings of the one saved; this learner's settings apply from here on (a larger
+    /// `steps` extends the run, and moves the learning-rate schedule with it). [`save`](Self::save)
+    /// shows a resumed run ending bit for bit where an uninterrupted one does.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bnnp::*;
+    /// #[bnn]
+    /// struct Net { #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] h: Dense<1, 4, Tanh>, #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)] out: Dense<4, 1>, #[likelihood] noise: Gaussian<Learned<0.1>> }
+    /// let mut guide = Net::<f32, Cpu>::new(&Cpu::default()).amortised_guide(GuideConfig::default())?;
+    /// let path = std::env::temp_dir().join(format!("ws_meta_resume_doc_{}.safetensors", std::process::id()));
+    /// guide.save(&path)?; // the guide alone: no optimiser state to resume
+    /// let mut meta = MetaLearner::new(MetaConfig::default())?;
+    /// assert!(matches!(meta.resume(&mut guide, &path), Err(weightspace::Error::Checkpoint { .. })));
+    /// assert_eq!(meta.steps_taken(), 0);
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] for a file that cannot be read, does not match the guide, or holds no
+    /// optimiser state (a file from [`AmortisedGuide::save`]); [`Error::NonFinite`] for a
+    /// non-finite entry. On error neither the guide nor the learner changes.
+    pub fn resume(&mut self, guide: &mut AmortisedGuide<E, D>, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let file = SafetensorsFile::read(path.as_ref())?;
+        let (step, skipped, bad_run, adam_steps): (usize, usize, usize, usize) =
+            (file.meta(META_STEP)?, file.meta(META_SKIPPED)?, file.meta(META_BAD_RUN)?, file.meta(META_ADAM_STEPS)?);
+        let mut store = guide.store().clone();
+        store.load_from(&file)?;
+        let mut opt = self.opt.clone();
+        opt.load_state(&store, &file, adam_steps)?;
+        *guide.store_mut() = store;
+        self.opt = opt;
+        (self.step, self.skipped, self.bad_run) = (step, skipped, bad_run);
+        Ok(())
+    }
+
     /// Steps skipped so far for a non-finite loss, gradient or parameter.
     ///
     /// ```
@@ -529,7 +630,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             }
             if let Some(c) = &self.cfg.checkpoint {
                 if root && (self.step.is_multiple_of(c.every) || self.step == steps || stopped_early) {
-                    guide.save(&c.path)?;
+                    self.save(guide, &c.path)?;
                 }
             }
             bar.inc();

@@ -8,6 +8,7 @@
 //! shape and a stable hierarchical name, and implements Adam with dfdx tensor ops (so it runs on
 //! every device) and checkpoints in the safetensors format directly.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use dfdx::prelude::*;
@@ -204,16 +205,19 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
     /// replaced atomically (written beside it, synced, renamed over it): a save that fails or is
     /// interrupted leaves the previous file intact.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let p = path.as_ref();
+        self.save_with(path.as_ref(), Vec::new(), HashMap::new())
+    }
+
+    /// [`save`](Self::save) with `extra` named tensors and string `metadata` in the same file.
+    pub(crate) fn save_with(&self, p: &Path, extra: Vec<(String, Vec<usize>, Vec<E>)>, metadata: HashMap<String, String>) -> Result<()> {
         let err = |reason: String| Error::Checkpoint { path: p.display().to_string(), reason };
+        let to_bytes =
+            |v: Vec<E>| -> Vec<u8> { v.into_iter().flat_map(<E as dfdx::tensor::safetensors::SafeDtype>::to_le_bytes).collect() };
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .entries
             .iter()
-            .map(|e| {
-                let data: Vec<u8> =
-                    e.value.as_vec().into_iter().flat_map(|v| <E as dfdx::tensor::safetensors::SafeDtype>::to_le_bytes(v)).collect();
-                (e.name.clone(), e.shape.clone(), data)
-            })
+            .map(|e| (e.name.clone(), e.shape.clone(), to_bytes(e.value.as_vec())))
+            .chain(extra.into_iter().map(|(n, s, v)| (n, s, to_bytes(v))))
             .collect();
         let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
         let views = bytes
@@ -221,36 +225,25 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
             .map(|(n, s, d)| ::safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| err(format!("{e:?}")))?;
+        let metadata = (!metadata.is_empty()).then_some(metadata);
         crate::model::checkpoint::write_atomically(p, |tmp| {
-            ::safetensors::serialize_to_file(views, &None, tmp).map_err(|e| err(format!("{e:?}")))
+            ::safetensors::serialize_to_file(views, &metadata, tmp).map_err(|e| err(format!("{e:?}")))
         })
     }
 
     /// Loads every parameter from a safetensors file written by [`ParamStore::save`]: names, shapes
-    /// and dtype must match. On error the store is left unchanged.
+    /// and dtype must match (other tensors in the file are ignored). On error the store is left
+    /// unchanged.
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let p = path.as_ref();
-        let err = |reason: String| Error::Checkpoint { path: p.display().to_string(), reason };
-        let buf = std::fs::read(p).map_err(|e| err(e.to_string()))?;
-        let st = ::safetensors::SafeTensors::deserialize(&buf).map_err(|e| err(format!("{e:?}")))?;
-        let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
-        let size = std::mem::size_of::<E>();
+        let file = SafetensorsFile::read(path.as_ref())?;
+        self.load_from(&file)
+    }
+
+    /// [`load`](Self::load) from a file already read.
+    pub(crate) fn load_from(&mut self, file: &SafetensorsFile) -> Result<()> {
         let mut new = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
-            let t = st.tensor(&e.name).map_err(|x| err(format!("parameter `{}`: {x:?}", e.name)))?;
-            if t.dtype() != dtype {
-                return Err(err(format!("parameter `{}` has dtype {:?}, expected {dtype:?}", e.name, t.dtype())));
-            }
-            if t.shape() != e.shape.as_slice() {
-                return Err(err(format!("parameter `{}` has shape {:?}, expected {:?}", e.name, t.shape(), e.shape)));
-            }
-            let data = t.data();
-            let v: Vec<E> =
-                (0..data.len() / size).map(|i| <E as dfdx::tensor::safetensors::SafeDtype>::from_le_bytes(data, i * size)).collect();
-            if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::NonFinite { what: format!("checkpoint parameter `{}`", e.name), index });
-            }
-            new.push(v);
+            new.push(file.tensor::<E>(&e.name, &e.shape)?);
         }
         for (e, v) in self.entries.iter_mut().zip(new) {
             let n = v.len();
@@ -262,6 +255,63 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
     /// Whether every parameter is finite (reduced on the device, one scalar read back per tensor).
     pub fn all_finite(&self) -> bool {
         self.entries.iter().all(|e| e.value.shape().0 == 0 || (e.value.clone() * E::zero()).sum::<(), _>().as_vec()[0].is_finite())
+    }
+}
+
+/// A safetensors file read into memory: its tensors, checked one by one on access, and its
+/// string metadata.
+pub(crate) struct SafetensorsFile {
+    path: String,
+    buf: Vec<u8>,
+    metadata: HashMap<String, String>,
+}
+
+impl SafetensorsFile {
+    pub(crate) fn read(p: &Path) -> Result<Self> {
+        let path = p.display().to_string();
+        let buf = std::fs::read(p).map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        let (_, header) = ::safetensors::SafeTensors::read_metadata(&buf)
+            .map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("{e:?}") })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(Self { path, buf, metadata })
+    }
+
+    fn err(&self, reason: String) -> Error {
+        Error::Checkpoint { path: self.path.clone(), reason }
+    }
+
+    /// Whether the file holds a tensor `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        ::safetensors::SafeTensors::deserialize(&self.buf).is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
+    /// The tensor `name`, which must have dtype `E`, logical shape `shape` and finite entries.
+    pub(crate) fn tensor<E: Real>(&self, name: &str, shape: &[usize]) -> Result<Vec<E>> {
+        let st = ::safetensors::SafeTensors::deserialize(&self.buf).map_err(|e| self.err(format!("{e:?}")))?;
+        let t = st.tensor(name).map_err(|x| self.err(format!("parameter `{name}`: {x:?}")))?;
+        let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
+        if t.dtype() != dtype {
+            return Err(self.err(format!("parameter `{name}` has dtype {:?}, expected {dtype:?}", t.dtype())));
+        }
+        if t.shape() != shape {
+            return Err(self.err(format!("parameter `{name}` has shape {:?}, expected {shape:?}", t.shape())));
+        }
+        let data = t.data();
+        let size = std::mem::size_of::<E>();
+        let v: Vec<E> =
+            (0..data.len() / size).map(|i| <E as dfdx::tensor::safetensors::SafeDtype>::from_le_bytes(data, i * size)).collect();
+        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite { what: format!("checkpoint parameter `{name}`"), index });
+        }
+        Ok(v)
+    }
+
+    /// The metadata entry `key`, parsed.
+    pub(crate) fn meta<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let v = self.metadata.get(key).ok_or_else(|| {
+            self.err(format!("no `{key}` entry: not written by MetaLearner (AmortisedGuide::save keeps the parameters only)"))
+        })?;
+        v.parse().map_err(|_| self.err(format!("`{key}` = {v:?} does not parse")))
     }
 }
 
@@ -327,6 +377,39 @@ impl<E: Real, D: Device<E>> Adam<E, D> {
     /// Steps taken.
     pub fn steps(&self) -> usize {
         self.t
+    }
+
+    /// The moments as named tensors (`adam.m/<name>`, `adam.v/<name>`; parameters that have none
+    /// yet are left out), for a checkpoint.
+    pub(crate) fn state(&self, store: &ParamStore<E, D>) -> Vec<(String, Vec<usize>, Vec<E>)> {
+        let mut out = Vec::new();
+        for (e, mom) in store.entries.iter().zip(&self.moments) {
+            if let Some((m, v)) = mom {
+                out.push((format!("adam.m/{}", e.name), e.shape.clone(), m.as_vec()));
+                out.push((format!("adam.v/{}", e.name), e.shape.clone(), v.as_vec()));
+            }
+        }
+        out
+    }
+
+    /// The state after `t` steps with the moments of [`state`](Self::state) read from `file`; on
+    /// error nothing changes.
+    pub(crate) fn load_state(&mut self, store: &ParamStore<E, D>, file: &SafetensorsFile, t: usize) -> Result<()> {
+        let mut moments = Vec::with_capacity(store.entries.len());
+        for e in &store.entries {
+            let (mn, vn) = (format!("adam.m/{}", e.name), format!("adam.v/{}", e.name));
+            if !e.trainable || (!file.contains(&mn) && t == 0) {
+                moments.push(None);
+                continue;
+            }
+            let n = e.value.shape().0;
+            let m = file.tensor::<E>(&mn, &e.shape)?;
+            let v = file.tensor::<E>(&vn, &e.shape)?;
+            moments.push(Some((store.dev.tensor_from_vec(m, (n,)), store.dev.tensor_from_vec(v, (n,)))));
+        }
+        self.moments = moments;
+        self.t = t;
+        Ok(())
     }
 
     /// One update of every trainable parameter from `grads` (parameters with no recorded gradient
