@@ -66,7 +66,7 @@ fn band(f: &[f32], n: usize) -> (Vec<Vec<f64>>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut mean, mut lo, mut hi) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     for i in 0..n {
         let mut col: Vec<f64> = samples.iter().map(|r| r[i]).collect();
-        col.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        col.sort_by(f64::total_cmp);
         mean[i] = col.iter().sum::<f64>() / s as f64;
         lo[i] = col[(0.025 * (s - 1) as f64) as usize];
         hi[i] = col[(0.975 * (s - 1) as f64) as usize];
