@@ -108,9 +108,10 @@ pub fn mfvi(ctx: &Dataset<f32, Cpu>, noise_raw: f32, learned: Option<&G>, steps:
         Some(g) => {
             // start at the learned prior itself (its means and marginal sds): a random start far
             // from a narrow prior's means costs more KL than 600 steps can win back
-            start_at_learned_prior(&mut guide.h1, g, 0);
-            start_at_learned_prior(&mut guide.h2, g, 1);
-            start_at_learned_prior(&mut guide.out, g, 2);
+            let marginals = g.prior().marginals(g.store());
+            start_at(&mut guide.h1, &marginals[0]);
+            start_at(&mut guide.h2, &marginals[1]);
+            start_at(&mut guide.out, &marginals[2]);
             let mut objective = LearnedPriorElbo::new(g, 4)?;
             fit_objective(&mut model, &mut guide, ctx, &cfg, &mut objective)?;
         }
@@ -118,11 +119,8 @@ pub fn mfvi(ctx: &Dataset<f32, Cpu>, noise_raw: f32, learned: Option<&G>, steps:
     Ok((model, guide))
 }
 
-/// Sets one layer of a mean-field guide to layer `l` of the learned prior: its means and marginal
-/// standard deviations (the weights in `[W | b]` row order, as the prior's moments list them).
-fn start_at_learned_prior<const N: usize>(q: &mut NormalParams<N, f32, Cpu>, g: &G, l: usize) {
-    let (mean, cov, groups, k) = g.prior().moments(g.store(), l);
-    let log_sd: Vec<f32> = (0..groups * k).map(|i| (0.5 * cov[(i / k) * k * k + (i % k) * (k + 1)].ln()) as f32).collect();
+/// Sets one layer of a mean-field guide to `(means, sds)`, in `[W | b]` row order.
+fn start_at<const N: usize>(q: &mut NormalParams<N, f32, Cpu>, (mean, sd): &(Vec<f64>, Vec<f64>)) {
     q.loc.copy_from(&mean.iter().map(|&v| v as f32).collect::<Vec<_>>());
-    q.log_scale.copy_from(&log_sd);
+    q.log_scale.copy_from(&sd.iter().map(|&v| v.ln() as f32).collect::<Vec<_>>());
 }
