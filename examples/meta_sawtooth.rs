@@ -104,6 +104,9 @@ fn paper(comm: &dyn Communicator, args: &common::Args) -> Result<(), Box<dyn std
     let quick = args.quick();
     let steps = args.get("--steps", if quick { 4 } else { 50_000 });
     let minutes = args.get("--minutes", 0.0f64);
+    if !(minutes.is_finite() && minutes >= 0.0) {
+        args.fail(&format!("--minutes {minutes}: expected a finite number >= 0 (0: no limit)"));
+    }
     if args.flag("--shift") {
         args.fail("--paper runs the paper's family (no shift)");
     }

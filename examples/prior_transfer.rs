@@ -53,6 +53,9 @@ fn job() -> Result<(), Box<dyn std::error::Error>> {
     );
     let quick = args.quick();
     let held_out = args.get("--tasks", if quick { 2 } else { 20 });
+    if held_out < 2 {
+        args.fail(&format!("--tasks {held_out}: at least 2 tasks are needed for a standard error"));
+    }
     let (warmup, draws, mf_steps) = if quick { (60, 30, 60) } else { (1000, 500, 600) };
     let contexts: &[usize] = if quick { &[2] } else { &[1, 2, 4, 8] };
     let sawtooth = Sawtooth { random_shift: args.flag("--shift"), ..Default::default() };

@@ -248,6 +248,22 @@ fn prior_transfer() {
     }
 }
 
+/// Settings that make no sense are usage errors (exit status 2, with the usage line), not a silent
+/// default or a failure deep inside.
+#[test]
+fn bad_settings_are_usage_errors() {
+    for (name, args, says) in [
+        ("prior_transfer", &["--tasks", "1"][..], "at least 2 tasks"),
+        ("meta_sawtooth", &["--paper", "--minutes", "-1"][..], "expected a finite number >= 0"),
+        ("meta_sawtooth", &["--paper", "--shift"][..], "--paper runs the paper's family"),
+    ] {
+        let out = Command::new(binary(name)).args(args).output().expect("starting the example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {}\n{stderr}", out.status);
+        assert!(stderr.contains(says) && stderr.contains("usage:"), "{name} {args:?}: {stderr}");
+    }
+}
+
 /// Without `--csv`: the synthetic file it writes first.
 #[test]
 fn own_data() {
