@@ -6,10 +6,22 @@
 //! cargo run --release --example regression
 //! cargo run --release --example regression -- --quick   # smoke run
 //! ```
+//!
+//! `--points N` sets the training (and test) set size (default 200), `--batch B` fits on minibatches
+//! of `B` points (default: the whole set), `--steps N` the number of steps (default 8000). Built
+//! with `--features mpi` and launched by `mpirun`/`srun`, the fit is data-parallel: every rank
+//! evaluates its part of each minibatch and the gradients are summed over ranks (`fit_on`); rank 0
+//! evaluates, plots and prints:
+//!
+//! ```text
+//! cargo build --release --features mpi --example regression
+//! mpirun -n 2 target/release/examples/regression --points 20000 --batch 4000 --steps 300
+//! ```
 
 mod common;
 
 use rand::{Rng, SeedableRng};
+use weightspace::comm::Communicator;
 use weightspace::prelude::*;
 use weightspace::{band_plot, BandPlot};
 
@@ -31,10 +43,42 @@ fn sample(rng: &mut impl Rng, n: usize) -> (Vec<f64>, Vec<f64>) {
     (x, y)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quick = common::Args::parse("[--quick]", &[], &[], 0).quick();
+fn main() {
+    // over MPI (`--features mpi`, launched by mpirun/srun) the fit is data-parallel and rank 0
+    // evaluates; a rank that fails ends the whole job
+    #[cfg(feature = "mpi")]
+    weightspace::comm::Mpi::run(|comm| {
+        if let Err(e) = job(comm) {
+            comm.abort(1, &format!("regression: rank {} of {} failed: {e}; aborting all ranks", comm.rank(), comm.size()));
+        }
+        Ok(())
+    });
+    #[cfg(not(feature = "mpi"))]
+    if let Err(e) = job(&weightspace::comm::SingleProcess) {
+        eprintln!("Error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn job(comm: &dyn Communicator) -> Result<(), Box<dyn std::error::Error>> {
+    let args = common::Args::parse("[--quick] [--points N] [--batch B] [--steps N]", &[], &["--points", "--batch", "--steps"], 0);
+    let quick = args.quick();
     // sizes: points (train and test), steps, ELBO samples, predictive samples (test, grid)
     let (n, steps, samples, k, k_grid) = if quick { (40, 300, 2, 100, 200) } else { (200, 8000, 8, 1000, 2000) };
+    let n: usize = args.get("--points", n);
+    let steps: usize = args.get("--steps", steps);
+    let batch: Option<usize> = args.value("--batch").map(|_| args.get("--batch", 0));
+    if n < 2 {
+        args.fail("--points must be at least 2");
+    }
+    if steps == 0 {
+        args.fail("--steps must be at least 1");
+    }
+    if let Some(b) = batch {
+        if b < comm.size() || b > n {
+            args.fail(&format!("--batch must be between the number of ranks ({}) and --points ({n})", comm.size()));
+        }
+    }
     let dev = Cpu::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let (x, y) = sample(&mut rng, n);
@@ -47,13 +91,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: 1 })?;
     let cfg = FitConfig {
         steps,
+        batch_size: batch,
         lr: 2e-2,
         lr_end: Some(1e-3),
         elbo: ElboConfig { samples, ..Default::default() },
         progress: !quick,
         ..Default::default()
     };
-    let report = fit(&mut model, &mut guide, &train, &cfg)?;
+    let report = weightspace::fit_on(comm, &mut model, &mut guide, &train, &cfg)?;
+    if !comm.is_root() {
+        return Ok(()); // rank 0 evaluates and plots
+    }
     let last = report.history.last().expect("history");
     println!(
         "fit: {} steps in {:.1} s; final ELBO {:.2} = E[log lik] {:.2} - KL {:.2}",
@@ -95,6 +143,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     println!("wrote {path}");
-    println!("regression rmse={:.4} lpd={:.4} gap_sd={:.4} data_sd={:.4}", m.rmse.unwrap_or(f64::NAN), m.mean_lpd, gap_sd, data_sd);
+    println!(
+        "regression ranks={} rmse={:.4} lpd={:.4} gap_sd={:.4} data_sd={:.4} elbo={:.4} fit_seconds={:.3} allreduce_seconds={:.3}",
+        comm.size(),
+        m.rmse.unwrap_or(f64::NAN),
+        m.mean_lpd,
+        gap_sd,
+        data_sd,
+        last.elbo,
+        report.seconds,
+        report.communication_seconds
+    );
     Ok(())
 }

@@ -41,7 +41,7 @@ pub use weightspace_core::{
 };
 pub use weightspace_core::{dfdx, DataError, Error, ExportError, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
 pub use weightspace_core::{
-    elbo, fit, fit_objective, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
+    elbo, fit, fit_objective, fit_on, BnnExt, ElboConfig, ElboEstimate, FitConfig, FitRecord, FitReport, KlEstimator, Objective, Svi,
 };
 pub use weightspace_core::{forward_mean_field, rsample_guide, sample_guide, standard_normal, MeanFieldInit};
 pub use weightspace_core::{load, save, Bnn, Dataset, MeanFieldGuide, Targets, Tensor3, Weights};

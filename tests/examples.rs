@@ -256,6 +256,8 @@ fn bad_settings_are_usage_errors() {
         ("prior_transfer", &["--tasks", "1"][..], "at least 2 tasks"),
         ("meta_sawtooth", &["--paper", "--minutes", "-1"][..], "expected a finite number >= 0"),
         ("meta_sawtooth", &["--paper", "--shift"][..], "--paper runs the paper's family"),
+        ("regression", &["--quick", "--batch", "0"][..], "--batch must be between"),
+        ("regression", &["--quick", "--points", "1"][..], "--points must be at least 2"),
     ] {
         let out = Command::new(binary(name)).args(args).output().expect("starting the example");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -305,8 +307,8 @@ fn own_data_bad_csv() {
 #[test]
 fn regression() {
     let (out, dir) = run("regression");
-    let s = summary(&out, "regression ");
-    finite(&s, &["rmse", "lpd", "gap_sd", "data_sd"]);
+    let s = summary(&out, "regression ranks=1 ");
+    finite(&s, &["rmse", "lpd", "gap_sd", "data_sd", "elbo", "fit_seconds", "allreduce_seconds"]);
     wrote(&dir, &["target/weightspace/regression.png"]);
 }
 

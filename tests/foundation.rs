@@ -550,3 +550,158 @@ fn the_noise_stream_of_a_step_does_not_depend_on_the_batch_size() {
     }
     assert_eq!(guide_values(&guide), guide_values(&g7));
 }
+
+/// `size` ranks in one process, one thread each: the collectives exchange values through shared
+/// slots. Every all-gather's result is recorded, so a test can read the summed gradients.
+struct ThreadRanks {
+    rank: usize,
+    size: usize,
+    shared: std::sync::Arc<(std::sync::Barrier, std::sync::Mutex<Vec<Vec<f64>>>)>,
+    gathered: std::cell::RefCell<Vec<Vec<f64>>>,
+}
+
+impl weightspace::comm::Communicator for ThreadRanks {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_gather(&self, local: &[f64], counts: &[usize], out: &mut [f64]) -> weightspace::Result<()> {
+        assert_eq!(counts[self.rank], local.len());
+        let (barrier, slots) = &*self.shared;
+        slots.lock().unwrap()[self.rank] = local.to_vec();
+        barrier.wait();
+        let all: Vec<f64> = slots.lock().unwrap().concat();
+        barrier.wait();
+        out.copy_from_slice(&all);
+        self.gathered.borrow_mut().push(all);
+        Ok(())
+    }
+    fn gather_to_root(&self, local: &[f64], counts: &[usize]) -> weightspace::Result<Option<Vec<f64>>> {
+        let mut out = vec![0.0; counts.iter().sum()];
+        self.all_gather(local, counts, &mut out)?;
+        Ok((self.rank == 0).then_some(out))
+    }
+    fn abort(&self, _code: i32, message: &str) -> ! {
+        panic!("{message}")
+    }
+}
+
+#[bnn]
+struct Wiggle {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<1, 4, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.5>>,
+}
+
+/// Every location and log scale of a guide, then the model's learned noise, on the host.
+fn wiggle_params(model: &Wiggle<f64, Cpu>, guide: &<Wiggle<f64, Cpu> as Bnn<f64, Cpu>>::Guide) -> Vec<f64> {
+    let mut v: Vec<f64> = guide.layer_params().iter().flat_map(|p| [p.loc.as_vec(), p.log_scale.as_vec()].concat()).collect();
+    v.push(model.noise_scale().unwrap());
+    v
+}
+
+/// One rank's data-parallel SVI run: its records, its parameters, the summed gradient of every step.
+type RankRun = (Vec<FitRecord>, Vec<f64>, Vec<Vec<f64>>);
+
+/// Runs `steps` data-parallel SVI steps on `size` threaded ranks; returns rank 0's records, its
+/// parameters (all ranks must agree) and the summed gradient of every step.
+fn svi_on_threads(
+    size: usize,
+    model: &Wiggle<f64, Cpu>,
+    data: &Dataset<f64, Cpu>,
+    cfg: &FitConfig,
+    objective: ElboConfig,
+) -> weightspace::Result<RankRun> {
+    let shared = std::sync::Arc::new((std::sync::Barrier::new(size), std::sync::Mutex::new(vec![Vec::new(); size])));
+    let runs: Vec<weightspace::Result<RankRun>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..size)
+            .map(|rank| {
+                let (shared, mut model, data, cfg) = (shared.clone(), model.clone(), data.clone(), cfg.clone());
+                s.spawn(move || {
+                    let comm = ThreadRanks { rank, size, shared, gathered: Default::default() };
+                    let mut guide = model.mean_field();
+                    let mut svi = weightspace::Svi::new(&model, &guide, &data, cfg.clone(), objective)?;
+                    let mut records = Vec::new();
+                    for _ in 0..cfg.steps {
+                        records.push(svi.step_on(&comm, &mut model, &mut guide, &data)?);
+                    }
+                    // the gradient all-reduces: every all-gather longer than the 3 recorded terms
+                    let grads = comm
+                        .gathered
+                        .borrow()
+                        .iter()
+                        .filter(|g| g.len() > 3 * size)
+                        .map(|g| {
+                            let n = g.len() / size;
+                            (0..n).map(|i| (0..size).map(|r| g[r * n + i]).sum()).collect()
+                        })
+                        .collect();
+                    Ok((records, wiggle_params(&model, &guide), grads))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut runs = runs.into_iter().collect::<weightspace::Result<Vec<_>>>()?;
+    for (r, run) in runs.iter().enumerate().skip(1) {
+        assert_eq!(run.1, runs[0].1, "rank {r}'s parameters differ from rank 0's");
+    }
+    Ok(runs.swap_remove(0))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-10 * (1.0 + a.abs().max(b.abs()))
+}
+
+/// Data-parallel SVI: 2 and 3 threaded ranks, each evaluating its part of every minibatch (23 points
+/// in batches of 8, 8 and 7: uneven parts), give the one-process ELBO terms and parameters, and the
+/// same summed gradient on 2 and 3 ranks (a gradient scaled by the number of ranks, which Adam's
+/// normalisation would hide from the parameters, is caught here).
+#[test]
+fn data_parallel_svi_equals_one_process() {
+    let dev = Cpu::default();
+    let x: Vec<f64> = (0..23).map(|i| -2.0 + 4.0 * i as f64 / 22.0).collect();
+    let y: Vec<f64> = x.iter().map(|x| x.sin() + 0.1 * (7.0 * x).cos()).collect();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1).unwrap();
+    let model = Wiggle::<f64, Cpu>::new(&dev);
+    let cfg = FitConfig { steps: 6, batch_size: Some(8), lr: 0.05, seed: 3, progress: false, ..Default::default() };
+    let objective = ElboConfig { samples: 4, ..Default::default() };
+    let (mut m1, mut g1) = (model.clone(), model.mean_field());
+    let mut svi = weightspace::Svi::new(&m1, &g1, &data, cfg.clone(), objective).unwrap();
+    let alone: Vec<FitRecord> = (0..cfg.steps).map(|_| svi.step(&mut m1, &mut g1, &data).unwrap()).collect();
+    let alone_params = wiggle_params(&m1, &g1);
+    let (rec2, params2, grads2) = svi_on_threads(2, &model, &data, &cfg, objective).unwrap();
+    let (rec3, params3, grads3) = svi_on_threads(3, &model, &data, &cfg, objective).unwrap();
+    for (recs, ranks) in [(&rec2, 2), (&rec3, 3)] {
+        for (a, b) in alone.iter().zip(recs.iter()) {
+            assert_eq!(a.step, b.step);
+            for (u, v) in [(a.elbo, b.elbo), (a.expected_log_lik, b.expected_log_lik), (a.kl, b.kl)] {
+                assert!(close(u, v), "step {}: {ranks} ranks give {v}, one process {u}", a.step);
+            }
+        }
+    }
+    for (p, ranks) in [(&params2, 2), (&params3, 3)] {
+        assert_eq!(p.len(), alone_params.len());
+        for (i, (u, v)) in alone_params.iter().zip(p.iter()).enumerate() {
+            assert!(close(*u, *v), "parameter {i}: {ranks} ranks give {v}, one process {u}");
+        }
+    }
+    assert_eq!(grads2.len(), cfg.steps);
+    assert_eq!(grads3.len(), cfg.steps);
+    for (t, (a, b)) in grads2.iter().zip(&grads3).enumerate() {
+        assert!(a.iter().any(|g| g.abs() > 1e-3), "step {t}: the summed gradient is zero");
+        for (u, v) in a.iter().zip(b) {
+            assert!(close(*u, *v), "step {t}: gradient {u} on 2 ranks, {v} on 3");
+        }
+    }
+    // bad settings: the same clear error on every rank, before any parameter moves
+    let reparam = ElboConfig { local_reparam: true, ..objective };
+    assert!(matches!(svi_on_threads(2, &model, &data, &cfg, reparam), Err(weightspace::Error::InvalidConfig { .. })));
+    let tiny = FitConfig { batch_size: Some(1), ..cfg.clone() };
+    assert!(matches!(svi_on_threads(2, &model, &data, &tiny, objective), Err(weightspace::Error::InvalidConfig { .. })));
+}

@@ -8,8 +8,8 @@
 //!
 //! Equality: on every rank count, rank 0 also runs each algorithm alone (`SingleProcess`) with the
 //! same seed and asserts that the sharded run's draws are the same bits, and that data-parallel
-//! meta-training steps give the one-process parameters within a float tolerance, also when a run
-//! checkpointed on R ranks is resumed on one. Faults: with `--fail err`
+//! meta-training steps and data-parallel VI steps give the one-process parameters within a float
+//! tolerance, also when a meta-training run checkpointed on R ranks is resumed on one. Faults: with `--fail err`
 //! or `--fail panic`, the log density of rank 1 fails part-way through sampling while rank 0 waits
 //! in a collective; the job must end with a non-zero exit code and a message naming rank 1.
 
@@ -187,6 +187,48 @@ fn meta_resume_across_rank_counts(comm: &Mpi) -> weightspace::Result<()> {
     Ok(())
 }
 
+/// Data-parallel mean-field VI: `fit_on` over the ranks (31 points in minibatches of 8, 8, 8 and
+/// 7, each split unevenly) gives rank 0 the one-process ELBO terms at every recorded step and the
+/// one-process parameters, within 1e-9 relative (f64; only the order of the additions differs).
+fn svi_equal(comm: &Mpi) -> weightspace::Result<()> {
+    let dev = Cpu::default();
+    let x: Vec<f64> = (0..31).map(|i| -2.0 + 4.0 * i as f64 / 30.0).collect();
+    let y: Vec<f64> = x.iter().map(|x| (1.5 * x).sin()).collect();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+    let cfg = FitConfig { steps: 12, batch_size: Some(8), lr: 0.05, seed: 5, record_every: 1, progress: false, ..Default::default() };
+    let fresh = || {
+        let model = F1::<f64, Cpu>::new(&dev);
+        let guide = model.mean_field();
+        (model, guide)
+    };
+    let (mut model, mut guide) = fresh();
+    let report = weightspace::fit_on(comm, &mut model, &mut guide, &data, &cfg)?;
+    if comm.is_root() {
+        let (mut m1, mut g1) = fresh();
+        let alone = fit(&mut m1, &mut g1, &data, &cfg)?;
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
+        for (a, b) in report.history.iter().zip(&alone.history) {
+            for (u, v) in [(a.elbo, b.elbo), (a.expected_log_lik, b.expected_log_lik), (a.kl, b.kl)] {
+                assert!(close(u, v), "step {}: {} ranks give {u}, one process {v}", a.step, comm.size());
+            }
+        }
+        let flat = |g: &<F1<f64, Cpu> as Bnn<f64, Cpu>>::Guide| -> Vec<f64> {
+            g.layer_params().iter().flat_map(|p| [p.loc.as_vec(), p.log_scale.as_vec()].concat()).collect()
+        };
+        let (a, b) = (flat(&guide), flat(&g1));
+        let max_diff = a.iter().zip(&b).map(|(u, v)| (u - v).abs()).fold(0.0, f64::max);
+        assert!(max_diff < 1e-9, "VI: parameters differ by {max_diff:e} between {} ranks and 1", comm.size());
+        let (na, nb) = (model.noise_scale().unwrap_or(f64::NAN), m1.noise_scale().unwrap_or(f64::NAN));
+        assert!(close(na, nb), "learned noise {na} vs {nb}");
+        println!(
+            "mpi vi: ranks={} 12 steps of minibatch 8 of 31 points, max parameter difference {max_diff:e}; final elbo {:.6}",
+            comm.size(),
+            report.history.last().expect("recorded").elbo
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let fail = args.iter().position(|a| a == "--fail").and_then(|i| args.get(i + 1)).cloned();
@@ -212,6 +254,7 @@ fn main() {
         workflow_equal(comm, ChainSampler::Nuts(NutsSettings { seed: 2, ..Default::default() }), "sym_mcmc-nuts")?;
         meta_equal(comm)?;
         meta_resume_across_rank_counts(comm)?;
+        svi_equal(comm)?;
         if comm.is_root() {
             println!("mpi checks passed on {} ranks", comm.size());
         }

@@ -41,7 +41,7 @@ pub use model::table::{Column, CsvOptions, DataTable, TableTargets, TargetKind};
 // variational inference
 pub use vi::bnn_ext::BnnExt;
 pub use vi::elbo::{elbo, ElboConfig, ElboEstimate, KlEstimator, Objective};
-pub use vi::fit::{fit, fit_objective, FitConfig, FitRecord, FitReport, Svi};
+pub use vi::fit::{fit, fit_objective, fit_on, FitConfig, FitRecord, FitReport, Svi};
 pub use vi::guide::{rsample_guide, sample_guide, standard_normal, MeanFieldInit};
 pub use vi::network::forward_mean_field;
 

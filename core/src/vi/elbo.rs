@@ -153,6 +153,25 @@ pub trait Objective<E: Real, D: Device<E>, M: Bnn<E, D>> {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Whether the estimate splits over the points of a minibatch, so that a data-parallel step
+    /// ([`Svi::step_on`](crate::Svi::step_on)) may evaluate parts of a batch on different
+    /// processes and add them up: the loss must be `(n_total/|batch|)·Σ_{n∈batch} ℓ_n + c` with
+    /// `c` independent of the batch, and the Monte-Carlo noise drawn from `rng` must not depend on
+    /// the batch (weight samples, not per-point noise). The default, `false`, is always safe: such
+    /// an objective then runs on one process only.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+    /// fn splits<O: Objective<f64, Cpu, Lin<f64, Cpu>>>(o: &O) -> bool { o.splits_over_points() }
+    /// assert!(splits(&ElboConfig::default()));
+    /// assert!(!splits(&ElboConfig { local_reparam: true, ..Default::default() }));
+    /// ```
+    fn splits_over_points(&self) -> bool {
+        false
+    }
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for ElboConfig {
@@ -171,6 +190,10 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for ElboConfig {
             return Err(Error::config("ElboConfig::samples", 0, "at least one weight sample is needed"));
         }
         Ok(())
+    }
+    /// Yes with weight samples; no with local reparameterisation, whose noise is drawn per point.
+    fn splits_over_points(&self) -> bool {
+        !self.local_reparam
     }
 }
 

@@ -1,6 +1,7 @@
 //! Stochastic variational inference: Adam on the ELBO, with minibatches, a progress bar, a history
 //! of the ELBO's parts and divergence detection.
 
+use crate::communicator::{share, Communicator, SingleProcess};
 use crate::model::bnn::Bnn;
 use crate::model::data::Dataset;
 use crate::model::minibatch::Minibatches;
@@ -104,6 +105,7 @@ pub struct FitRecord {
 /// assert_eq!(report.history.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 10, 20, 24]);
 /// assert_eq!(report.final_elbo(1), report.history[3].elbo);
 /// assert!(report.seconds >= 0.0);
+/// assert_eq!(report.communication_seconds, 0.0); // one process
 /// # Ok::<(), weightspace::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +116,10 @@ pub struct FitReport {
     pub steps: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Of [`seconds`](Self::seconds), the time in collectives of a data-parallel run ([`fit_on`]):
+    /// summing the ELBO terms and gradients over ranks, including the wait for slower ranks. Zero on
+    /// one process.
+    pub communication_seconds: f64,
 }
 
 impl FitReport {
@@ -226,6 +232,8 @@ pub struct Svi<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> {
     batches: Minibatches,
     n: usize,
     step: usize,
+    /// Seconds spent in collectives by [`Svi::step_on`].
+    communication_seconds: f64,
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O> {
@@ -244,6 +252,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O>
             objective,
             n,
             step: 0,
+            communication_seconds: 0.0,
             cfg,
         })
     }
@@ -272,24 +281,89 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O>
     /// If the estimate or an updated parameter is not finite, returns [`Error::Diverged`] naming
     /// the step, and `model` and `guide` keep their values from before the step.
     pub fn step(&mut self, model: &mut M, guide: &mut M::Guide, data: &Dataset<E, D>) -> Result<FitRecord> {
+        self.step_on(&SingleProcess, model, guide, data)
+    }
+
+    /// [`step`](Self::step), data-parallel over the processes of `comm` (see
+    /// [`comm`](crate::comm)). Every rank holds the same `data`, model, guide and run, and draws
+    /// the same minibatch `B`; rank `r` evaluates the objective on its contiguous part `B_r` of it
+    /// with the common Monte-Carlo weight samples, weights it by `|B_r|/|B|` (so the expected
+    /// log-likelihood keeps its `N/|B|` scaling and the KL is counted once), and the gradients and
+    /// the recorded terms are summed over ranks before one Adam update that every rank takes
+    /// alike. The result equals the one-process step up to the order of the floating-point
+    /// additions.
+    ///
+    /// Needs an objective whose estimate splits over the points
+    /// ([`Objective::splits_over_points`]: the ELBO with weight samples, not local
+    /// reparameterisation) and a minibatch of at least as many points as there are ranks; either
+    /// is an [`Error::InvalidConfig`] otherwise, the same on every rank.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::comm::SingleProcess;
+    /// use weightspace::Svi;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+    /// let dev = Cpu::default();
+    /// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0).collect();
+    /// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+    /// let model = Lin::<f64, Cpu>::new(&dev);
+    /// let cfg = FitConfig { batch_size: Some(8), progress: false, ..Default::default() };
+    /// let (mut m1, mut g1, mut m2, mut g2) = (model.clone(), model.mean_field(), model.clone(), model.mean_field());
+    /// let mut a = Svi::new(&m1, &g1, &data, cfg.clone(), ElboConfig::default())?;
+    /// let mut b = Svi::new(&m2, &g2, &data, cfg, ElboConfig::default())?;
+    /// let ra = a.step(&mut m1, &mut g1, &data)?;
+    /// let rb = b.step_on(&SingleProcess, &mut m2, &mut g2, &data)?;
+    /// assert_eq!(ra, rb); // one process: the same step
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn step_on(&mut self, comm: &dyn Communicator, model: &mut M, guide: &mut M::Guide, data: &Dataset<E, D>) -> Result<FitRecord> {
         if data.len() != self.n {
             return Err(Error::Shape { what: "SVI data (points)".into(), expected: self.n.to_string(), got: data.len().to_string() });
+        }
+        let parallel = comm.size() > 1;
+        if parallel && !self.objective.splits_over_points() {
+            return Err(Error::config(
+                "Svi::step_on",
+                comm.size(),
+                "a data-parallel step needs an objective that splits over the points (the ELBO with weight samples, not local reparameterisation)",
+            ));
         }
         let t = self.step;
         let lr = self.learning_rate(t);
         self.opt_guide.cfg.lr = lr;
         self.opt_model.cfg.lr = lr;
-        let batch = match self.batches.next_batch() {
-            Some(rows) => Some(data.rows(rows)?),
-            None => None,
-        };
+        let rows: Option<Vec<usize>> = self.batches.next_batch().map(<[usize]>::to_vec);
         let mut noise = stream(self.cfg.seed, Purpose::Noise, &[t as u64]);
-        let est = self.objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), self.n, &mut noise)?;
-        if !est.elbo.is_finite() {
-            return Err(Error::Diverged { step: t, what: format!("ELBO estimate ({})", est.elbo) });
+        let (est, weight) = if parallel {
+            let rows = rows.unwrap_or_else(|| (0..self.n).collect());
+            let (mine, weight) = batch_part(rows.len(), comm.rank(), comm.size())?;
+            let part = data.rows(&rows[mine])?;
+            (self.objective.estimate(&*model, &*guide, &part, self.n, &mut noise)?, Some(weight))
+        } else {
+            let batch = rows.map(|r| data.rows(&r)).transpose()?;
+            (self.objective.estimate(&*model, &*guide, batch.as_ref().unwrap_or(data), self.n, &mut noise)?, None)
+        };
+        let mut terms = [est.elbo, est.expected_log_lik, est.kl];
+        let loss = match weight {
+            Some(w) => {
+                terms.iter_mut().for_each(|v| *v *= w);
+                let t0 = std::time::Instant::now();
+                comm.all_reduce_sum(&mut terms)?;
+                self.communication_seconds += t0.elapsed().as_secs_f64();
+                est.loss * crate::num::cast::from_f64::<E>(w)
+            }
+            None => est.loss,
+        };
+        let [elbo, expected_log_lik, kl] = terms;
+        if !elbo.is_finite() {
+            return Err(Error::Diverged { step: t, what: format!("ELBO estimate ({elbo})") });
         }
-        let record = FitRecord { step: t, elbo: est.elbo, expected_log_lik: est.expected_log_lik, kl: est.kl };
-        let grads = est.loss.backward();
+        let record = FitRecord { step: t, elbo, expected_log_lik, kl };
+        let mut grads = loss.backward();
+        if parallel {
+            grads = all_reduce_gradients(comm, &*guide, &*model, grads, &mut self.communication_seconds)?;
+        }
         let (backup_g, backup_m) = (guide.clone(), model.clone());
         update(&mut self.opt_guide, guide, &grads)?;
         update(&mut self.opt_model, model, &grads)?;
@@ -301,6 +375,108 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Svi<E, D, M, O>
         self.step += 1;
         Ok(record)
     }
+}
+
+/// Rank `rank`'s contiguous part of a minibatch of `len` points split over `size` ranks, and the
+/// weight `|B_r|/|B|` of its estimate.
+fn batch_part(len: usize, rank: usize, size: usize) -> Result<(std::ops::Range<usize>, f64)> {
+    if len < size {
+        return Err(Error::config("FitConfig::batch_size", len, "a data-parallel minibatch needs at least one point per rank"));
+    }
+    let mine = share(len, rank, size);
+    let w = mine.len() as f64 / len as f64;
+    Ok((mine, w))
+}
+
+/// The gradients of every tensor of `guide` and `model`, summed over the ranks of `comm`: the
+/// local gradients (zero for a tensor the loss did not touch) are flattened in the collections'
+/// order, all-reduced, and put back as the gradients of a surrogate `Σ_θ Σ θ ⊙ g_θ`, whose
+/// gradient is exactly the reduced `g_θ`.
+fn all_reduce_gradients<E: Real, D: Device<E>, G: TensorCollection<E, D>, M: TensorCollection<E, D>>(
+    comm: &dyn Communicator,
+    guide: &G,
+    model: &M,
+    mut grads: Gradients<E, D>,
+    seconds: &mut f64,
+) -> Result<Gradients<E, D>> {
+    let mut flat = Vec::new();
+    let mut gather = |t: &dyn Param<E, D>| -> Result<()> {
+        flat.extend(t.gradient(&mut grads)?);
+        Ok(())
+    };
+    visit_params(guide, &mut gather)?;
+    visit_params(model, &mut gather)?;
+    let t0 = std::time::Instant::now();
+    comm.all_reduce_sum(&mut flat)?;
+    *seconds += t0.elapsed().as_secs_f64();
+    let mut at = 0;
+    let mut surrogate: Option<crate::vi::prior::Taped<(), E, D>> = None;
+    let mut rebuild = |t: &dyn Param<E, D>| -> Result<()> {
+        let n = t.len();
+        surrogate = crate::vi::prior::add_term(surrogate.take(), t.dot(&flat[at..at + n]));
+        at += n;
+        Ok(())
+    };
+    visit_params(guide, &mut rebuild)?;
+    visit_params(model, &mut rebuild)?;
+    Ok(match surrogate {
+        Some(s) => s.backward(),
+        None => Gradients::leaky(),
+    })
+}
+
+/// A parameter tensor of a collection, its shape erased.
+trait Param<E: Real, D: Device<E>> {
+    /// Number of values.
+    fn len(&self) -> usize;
+    /// Its gradient in `grads` (zero when the loss did not touch it), on the host.
+    fn gradient(&self, grads: &mut Gradients<E, D>) -> Result<Vec<f64>>;
+    /// `Σ θ ⊙ g` on a fresh tape of `θ`, whose gradient is `g`.
+    fn dot(&self, g: &[f64]) -> crate::vi::prior::Taped<(), E, D>;
+}
+
+impl<S: Shape, E: Real, D: Device<E>> Param<E, D> for Tensor<S, E, D> {
+    fn len(&self) -> usize {
+        self.shape().num_elements()
+    }
+    fn gradient(&self, grads: &mut Gradients<E, D>) -> Result<Vec<f64>> {
+        grads.try_alloc_for(self).map_err(Error::device)?;
+        Ok(crate::num::cast::to_f64s(&grads.get(self).as_vec()))
+    }
+    fn dot(&self, g: &[f64]) -> crate::vi::prior::Taped<(), E, D> {
+        let g: Vec<E> = g.iter().map(|&v| crate::num::cast::from_f64::<E>(v)).collect();
+        let g = self.device().tensor_from_vec(g, *self.shape());
+        (self.clone().leaky_traced() * g).sum::<(), _>()
+    }
+}
+
+/// Calls `f` on every tensor of `m`, in the collection's order.
+fn visit_params<E: Real, D: Device<E>, M: TensorCollection<E, D>>(m: &M, f: &mut dyn FnMut(&dyn Param<E, D>) -> Result<()>) -> Result<()> {
+    struct Visit<'f, E: Real, D: Device<E>> {
+        f: &'f mut dyn FnMut(&dyn Param<E, D>) -> Result<()>,
+        err: Option<Error>,
+    }
+    impl<E: Real, D: Device<E>> dfdx::nn::tensor_collection::TensorVisitor<E, D> for Visit<'_, E, D> {
+        type Viewer = dfdx::nn::tensor_collection::ViewTensorRef;
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            t: &Tensor<S, E, D>,
+        ) -> std::result::Result<Option<Tensor<S, E, D>>, D::Err> {
+            if self.err.is_none() {
+                if let Err(e) = (self.f)(t) {
+                    self.err = Some(e);
+                }
+            }
+            Ok(None)
+        }
+    }
+    let mut v = Visit { f, err: None };
+    M::iter_tensors(&mut dfdx::nn::tensor_collection::RecursiveWalker { m, f: &mut v }).map_err(Error::device)?;
+    v.err.map_or(Ok(()), Err)
 }
 
 /// Fits `guide` (and the model's learned prior and likelihood parameters) by maximising the ELBO
@@ -362,12 +538,57 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
     cfg: &FitConfig,
     objective: &mut O,
 ) -> Result<FitReport> {
+    run(&SingleProcess, model, guide, data, cfg, objective)
+}
+
+/// [`fit`], data-parallel over the processes of `comm` (see [`comm`](crate::comm)): every step
+/// is [`Svi::step_on`], so each rank evaluates its part of every minibatch and the gradients are
+/// summed over ranks. Every rank calls it with the same model, guide, data and settings and ends
+/// with the same fitted parameters and report (up to the order of float additions, the same as
+/// one process's); only rank 0 shows progress.
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::comm::SingleProcess;
+/// use weightspace::fit_on;
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.5>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..20).map(|i| i as f64 / 10.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let mut model = Lin::<f64, Cpu>::new(&dev);
+/// let mut guide = model.mean_field();
+/// let cfg = FitConfig { steps: 50, batch_size: Some(5), progress: false, ..Default::default() };
+/// let report = fit_on(&SingleProcess, &mut model, &mut guide, &data, &cfg)?;
+/// assert_eq!(report.steps, 50);
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn fit_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    comm: &dyn Communicator,
+    model: &mut M,
+    guide: &mut M::Guide,
+    data: &Dataset<E, D>,
+    cfg: &FitConfig,
+) -> Result<FitReport> {
+    let mut objective = cfg.elbo;
+    run(comm, model, guide, data, cfg, &mut objective)
+}
+
+/// The [`Svi`] loop behind [`fit`], [`fit_objective`] and [`fit_on`].
+fn run<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>(
+    comm: &dyn Communicator,
+    model: &mut M,
+    guide: &mut M::Guide,
+    data: &Dataset<E, D>,
+    cfg: &FitConfig,
+    objective: &mut O,
+) -> Result<FitReport> {
     let start = std::time::Instant::now();
     let mut svi = Svi::new(&*model, &*guide, data, cfg.clone(), ByRef(objective))?;
-    let bar = Progress::new(cfg.steps, cfg.progress, "fit");
+    let bar = Progress::new(cfg.steps, cfg.progress && comm.is_root(), "fit");
     let mut history = Vec::new();
     for step in 0..cfg.steps {
-        let record = match svi.step(model, guide, data) {
+        let record = match svi.step_on(comm, model, guide, data) {
             Ok(r) => r,
             Err(e) => {
                 bar.abandon();
@@ -381,7 +602,7 @@ pub fn fit_objective<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>>
         bar.inc();
     }
     bar.finish();
-    Ok(FitReport { history, steps: cfg.steps, seconds: start.elapsed().as_secs_f64() })
+    Ok(FitReport { history, steps: cfg.steps, seconds: start.elapsed().as_secs_f64(), communication_seconds: svi.communication_seconds })
 }
 
 /// An objective borrowed for the length of a run.
@@ -401,5 +622,9 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>, O: Objective<E, D, M>> Objective<E, D,
 
     fn validate(&self) -> Result<()> {
         self.0.validate()
+    }
+
+    fn splits_over_points(&self) -> bool {
+        self.0.splits_over_points()
     }
 }

@@ -174,6 +174,11 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for LearnedPriorElb
         Ok(ElboEstimate { loss: kl - ell, elbo: ell_v - kl_v, expected_log_lik: ell_v, kl: kl_v })
     }
 
+    /// Yes: weight samples and a KL that does not depend on the batch.
+    fn splits_over_points(&self) -> bool {
+        true
+    }
+
     fn validate(&self) -> Result<()> {
         if self.samples == 0 {
             return Err(Error::config("LearnedPriorElbo::samples", 0, "at least one weight sample is needed"));

@@ -600,6 +600,11 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> Objective<E, D, M> for SymmetrisedElbo
             InfoBound::Sampled { .. } => Ok(()),
         }
     }
+
+    /// As the plain ELBO: the information term depends on the guide only.
+    fn splits_over_points(&self) -> bool {
+        <ElboConfig as Objective<E, D, M>>::splits_over_points(&self.elbo)
+    }
 }
 
 /// The symmetrised guide `q^G(ω) = (1/|G|) Σ_g q(g⁻¹ω)`: sample `ω₀ ~ q`, then a uniform `g`, and
