@@ -16,6 +16,16 @@
 //! mpirun -n 4 target/release/examples/symmetry_mcmc --dataset sinusoidal --arch f1 --chains 1274 --no-single
 //! ```
 //!
+//! For runs too large to gather on rank 0, `--shards DIR` makes every rank write its chains to a
+//! safetensors shard in `DIR` instead (`sym_mcmc_shard`), and a later one-process run with
+//! `--merge DIR` and the same settings joins them, canonicalises and reports (`sym_mcmc_merge`),
+//! with the LPPD of the gathered run:
+//!
+//! ```text
+//! mpirun -n 4 target/release/examples/symmetry_mcmc --dataset sinusoidal --arch f1 --chains 1274 --no-single --shards target/shards
+//! target/release/examples/symmetry_mcmc --dataset sinusoidal --arch f1 --chains 1274 --no-single --merge target/shards
+//! ```
+//!
 //! The last line, `symmetry_mcmc ranks=R lppd=… seconds=… … compute_seconds=… allreduce_seconds=…`,
 //! splits the sampling time into compute and collectives (on rank 0). `--fail-rank R` (with
 //! `--fail-how err|panic`) makes rank `R` fail on purpose before sampling, to check that the job
@@ -160,7 +170,30 @@ fn run<M: Bnn<f32, Cpu>>(
             reason: "this rank fails on purpose",
         });
     }
-    let Some(run) = sym_mcmc_on(comm, model, train, &settings, &Canonicalisation::Exact)? else { return Ok(None) };
+    let run = match (args.value("--shards"), args.value("--merge")) {
+        (Some(_), Some(_)) => args.fail("--shards writes the shards and --merge reads them: use one, then the other"),
+        (Some(dir), None) => {
+            // every rank writes its chains; nothing is gathered
+            let t = std::time::Instant::now();
+            let path = sym_mcmc_shard(comm, model, train, &settings, dir)?;
+            comm.all_max(0.0)?; // every shard is written before rank 0 reports
+            if comm.is_root() {
+                println!("wrote {} shard(s) like {} (merge them with --merge {dir} and the same settings)", comm.size(), path.display());
+                println!("symmetry_mcmc_shards ranks={} dir={dir} chains={chains} seconds={:.3}", comm.size(), t.elapsed().as_secs_f64());
+            }
+            return Ok(None);
+        }
+        (None, Some(dir)) => {
+            if comm.size() > 1 {
+                args.fail("--merge runs on one process (the ranks' shards are already written)");
+            }
+            sym_mcmc_merge(model, train, &settings, &Canonicalisation::Exact, dir)?
+        }
+        (None, None) => {
+            let Some(run) = sym_mcmc_on(comm, model, train, &settings, &Canonicalisation::Exact)? else { return Ok(None) };
+            run
+        }
+    };
     let lppd = run.lppd(model, test)?;
     println!(
         "many-chain ({name}): {chains} chains × {warmup} warm-up × {draws} draw(s), {:.1} s, {} gradient evaluations, {} divergences after warm-up",
@@ -257,7 +290,7 @@ fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
     let args = Args::parse(
         "[--quick] [--dataset sinusoidal|regression2d|diabetes] [--arch f1|f2] [--chains 1274] [--warmup 1024] [--draws 1] \
          [--threads 0] [--seed 0] [--no-single] [--sampler chees|nuts] [--per-chain] [--diag] [--out target/weightspace/symmetry_mcmc] \
-         [--fail-rank R --fail-how err|panic]",
+         [--shards DIR | --merge DIR] [--fail-rank R --fail-how err|panic]",
         &["--no-single", "--per-chain", "--diag"],
         &[
             "--dataset",
@@ -271,6 +304,8 @@ fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
             "--out",
             "--fail-rank",
             "--fail-how",
+            "--shards",
+            "--merge",
         ],
         0,
     );
@@ -332,7 +367,7 @@ fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
         out.lppd.mean,
         out.seconds,
         out.lppd.se,
-        out.single.as_ref().map_or("nan".to_string(), |l| format!("{:.4}", l.mean)),
+        out.single.as_ref().map_or("none".to_string(), |l| format!("{:.4}", l.mean)),
         out.seconds - out.communication_seconds,
         out.communication_seconds
     );

@@ -321,12 +321,36 @@ fn symmetrised_vi() {
     }
 }
 
+/// `--shards` then `--merge`: the shards of a run, merged by a second process, give the LPPD of
+/// the gathered run to the last digit; settings that differ from the shards' are refused.
+#[test]
+fn symmetry_mcmc_shards_then_merge() {
+    let dir = scratch("symmetry_mcmc_shards");
+    let plain = run_in(&dir, "symmetry_mcmc", &["--no-single", "--out", "plain"]);
+    let written = run_in(&dir, "symmetry_mcmc", &["--no-single", "--shards", "shards"]);
+    let w = summary(&written, "symmetry_mcmc_shards ranks=1 ");
+    assert_eq!((w["dir"], w["chains"]), ("shards", "24"));
+    assert!(dir.join("shards/sym_mcmc.rank-00000-of-00001.safetensors").is_file());
+    let merged = run_in(&dir, "symmetry_mcmc", &["--no-single", "--merge", "shards", "--out", "merged"]);
+    let (a, b) = (summary(&plain, "symmetry_mcmc ranks="), summary(&merged, "symmetry_mcmc ranks="));
+    assert_eq!(a["lppd"], b["lppd"], "merged shards vs the gathered run");
+    let other = Command::new(binary("symmetry_mcmc"))
+        .args(["--quick", "--no-single", "--seed", "1", "--merge", "shards"])
+        .current_dir(&dir)
+        .output()
+        .expect("starting symmetry_mcmc");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("seed = 1 (the shards': 0)"), "{stderr}");
+}
+
 #[test]
 fn symmetry_mcmc() {
     let (out, dir) = run("symmetry_mcmc");
     let s = summary(&out, "symmetry_mcmc ranks=1 ");
     assert_eq!((s["dataset"], s["arch"]), ("sinusoidal", "f1"));
     finite(&s, &["lppd", "se", "lppd_single", "seconds", "compute_seconds", "allreduce_seconds"]);
+    assert_eq!(summary(&run_in(&dir, "symmetry_mcmc", &["--no-single"]), "symmetry_mcmc ranks=1 ")["lppd_single"], "none");
     // the az.summary tables are printed, and every .npz file is written
     assert!(out.contains("az.summary of the canonicalised weights"), "{out}");
     assert!(out.contains("hdi_3%  hdi_97%  mcse_mean  mcse_sd  ess_bulk  ess_tail  r_hat"), "{out}");

@@ -551,43 +551,6 @@ fn the_noise_stream_of_a_step_does_not_depend_on_the_batch_size() {
     assert_eq!(guide_values(&guide), guide_values(&g7));
 }
 
-/// `size` ranks in one process, one thread each: the collectives exchange values through shared
-/// slots. Every all-gather's result is recorded, so a test can read the summed gradients.
-struct ThreadRanks {
-    rank: usize,
-    size: usize,
-    shared: std::sync::Arc<(std::sync::Barrier, std::sync::Mutex<Vec<Vec<f64>>>)>,
-    gathered: std::cell::RefCell<Vec<Vec<f64>>>,
-}
-
-impl weightspace::comm::Communicator for ThreadRanks {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn all_gather(&self, local: &[f64], counts: &[usize], out: &mut [f64]) -> weightspace::Result<()> {
-        assert_eq!(counts[self.rank], local.len());
-        let (barrier, slots) = &*self.shared;
-        slots.lock().unwrap()[self.rank] = local.to_vec();
-        barrier.wait();
-        let all: Vec<f64> = slots.lock().unwrap().concat();
-        barrier.wait();
-        out.copy_from_slice(&all);
-        self.gathered.borrow_mut().push(all);
-        Ok(())
-    }
-    fn gather_to_root(&self, local: &[f64], counts: &[usize]) -> weightspace::Result<Option<Vec<f64>>> {
-        let mut out = vec![0.0; counts.iter().sum()];
-        self.all_gather(local, counts, &mut out)?;
-        Ok((self.rank == 0).then_some(out))
-    }
-    fn abort(&self, _code: i32, message: &str) -> ! {
-        panic!("{message}")
-    }
-}
-
 #[bnn]
 struct Wiggle {
     #[layer(prior = Normal(0.0, 1.0))]
@@ -617,35 +580,25 @@ fn svi_on_threads(
     cfg: &FitConfig,
     objective: ElboConfig,
 ) -> weightspace::Result<RankRun> {
-    let shared = std::sync::Arc::new((std::sync::Barrier::new(size), std::sync::Mutex::new(vec![Vec::new(); size])));
-    let runs: Vec<weightspace::Result<RankRun>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..size)
-            .map(|rank| {
-                let (shared, mut model, data, cfg) = (shared.clone(), model.clone(), data.clone(), cfg.clone());
-                s.spawn(move || {
-                    let comm = ThreadRanks { rank, size, shared, gathered: Default::default() };
-                    let mut guide = model.mean_field();
-                    let mut svi = weightspace::Svi::new(&model, &guide, &data, cfg.clone(), objective)?;
-                    let mut records = Vec::new();
-                    for _ in 0..cfg.steps {
-                        records.push(svi.step_on(&comm, &mut model, &mut guide, &data)?);
-                    }
-                    // the gradient all-reduces: every all-gather longer than the 3 recorded terms
-                    let grads = comm
-                        .gathered
-                        .borrow()
-                        .iter()
-                        .filter(|g| g.len() > 3 * size)
-                        .map(|g| {
-                            let n = g.len() / size;
-                            (0..n).map(|i| (0..size).map(|r| g[r * n + i]).sum()).collect()
-                        })
-                        .collect();
-                    Ok((records, wiggle_params(&model, &guide), grads))
-                })
+    let runs = weightspace::testing::ranks::on_threads(size, |comm| {
+        let (mut model, data) = (model.clone(), data.clone());
+        let mut guide = model.mean_field();
+        let mut svi = weightspace::Svi::new(&model, &guide, &data, cfg.clone(), objective)?;
+        let mut records = Vec::new();
+        for _ in 0..cfg.steps {
+            records.push(svi.step_on(comm, &mut model, &mut guide, &data)?);
+        }
+        // the gradient all-reduces: every all-gather longer than the 3 recorded terms
+        let grads = comm
+            .gathered()
+            .iter()
+            .filter(|g| g.len() > 3 * size)
+            .map(|g| {
+                let n = g.len() / size;
+                (0..n).map(|i| (0..size).map(|r| g[r * n + i]).sum()).collect()
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        Ok((records, wiggle_params(&model, &guide), grads))
     });
     let mut runs = runs.into_iter().collect::<weightspace::Result<Vec<_>>>()?;
     for (r, run) in runs.iter().enumerate().skip(1) {

@@ -6,6 +6,7 @@
 //! errors use the ESS) at a false-alarm rate of 0.001 per check, with fixed seeds.
 
 use rand::{Rng, SeedableRng};
+use weightspace::comm::Communicator;
 use weightspace::diagnostics::rhat;
 use weightspace::linalg::Matrix;
 use weightspace::mcmc::*;
@@ -466,4 +467,99 @@ fn classifiers_sample_on_the_generic_path() {
     let run = sample_nuts(&mut post, &pos, &NutsSettings { warmup: 100, draws: 20, ..Default::default() }).unwrap();
     assert_eq!(run.draws.len(), 20);
     assert!(run.stats.iter().all(|s| s.step_size > 0.0 && s.tree_depth <= 10));
+}
+
+/// A fresh scratch directory for shard files.
+fn shard_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ws_shards_{name}_{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+fn starts(c: usize) -> Vec<Vec<f64>> {
+    (0..c).map(|i| vec![(i as f64 * 0.37).sin() * 2.0, (i as f64 * 0.91).cos() * 2.0]).collect()
+}
+
+/// Three threaded ranks each write their share of a many-chain run to a shard; the merged shards
+/// are the one-process run, bit for bit (draws, log densities, step sizes, mass matrices, per-chain
+/// divergences, the per-iteration statistics and the gradient-evaluation count).
+#[test]
+fn many_chain_shards_merge_into_the_one_process_run() {
+    let settings = ManyChainSettings {
+        warmup: 120,
+        draws: 15,
+        seed: 4,
+        step_size: StepSizeAdaptation::PerChain,
+        diagonal_mass_matrix: true,
+        ..Default::default()
+    };
+    let alone = sample_many_chains(&mut Correlated, starts(29), &settings).unwrap();
+    let dir = shard_dir("many_chain");
+    let parts = weightspace::testing::ranks::on_threads(3, |comm| {
+        let part = sample_many_chains_sharded(comm, &mut Correlated, starts(29), &settings)?;
+        part.write_shard(&dir, comm.rank())?;
+        Ok((part.first_chain, part.draws.len()))
+    });
+    let parts: Vec<(usize, usize)> = parts.into_iter().collect::<weightspace::Result<_>>().unwrap();
+    assert_eq!(parts, vec![(0, 16), (16, 8), (24, 5)], "chains are dealt in blocks of 8");
+    let merged = ManyChainRun::merge_shards(&dir).unwrap();
+    assert_eq!(merged.draws, alone.draws);
+    assert_eq!(merged.logp, alone.logp);
+    assert_eq!(merged.step_sizes, alone.step_sizes);
+    assert_eq!(merged.inverse_mass, alone.inverse_mass);
+    assert_eq!((&merged.warmup_divergences, &merged.divergences), (&alone.warmup_divergences, &alone.divergences));
+    assert_eq!(merged.iterations, alone.iterations);
+    assert_eq!(merged.trajectory_length, alone.trajectory_length);
+    assert_eq!(merged.gradient_evaluations, alone.gradient_evaluations);
+    // (batched calls are per rank: the most any of the 3 ranks made, at most the one process's)
+    assert!(merged.batched_calls <= alone.batched_calls);
+    assert_eq!((merged.ranks, merged.first_chain, merged.total_chains), (3, 0, 29));
+
+    // an incomplete set is an error that names the problem, not a silently smaller run
+    std::fs::remove_file(dir.join("many_chain.rank-00001-of-00003.safetensors")).unwrap();
+    let e = ManyChainRun::merge_shards(&dir).unwrap_err();
+    assert!(matches!(&e, weightspace::Error::Checkpoint { reason, .. } if reason.contains("not ranks 0..3")), "{e}");
+    // shards of two runs on different rank counts do not mix
+    let two = weightspace::testing::ranks::on_threads(2, |comm| {
+        sample_many_chains_sharded(comm, &mut Correlated, starts(29), &settings)?.write_shard(&dir, comm.rank())
+    });
+    assert!(two.iter().all(Result::is_ok));
+    assert!(ManyChainRun::merge_shards(&dir).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(matches!(ManyChainRun::merge_shards(&dir), Err(weightspace::Error::Checkpoint { .. })), "a missing directory");
+}
+
+/// The SYM-MCMC workflow written as shards by 3 threaded ranks and merged on one process equals
+/// the one-process workflow (draws, canonical draws, divergences, evaluations), with the many-chain
+/// sampler and with NUTS, also when a rank holds no chains; settings that differ from the shards'
+/// are refused.
+#[test]
+fn sym_mcmc_shards_merge_into_the_one_process_run() {
+    let dev = Cpu::default();
+    let train = weightspace::mcmc::data::sinusoidal(40, 3).standardise().0.to_dataset::<f64, _>(&dev).unwrap();
+    let model = F1::<f64, Cpu>::new(&dev);
+    let canon = weightspace::symmetry::Canonicalisation::Exact;
+    let many = SymMcmcSettings { chains: 20, warmup: 150, draws_per_chain: 3, seed: 5, ..Default::default() };
+    let nuts = SymMcmcSettings {
+        chains: 2, // fewer chains than ranks: rank 2 holds none
+        warmup: 100,
+        draws_per_chain: 3,
+        sampler: ChainSampler::Nuts(NutsSettings { seed: 3, ..Default::default() }),
+        ..many.clone()
+    };
+    for (name, settings) in [("many", &many), ("nuts", &nuts)] {
+        let alone = sym_mcmc(&model, &train, settings, &canon).unwrap();
+        let dir = shard_dir(name);
+        let written = weightspace::testing::ranks::on_threads(3, |comm| sym_mcmc_shard(comm, &model, &train, settings, &dir));
+        assert!(written.iter().all(Result::is_ok), "{name}: {written:?}");
+        let merged = sym_mcmc_merge(&model, &train, settings, &canon, &dir).unwrap();
+        assert_eq!(merged.draws, alone.draws, "{name}: draws");
+        assert_eq!(merged.canonical, alone.canonical, "{name}: canonical draws");
+        assert_eq!((merged.divergences, merged.gradient_evaluations), (alone.divergences, alone.gradient_evaluations), "{name}");
+        assert_eq!(merged.ranks, 3);
+        let other = SymMcmcSettings { seed: settings.seed + 1, ..settings.clone() };
+        let e = sym_mcmc_merge(&model, &train, &other, &canon, &dir).unwrap_err();
+        assert!(matches!(e, weightspace::Error::InvalidConfig { .. }), "{name}: {e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

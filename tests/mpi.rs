@@ -9,7 +9,8 @@
 //! Equality: on every rank count, rank 0 also runs each algorithm alone (`SingleProcess`) with the
 //! same seed and asserts that the sharded run's draws are the same bits, and that data-parallel
 //! meta-training steps and data-parallel VI steps give the one-process parameters within a float
-//! tolerance, also when a meta-training run checkpointed on R ranks is resumed on one. Faults: with `--fail err`
+//! tolerance, also when a meta-training run checkpointed on R ranks is resumed on one, and that
+//! draws written to per-rank shards merge into the one-process draws. Faults: with `--fail err`
 //! or `--fail panic`, the log density of rank 1 fails part-way through sampling while rank 0 waits
 //! in a collective; the job must end with a non-zero exit code and a message naming rank 1.
 
@@ -229,6 +230,32 @@ fn svi_equal(comm: &Mpi) -> weightspace::Result<()> {
     Ok(())
 }
 
+/// The SYM-MCMC workflow written to per-rank shards (`sym_mcmc_shard`) and merged on rank 0
+/// (`sym_mcmc_merge`) gives the one-process run's draws and canonical draws, bit for bit.
+fn shards_equal(comm: &Mpi) -> weightspace::Result<()> {
+    // every rank writes into rank 0's directory: its process id, shared
+    let mut pid = vec![0.0; comm.size()];
+    comm.all_gather(&[f64::from(std::process::id())], &vec![1; comm.size()], &mut pid)?;
+    let dir = std::env::temp_dir().join(format!("ws_mpi_shards_{}", pid[0]));
+    let dev = Cpu::default();
+    let train = weightspace::mcmc::data::sinusoidal(40, 1).standardise().0.to_dataset::<f64, _>(&dev)?;
+    let model = F1::<f64, Cpu>::new(&dev);
+    let settings = SymMcmcSettings { chains: 21, warmup: 100, draws_per_chain: 3, seed: 8, ..Default::default() };
+    let canon = weightspace::symmetry::Canonicalisation::Exact;
+    sym_mcmc_shard(comm, &model, &train, &settings, &dir)?;
+    comm.all_max(0.0)?; // every shard is written
+    if comm.is_root() {
+        let merged = sym_mcmc_merge(&model, &train, &settings, &canon, &dir)?;
+        std::fs::remove_dir_all(&dir).ok();
+        let alone = sym_mcmc(&model, &train, &settings, &canon)?;
+        assert_eq!(merged.ranks, comm.size());
+        assert_eq!(merged.draws, alone.draws, "shards of {} ranks: draws differ from one process", comm.size());
+        assert_eq!(merged.canonical, alone.canonical, "canonical draws differ");
+        println!("mpi shards: ranks={} 21 chains written to per-rank shards and merged: bit-identical to 1 rank", comm.size());
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let fail = args.iter().position(|a| a == "--fail").and_then(|i| args.get(i + 1)).cloned();
@@ -255,6 +282,7 @@ fn main() {
         meta_equal(comm)?;
         meta_resume_across_rank_counts(comm)?;
         svi_equal(comm)?;
+        shards_equal(comm)?;
         if comm.is_root() {
             println!("mpi checks passed on {} ranks", comm.size());
         }

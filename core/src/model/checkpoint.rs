@@ -4,6 +4,7 @@
 //! temporary name, synced, and renamed over it, so a process killed mid-save leaves the previous
 //! checkpoint as it was.
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,100 @@ pub fn load<E: Real, D: Device<E>, M: TensorCollection<E, D> + Clone>(m: &mut M,
     }
     *m = tmp;
     Ok(())
+}
+
+/// A safetensors file read into memory: its tensors, checked one by one on access, and its
+/// string metadata.
+pub(crate) struct SafetensorsFile {
+    path: String,
+    buf: Vec<u8>,
+    metadata: HashMap<String, String>,
+}
+
+impl SafetensorsFile {
+    pub(crate) fn read(p: &Path) -> Result<Self> {
+        let path = p.display().to_string();
+        let buf = std::fs::read(p).map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        let (_, header) = ::safetensors::SafeTensors::read_metadata(&buf)
+            .map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("{e:?}") })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(Self { path, buf, metadata })
+    }
+
+    fn err(&self, reason: String) -> Error {
+        Error::Checkpoint { path: self.path.clone(), reason }
+    }
+
+    /// Whether the file holds a tensor `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        ::safetensors::SafeTensors::deserialize(&self.buf).is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
+    /// The tensor `name`, which must have dtype `E`, logical shape `shape` and finite entries.
+    pub(crate) fn tensor<E: Real>(&self, name: &str, shape: &[usize]) -> Result<Vec<E>> {
+        let v = self.tensor_any::<E>(name, shape)?;
+        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite { what: format!("tensor `{name}` of {}", self.path), index });
+        }
+        Ok(v)
+    }
+
+    /// The shape of tensor `name`.
+    pub(crate) fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let st = ::safetensors::SafeTensors::deserialize(&self.buf).map_err(|e| self.err(format!("{e:?}")))?;
+        let t = st.tensor(name).map_err(|x| self.err(format!("tensor `{name}`: {x:?}")))?;
+        Ok(t.shape().to_vec())
+    }
+
+    /// The string metadata.
+    pub(crate) fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// [`tensor`](Self::tensor), NaN and infinities allowed.
+    pub(crate) fn tensor_any<E: Real>(&self, name: &str, shape: &[usize]) -> Result<Vec<E>> {
+        let st = ::safetensors::SafeTensors::deserialize(&self.buf).map_err(|e| self.err(format!("{e:?}")))?;
+        let t = st.tensor(name).map_err(|x| self.err(format!("tensor `{name}`: {x:?}")))?;
+        let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
+        if t.dtype() != dtype {
+            return Err(self.err(format!("tensor `{name}` has dtype {:?}, expected {dtype:?}", t.dtype())));
+        }
+        if t.shape() != shape {
+            return Err(self.err(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape())));
+        }
+        let data = t.data();
+        let size = std::mem::size_of::<E>();
+        Ok((0..data.len() / size).map(|i| <E as dfdx::tensor::safetensors::SafeDtype>::from_le_bytes(data, i * size)).collect())
+    }
+
+    /// The metadata entry `key`, parsed; `missing` says what its absence means.
+    pub(crate) fn meta<T: std::str::FromStr>(&self, key: &str, missing: &str) -> Result<T> {
+        let v = self.metadata.get(key).ok_or_else(|| self.err(format!("no `{key}` entry: {missing}")))?;
+        v.parse().map_err(|_| self.err(format!("`{key}` = {v:?} does not parse")))
+    }
+}
+
+/// Writes named tensors of dtype `E` (name, logical shape, row-major values) and string
+/// `metadata` to a safetensors file at `path`, atomically (see [`write_atomically`]).
+pub(crate) fn write_safetensors<E: Real>(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<E>)>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.into_iter().flat_map(<E as dfdx::tensor::safetensors::SafeDtype>::to_le_bytes).collect()))
+        .collect();
+    let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
+    let views = bytes
+        .iter()
+        .map(|(n, s, d)| ::safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| checkpoint_error(path, format!("{e:?}")))?;
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    write_atomically(path, |tmp| {
+        ::safetensors::serialize_to_file(views, &metadata, tmp).map_err(|e| checkpoint_error(path, format!("{e:?}")))
+    })
 }
 
 /// An [`Error::Checkpoint`] about `path`.

@@ -10,6 +10,7 @@
 //! | [`sbc`] | simulation-based calibration through the [`sbc::PosteriorSampler`] trait, with a chi-square test of the ranks |
 //! | [`crate::diagnostics`] | split R-hat, rank-normalised bulk/tail ESS, MCSE (Vehtari et al. 2021), the `az.summary` table |
 //! | [`plot`] | PNG rank histograms and reliability diagrams |
+//! | [`ranks`] | several ranks on threads of one process ([`ranks::on_threads`]), to test data-parallel code without MPI |
 //! | [`special`] | the special functions underneath (the host matrices are in [`crate::linalg`]) |
 //! | [`crate::metrics`] | the predictive metrics (NLL/LPD, RMSE, ECE, coverage), shared with the rest of the library |
 //!
@@ -149,6 +150,7 @@
 
 pub mod assert;
 pub mod plot;
+pub mod ranks;
 pub mod reference;
 pub mod sbc;
 

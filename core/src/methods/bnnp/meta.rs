@@ -9,14 +9,17 @@ use dfdx::prelude::*;
 
 use super::guide::{AmortisedGuide, ForwardOptions};
 use super::objective::{split_task, task_terms, TaskObjective};
-use super::params::{linear_lr, Adam, AdamSettings, SafetensorsFile};
+use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
 use crate::communicator::{share, Communicator, SingleProcess};
+use crate::model::checkpoint::SafetensorsFile;
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
+/// What a missing training-state entry means.
+const NOT_META: &str = "not written by MetaLearner (AmortisedGuide::save keeps the parameters only)";
 /// Checkpoint metadata keys of [`MetaLearner::save`].
 const META_STEP: &str = "weightspace.meta.step";
 const META_SKIPPED: &str = "weightspace.meta.skipped";
@@ -387,8 +390,12 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     /// non-finite entry. On error neither the guide nor the learner changes.
     pub fn resume(&mut self, guide: &mut AmortisedGuide<E, D>, path: impl AsRef<std::path::Path>) -> Result<()> {
         let file = SafetensorsFile::read(path.as_ref())?;
-        let (step, skipped, bad_run, adam_steps): (usize, usize, usize, usize) =
-            (file.meta(META_STEP)?, file.meta(META_SKIPPED)?, file.meta(META_BAD_RUN)?, file.meta(META_ADAM_STEPS)?);
+        let (step, skipped, bad_run, adam_steps): (usize, usize, usize, usize) = (
+            file.meta(META_STEP, NOT_META)?,
+            file.meta(META_SKIPPED, NOT_META)?,
+            file.meta(META_BAD_RUN, NOT_META)?,
+            file.meta(META_ADAM_STEPS, NOT_META)?,
+        );
         let mut store = guide.store().clone();
         store.load_from(&file)?;
         let mut opt = self.opt.clone();

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use dfdx::prelude::*;
 
+use crate::model::checkpoint::{write_safetensors, SafetensorsFile};
 use crate::vi::prior::Taped;
 use crate::{Error, Real, Result};
 
@@ -210,25 +211,8 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
 
     /// [`save`](Self::save) with `extra` named tensors and string `metadata` in the same file.
     pub(crate) fn save_with(&self, p: &Path, extra: Vec<(String, Vec<usize>, Vec<E>)>, metadata: HashMap<String, String>) -> Result<()> {
-        let err = |reason: String| Error::Checkpoint { path: p.display().to_string(), reason };
-        let to_bytes =
-            |v: Vec<E>| -> Vec<u8> { v.into_iter().flat_map(<E as dfdx::tensor::safetensors::SafeDtype>::to_le_bytes).collect() };
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .entries
-            .iter()
-            .map(|e| (e.name.clone(), e.shape.clone(), to_bytes(e.value.as_vec())))
-            .chain(extra.into_iter().map(|(n, s, v)| (n, s, to_bytes(v))))
-            .collect();
-        let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
-        let views = bytes
-            .iter()
-            .map(|(n, s, d)| ::safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| err(format!("{e:?}")))?;
-        let metadata = (!metadata.is_empty()).then_some(metadata);
-        crate::model::checkpoint::write_atomically(p, |tmp| {
-            ::safetensors::serialize_to_file(views, &metadata, tmp).map_err(|e| err(format!("{e:?}")))
-        })
+        let tensors = self.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), e.value.as_vec())).chain(extra).collect();
+        write_safetensors(p, tensors, metadata)
     }
 
     /// Loads every parameter from a safetensors file written by [`ParamStore::save`]: names, shapes
@@ -255,63 +239,6 @@ impl<E: Real, D: Device<E>> ParamStore<E, D> {
     /// Whether every parameter is finite (reduced on the device, one scalar read back per tensor).
     pub fn all_finite(&self) -> bool {
         self.entries.iter().all(|e| e.value.shape().0 == 0 || (e.value.clone() * E::zero()).sum::<(), _>().as_vec()[0].is_finite())
-    }
-}
-
-/// A safetensors file read into memory: its tensors, checked one by one on access, and its
-/// string metadata.
-pub(crate) struct SafetensorsFile {
-    path: String,
-    buf: Vec<u8>,
-    metadata: HashMap<String, String>,
-}
-
-impl SafetensorsFile {
-    pub(crate) fn read(p: &Path) -> Result<Self> {
-        let path = p.display().to_string();
-        let buf = std::fs::read(p).map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
-        let (_, header) = ::safetensors::SafeTensors::read_metadata(&buf)
-            .map_err(|e| Error::Checkpoint { path: path.clone(), reason: format!("{e:?}") })?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        Ok(Self { path, buf, metadata })
-    }
-
-    fn err(&self, reason: String) -> Error {
-        Error::Checkpoint { path: self.path.clone(), reason }
-    }
-
-    /// Whether the file holds a tensor `name`.
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        ::safetensors::SafeTensors::deserialize(&self.buf).is_ok_and(|st| st.tensor(name).is_ok())
-    }
-
-    /// The tensor `name`, which must have dtype `E`, logical shape `shape` and finite entries.
-    pub(crate) fn tensor<E: Real>(&self, name: &str, shape: &[usize]) -> Result<Vec<E>> {
-        let st = ::safetensors::SafeTensors::deserialize(&self.buf).map_err(|e| self.err(format!("{e:?}")))?;
-        let t = st.tensor(name).map_err(|x| self.err(format!("parameter `{name}`: {x:?}")))?;
-        let dtype = <E as dfdx::tensor::safetensors::SafeDtype>::safe_dtype();
-        if t.dtype() != dtype {
-            return Err(self.err(format!("parameter `{name}` has dtype {:?}, expected {dtype:?}", t.dtype())));
-        }
-        if t.shape() != shape {
-            return Err(self.err(format!("parameter `{name}` has shape {:?}, expected {shape:?}", t.shape())));
-        }
-        let data = t.data();
-        let size = std::mem::size_of::<E>();
-        let v: Vec<E> =
-            (0..data.len() / size).map(|i| <E as dfdx::tensor::safetensors::SafeDtype>::from_le_bytes(data, i * size)).collect();
-        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::NonFinite { what: format!("checkpoint parameter `{name}`"), index });
-        }
-        Ok(v)
-    }
-
-    /// The metadata entry `key`, parsed.
-    pub(crate) fn meta<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
-        let v = self.metadata.get(key).ok_or_else(|| {
-            self.err(format!("no `{key}` entry: not written by MetaLearner (AmortisedGuide::save keeps the parameters only)"))
-        })?;
-        v.parse().map_err(|_| self.err(format!("`{key}` = {v:?} does not parse")))
     }
 }
 

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use super::shard::ChainShard;
 use super::target::BatchLogDensity;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
@@ -208,7 +209,8 @@ pub struct ManyChainRun {
     pub divergences: Vec<usize>,
     /// One entry per iteration, warm-up first.
     pub iterations: Vec<IterationStats>,
-    /// Batched log-density calls (one per leapfrog step of the slowest chain).
+    /// Batched log-density calls (one per leapfrog step of the slowest chain); on several ranks,
+    /// the most that any rank made (each rank's slowest chain is its own).
     pub batched_calls: u64,
     /// Positions evaluated in total (sum over calls of the chains in the batch).
     pub gradient_evaluations: u64,
@@ -220,6 +222,11 @@ pub struct ManyChainRun {
     pub communication_seconds: f64,
     /// Processes the chains were split across ([`sample_many_chains_on`]); 1 otherwise.
     pub ranks: usize,
+    /// Global index of the chain of `draws[0]`: 0, except for one rank's part of a run
+    /// ([`sample_many_chains_sharded`]).
+    pub first_chain: usize,
+    /// Chains of the whole run (`draws.len()`, except for one rank's part).
+    pub total_chains: usize,
 }
 
 impl ManyChainRun {
@@ -232,7 +239,136 @@ impl ManyChainRun {
     pub fn total_divergences(&self) -> usize {
         self.divergences.iter().sum()
     }
+
+    /// Writes this rank's part of a sharded run ([`sample_many_chains_sharded`]) to
+    /// `<dir>/many_chain.rank-<r>-of-<R>.safetensors` (atomically; `dir` is created if needed) and
+    /// returns the path. `rank` is the writer's rank (`comm.rank()`); [`merge_shards`](Self::merge_shards)
+    /// joins the files. Draws, log densities, step sizes and mass matrices round-trip bit-exactly.
+    ///
+    /// ```
+    /// use weightspace::comm::SingleProcess;
+    /// use weightspace::mcmc::{sample_many_chains, sample_many_chains_sharded, BatchLogDensity, LogDensity, ManyChainRun, ManyChainSettings};
+    /// struct StdNormal;
+    /// impl LogDensity for StdNormal {
+    ///     fn dim(&self) -> usize { 1 }
+    ///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+    ///         g[0] = -x[0];
+    ///         Ok(-0.5 * x[0] * x[0])
+    ///     }
+    /// }
+    /// impl BatchLogDensity for StdNormal {}
+    /// let settings = ManyChainSettings { warmup: 50, draws: 3, ..Default::default() };
+    /// let dir = std::env::temp_dir().join(format!("weightspace_doc_shards_{}", std::process::id()));
+    /// // on every rank of an MPI job (here: the one process)
+    /// let part = sample_many_chains_sharded(&SingleProcess, &mut StdNormal, vec![vec![0.5]; 20], &settings)?;
+    /// part.write_shard(&dir, 0)?;
+    /// // later, on one process
+    /// let run = ManyChainRun::merge_shards(&dir)?;
+    /// assert_eq!(run.draws, sample_many_chains(&mut StdNormal, vec![vec![0.5]; 20], &settings)?.draws);
+    /// std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn write_shard(&self, dir: impl AsRef<std::path::Path>, rank: usize) -> Result<std::path::PathBuf> {
+        self.to_shard(rank)?.write(dir.as_ref(), MANY_CHAIN_STEM)
+    }
+
+    /// Reads the complete set of shards that the ranks of one run wrote to `dir`
+    /// ([`write_shard`](Self::write_shard)) and joins them into the whole run, as
+    /// [`sample_many_chains_on`] would have gathered it. `seconds` and `communication_seconds` are
+    /// rank 0's.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the problem when the set is incomplete (a rank's file is
+    /// missing), mixes runs (other settings, other rank counts), or a file cannot be read.
+    pub fn merge_shards(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let merged = ChainShard::merge_dir(dir.as_ref(), MANY_CHAIN_STEM, &[])?;
+        Self::from_shard(&merged)
+    }
+
+    /// This run (or rank's part of a run) as a draw shard written by rank `rank`.
+    pub(crate) fn to_shard(&self, rank: usize) -> Result<ChainShard> {
+        let d = self.inverse_mass.first().map_or(0, Vec::len);
+        let logp: Vec<f64> = self.logp.iter().flatten().copied().collect();
+        let n = self.draws.first().map_or(0, Vec::len);
+        let mut its = Vec::with_capacity(self.iterations.len() * 6);
+        for it in &self.iterations {
+            its.extend([
+                f64::from(u8::from(it.warmup)),
+                it.step_size,
+                it.trajectory_length,
+                it.max_leapfrog_steps as f64,
+                it.mean_accept,
+                it.divergences as f64,
+            ]);
+        }
+        let meta = [
+            ("trajectory_length", self.trajectory_length.to_string()),
+            ("batched_calls", self.batched_calls.to_string()),
+            ("gradient_evaluations", self.gradient_evaluations.to_string()),
+            ("seconds", self.seconds.to_string()),
+            ("communication_seconds", self.communication_seconds.to_string()),
+        ];
+        Ok(ChainShard {
+            first_chain: self.first_chain,
+            total_chains: self.total_chains,
+            rank,
+            ranks: self.ranks,
+            draws: self.draws.clone(),
+            per_chain: vec![
+                ("logp".into(), n, logp),
+                ("step_size".into(), 1, self.step_sizes.clone()),
+                ("inverse_mass".into(), d, self.inverse_mass.iter().flatten().copied().collect()),
+                ("warmup_divergences".into(), 1, self.warmup_divergences.iter().map(|&v| v as f64).collect()),
+                ("divergences".into(), 1, self.divergences.iter().map(|&v| v as f64).collect()),
+            ],
+            run: vec![("iterations".into(), vec![self.iterations.len(), 6], its)],
+            meta: meta.into_iter().map(|(k, v)| (format!("weightspace.many_chain.{k}"), v)).collect(),
+        })
+    }
+
+    /// The run held by a (merged) draw shard.
+    pub(crate) fn from_shard(s: &ChainShard) -> Result<Self> {
+        let c = s.draws.len();
+        let n = s.draws.first().map_or(0, Vec::len);
+        let per = |name: &str| s.column(name);
+        let rows = |v: &[f64], w: usize| -> Vec<Vec<f64>> { (0..c).map(|i| v[i * w..(i + 1) * w].to_vec()).collect() };
+        let inv = per("inverse_mass")?;
+        let d = inv.len().checked_div(c).unwrap_or(0);
+        let its = s.run_tensor("iterations")?;
+        let meta = |k: &str| s.meta::<f64>(&format!("weightspace.many_chain.{k}"));
+        let meta_u = |k: &str| s.meta::<u64>(&format!("weightspace.many_chain.{k}"));
+        Ok(Self {
+            draws: s.draws.clone(),
+            logp: rows(per("logp")?, n),
+            step_sizes: per("step_size")?.to_vec(),
+            trajectory_length: meta("trajectory_length")?,
+            inverse_mass: rows(inv, d),
+            warmup_divergences: per("warmup_divergences")?.iter().map(|&v| v as usize).collect(),
+            divergences: per("divergences")?.iter().map(|&v| v as usize).collect(),
+            iterations: its
+                .chunks(6)
+                .map(|r| IterationStats {
+                    warmup: r[0] != 0.0,
+                    step_size: r[1],
+                    trajectory_length: r[2],
+                    max_leapfrog_steps: r[3] as usize,
+                    mean_accept: r[4],
+                    divergences: r[5] as usize,
+                })
+                .collect(),
+            batched_calls: meta_u("batched_calls")?,
+            gradient_evaluations: meta_u("gradient_evaluations")?,
+            seconds: meta("seconds")?,
+            communication_seconds: meta("communication_seconds")?,
+            ranks: s.ranks,
+            first_chain: s.first_chain,
+            total_chains: s.total_chains,
+        })
+    }
 }
+
+/// File stem of [`ManyChainRun::write_shard`]'s shards.
+const MANY_CHAIN_STEM: &str = "many_chain";
 
 /// Element `i + 1` of the base-2 Halton (van der Corput) sequence, in `(0, 1)`.
 fn halton(i: usize, max_bits: u32) -> f64 {
@@ -394,6 +530,52 @@ pub fn sample_many_chains_on<T: BatchLogDensity + ?Sized>(
     init: Vec<Vec<f64>>,
     settings: &ManyChainSettings,
 ) -> Result<Option<ManyChainRun>> {
+    sample(comm, target, init, settings, true)
+}
+
+/// [`sample_many_chains_on`] without the final gather: every rank returns its own chains' part of
+/// the run ([`ManyChainRun::first_chain`] says where it starts in the whole run), for runs too large
+/// to gather on rank 0. Write the parts with [`ManyChainRun::write_shard`] and join them later, on
+/// one process, with [`ManyChainRun::merge_shards`]: the merged run equals the gathered one. The
+/// adaptation, the chains' random streams and the run-level statistics (`iterations`,
+/// `batched_calls`, `gradient_evaluations`) are the same as in the gathered run.
+///
+/// ```
+/// use weightspace::comm::SingleProcess;
+/// use weightspace::mcmc::{sample_many_chains, sample_many_chains_sharded, BatchLogDensity, LogDensity, ManyChainSettings};
+/// struct StdNormal;
+/// impl LogDensity for StdNormal {
+///     fn dim(&self) -> usize { 1 }
+///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+///         g[0] = -x[0];
+///         Ok(-0.5 * x[0] * x[0])
+///     }
+/// }
+/// impl BatchLogDensity for StdNormal {}
+/// let settings = ManyChainSettings { warmup: 50, draws: 3, ..Default::default() };
+/// let part = sample_many_chains_sharded(&SingleProcess, &mut StdNormal, vec![vec![0.5]; 10], &settings)?;
+/// assert_eq!((part.first_chain, part.total_chains, part.draws.len()), (0, 10, 10)); // one process holds every chain
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn sample_many_chains_sharded<T: BatchLogDensity + ?Sized>(
+    comm: &dyn Communicator,
+    target: &mut T,
+    init: Vec<Vec<f64>>,
+    settings: &ManyChainSettings,
+) -> Result<ManyChainRun> {
+    sample(comm, target, init, settings, false)?
+        .ok_or_else(|| Error::Communication { what: "sharded run".into(), reason: "this rank kept no part of the run".into() })
+}
+
+/// The sampler behind [`sample_many_chains_on`] (`gather`: every chain on rank 0, `None` elsewhere)
+/// and [`sample_many_chains_sharded`] (every rank its own chains).
+fn sample<T: BatchLogDensity + ?Sized>(
+    comm: &dyn Communicator,
+    target: &mut T,
+    init: Vec<Vec<f64>>,
+    settings: &ManyChainSettings,
+    gather: bool,
+) -> Result<Option<ManyChainRun>> {
     settings.validate()?;
     let s = settings;
     let start = Instant::now();
@@ -449,7 +631,7 @@ pub fn sample_many_chains_on<T: BatchLogDensity + ?Sized>(
         bar.inc();
     }
     bar.finish();
-    out.into_run(chains, &adapt, &shard, s.draws, start)
+    out.into_run(chains, &adapt, &shard, s.draws, start, gather)
 }
 
 /// Chains are dealt to ranks in blocks of this many consecutive chains; the cross-chain sums are
@@ -874,8 +1056,17 @@ impl Collected {
         }
     }
 
-    /// Gathers every chain's draws, step size, mass matrix and divergence counts on rank 0.
-    fn into_run(self, ch: Chains, adapt: &Adaptation, shard: &Shard<'_>, draws: usize, start: Instant) -> Result<Option<ManyChainRun>> {
+    /// Gathers every chain's draws, step size, mass matrix and divergence counts on rank 0 (or,
+    /// without `gather`, keeps this rank's chains on every rank).
+    fn into_run(
+        self,
+        ch: Chains,
+        adapt: &Adaptation,
+        shard: &Shard<'_>,
+        draws: usize,
+        start: Instant,
+        gather: bool,
+    ) -> Result<Option<ManyChainRun>> {
         let d = ch.d;
         // per chain: draws × (d + 1), then step size, inverse mass (d), the two divergence counts
         let per = draws * (d + 1) + d + 3;
@@ -893,9 +1084,13 @@ impl Collected {
         let counts: Vec<usize> = shard.chains.iter().map(|c| c * per).collect();
         let batched_calls = shard.max(ch.batched_calls as f64)? as u64;
         let evaluations = shard.sums(1, |ci, o| o[0] = if ci == 0 { ch.evaluations as f64 } else { 0.0 })?[0] as u64;
-        let gathered = shard.timed(|| shard.comm.gather_to_root(&local, &counts))?;
-        let Some(all) = gathered else { return Ok(None) };
-        let c = shard.c_total;
+        let (all, first_chain, c) = if gather {
+            let gathered = shard.timed(|| shard.comm.gather_to_root(&local, &counts))?;
+            let Some(all) = gathered else { return Ok(None) };
+            (all, 0, shard.c_total)
+        } else {
+            (local, shard.lo, shard.c_local)
+        };
         let mut run = ManyChainRun {
             draws: Vec::with_capacity(c),
             logp: Vec::with_capacity(c),
@@ -910,6 +1105,8 @@ impl Collected {
             seconds: 0.0,
             communication_seconds: 0.0,
             ranks: shard.comm.size(),
+            first_chain,
+            total_chains: shard.c_total,
         };
         for chain in all.chunks(per) {
             let (body, tail) = chain.split_at(draws * (d + 1));

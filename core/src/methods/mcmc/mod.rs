@@ -50,17 +50,21 @@ pub mod data;
 mod export;
 mod fused;
 mod nuts;
+mod shard;
 mod target;
 mod weight_prior;
 mod workflow;
 
 pub use bound::{chains_needed, expected_chains, paper_mode_probabilities};
-pub use chees::{sample_many_chains, sample_many_chains_on, IterationStats, ManyChainRun, ManyChainSettings, StepSizeAdaptation};
+pub use chees::{
+    sample_many_chains, sample_many_chains_on, sample_many_chains_sharded, IterationStats, ManyChainRun, ManyChainSettings,
+    StepSizeAdaptation,
+};
 pub use export::DrawSet;
 pub use nuts::{sample_nuts, DrawStats, NutsRun, NutsSettings};
 pub use target::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 pub use weight_prior::GaussianWeightPrior;
 pub use workflow::{
-    lppd, sym_mcmc, sym_mcmc_on, Canonicalise, ChainDiagnostics, ChainInit, ChainSampler, Lppd, NoCanonicalisation, PosteriorPredictive,
-    SamplerReport, SymMcmcRun, SymMcmcSettings,
+    lppd, sym_mcmc, sym_mcmc_merge, sym_mcmc_on, sym_mcmc_shard, Canonicalise, ChainDiagnostics, ChainInit, ChainSampler, Lppd,
+    NoCanonicalisation, PosteriorPredictive, SamplerReport, SymMcmcRun, SymMcmcSettings,
 };

@@ -7,9 +7,10 @@ use std::time::Instant;
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
-use super::chees::{sample_many_chains_on, ManyChainRun, ManyChainSettings};
+use super::chees::{sample_many_chains_on, sample_many_chains_sharded, ManyChainRun, ManyChainSettings};
 use super::nuts::{sample_nuts, NutsSettings};
-use super::target::{BnnPosterior, NoisePrior};
+use super::shard::ChainShard;
+use super::target::{BnnPosterior, LogDensity, NoisePrior};
 use super::GaussianWeightPrior;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::model::arch::Architecture;
@@ -430,6 +431,95 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
     settings: &SymMcmcSettings,
     canon: &impl Canonicalise<E, D>,
 ) -> Result<Option<SymMcmcRun>> {
+    let (mut post, init) = posterior_and_starts(model, train, settings)?;
+    let Some(sampled) = sample_chains(comm, &mut post, init, settings, true)? else { return Ok(None) };
+    finish(M::ARCH, &post, sampled, canon, comm.size()).map(Some)
+}
+
+/// [`sym_mcmc_on`] for runs too large to gather on rank 0: every rank samples its share of the
+/// chains, exactly as `sym_mcmc_on` would, and writes them to a safetensors shard in `dir`
+/// (`sym_mcmc.rank-<r>-of-<R>.safetensors`, atomically; `dir` is created if needed) instead of
+/// sending them to rank 0. Returns the shard's path on every rank. Canonicalisation and everything
+/// after it happen later, on one process, in [`sym_mcmc_merge`].
+///
+/// ```
+/// use weightspace::prelude::*;
+/// use weightspace::comm::SingleProcess;
+/// use weightspace::mcmc::{sym_mcmc, sym_mcmc_merge, sym_mcmc_shard, NoCanonicalisation, SymMcmcSettings};
+/// #[bnn]
+/// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Learned<1.0>> }
+/// let dev = Cpu::default();
+/// let x: Vec<f64> = (0..8).map(|i| i as f64 / 4.0).collect();
+/// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &x, 1)?;
+/// let model = Lin::<f64, Cpu>::new(&dev);
+/// let settings = SymMcmcSettings { chains: 12, warmup: 40, draws_per_chain: 2, ..Default::default() };
+/// let dir = std::env::temp_dir().join(format!("weightspace_doc_sym_shards_{}", std::process::id()));
+/// // every rank of the MPI job (here, the one process) writes its shard
+/// sym_mcmc_shard(&SingleProcess, &model, &data, &settings, &dir)?;
+/// // then one process joins them
+/// let run = sym_mcmc_merge(&model, &data, &settings, &NoCanonicalisation, &dir)?;
+/// assert_eq!(run.draws, sym_mcmc(&model, &data, &settings, &NoCanonicalisation)?.draws);
+/// std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), weightspace::Error>(())
+/// ```
+pub fn sym_mcmc_shard<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    comm: &dyn Communicator,
+    model: &M,
+    train: &Dataset<E, D>,
+    settings: &SymMcmcSettings,
+    dir: impl AsRef<std::path::Path>,
+) -> Result<std::path::PathBuf> {
+    let (mut post, init) = posterior_and_starts(model, train, settings)?;
+    let sampled = sample_chains(comm, &mut post, init, settings, false)?
+        .ok_or_else(|| Error::Communication { what: "sharded run".into(), reason: "this rank kept no part of the run".into() })?;
+    sampled.into_shard(comm, settings, LogDensity::dim(&post))?.write(dir.as_ref(), SYM_STEM)
+}
+
+/// Joins the shards that the ranks of a [`sym_mcmc_shard`] run wrote to `dir` and finishes the
+/// workflow on this process: pooling, canonicalisation with `canon`, and the run that
+/// [`sym_mcmc_on`] would have returned on rank 0 (the same draws and canonical draws; `seconds` and
+/// `communication_seconds` are rank 0's sampling time). `model`, `train` and `settings` must be
+/// those of the sharded run.
+///
+/// # Errors
+/// [`Error::Checkpoint`] when the set of shards is incomplete or mixes runs (another rank count,
+/// other settings); [`Error::InvalidConfig`] when `settings` differ from the shards' (chains, draws,
+/// warm-up, seed, sampler).
+pub fn sym_mcmc_merge<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    model: &M,
+    train: &Dataset<E, D>,
+    settings: &SymMcmcSettings,
+    canon: &impl Canonicalise<E, D>,
+    dir: impl AsRef<std::path::Path>,
+) -> Result<SymMcmcRun> {
+    let (post, _) = posterior_and_starts(model, train, settings)?;
+    let merged = ChainShard::merge_dir(dir.as_ref(), SYM_STEM, &SHARD_SETTINGS)?;
+    let ranks = merged.ranks;
+    let sampled = Sampled::from_shard(&merged, settings, LogDensity::dim(&post))?;
+    finish(M::ARCH, &post, sampled, canon, ranks)
+}
+
+/// File stem of the workflow's shards.
+const SYM_STEM: &str = "sym_mcmc";
+/// Shard metadata keys that every shard of one run shares and `settings` must match.
+const SHARD_SETTINGS: [&str; 5] = [
+    "weightspace.sym_mcmc.sampler",
+    "weightspace.sym_mcmc.seed",
+    "weightspace.sym_mcmc.warmup",
+    "weightspace.sym_mcmc.draws",
+    "weightspace.sym_mcmc.dim",
+];
+
+/// A posterior and every chain's initial position.
+type PosteriorAndStarts<'m, E, D, M> = (BnnPosterior<'m, E, D, M>, Vec<Vec<f64>>);
+
+/// The posterior of `model` on `train` with the settings' noise and weight priors, and every
+/// chain's initial position, drawn from the one seeded stream.
+fn posterior_and_starts<'m, E: Real, D: Device<E>, M: Bnn<E, D>>(
+    model: &'m M,
+    train: &'m Dataset<E, D>,
+    settings: &SymMcmcSettings,
+) -> Result<PosteriorAndStarts<'m, E, D, M>> {
     if settings.chains == 0 {
         return Err(Error::config("SymMcmcSettings::chains", 0, "at least one chain is needed"));
     }
@@ -440,8 +530,7 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
     if let Some(prior) = &settings.weight_prior {
         post = post.with_weight_prior(prior.clone())?;
     }
-    let dim = super::target::LogDensity::dim(&post);
-    let p = post.num_weights();
+    let dim = LogDensity::dim(&post);
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
     let init: Vec<Vec<f64>> = match settings.init {
         ChainInit::Uniform(a) => {
@@ -463,20 +552,61 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
                 .collect()
         }
     };
+    Ok((post, init))
+}
+
+/// The chains' draws and the sampler's report: of every chain (gathered) or of one rank's share.
+struct Sampled {
+    draws: Vec<Vec<Vec<f64>>>,
+    divergences: usize,
+    report: SamplerReport,
+    evaluations: u64,
+    seconds: f64,
+    communication_seconds: f64,
+    /// Global index of the first chain held, and the chains of the whole run.
+    first_chain: usize,
+    total_chains: usize,
+    /// NUTS: the gradient evaluations of each chain held (empty for the many-chain sampler, whose
+    /// count is over the whole run).
+    chain_evaluations: Vec<u64>,
+}
+
+/// Runs the settings' sampler on `post` from `init` over the ranks of `comm`: with `gather`, every
+/// chain on rank 0 (`None` elsewhere); without, every rank its own share.
+fn sample_chains<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    comm: &dyn Communicator,
+    post: &mut BnnPosterior<'_, E, D, M>,
+    init: Vec<Vec<f64>>,
+    settings: &SymMcmcSettings,
+    gather: bool,
+) -> Result<Option<Sampled>> {
+    let dim = LogDensity::dim(post);
     let start = Instant::now();
-    let (draws, divergences, report, evaluations, communication_seconds) = match &settings.sampler {
+    let total_chains = settings.chains;
+    match &settings.sampler {
         ChainSampler::ManyChain(mc) => {
             let s =
                 ManyChainSettings { warmup: settings.warmup, draws: settings.draws_per_chain, progress: settings.progress, ..mc.clone() };
-            let Some(mut run) = sample_many_chains_on(comm, &mut post, init, &s)? else { return Ok(None) };
+            let run =
+                if gather { sample_many_chains_on(comm, post, init, &s)? } else { Some(sample_many_chains_sharded(comm, post, init, &s)?) };
+            let Some(mut run) = run else { return Ok(None) };
             let draws = std::mem::take(&mut run.draws);
-            let div = run.total_divergences();
-            let (evals, comm_s) = (run.gradient_evaluations, run.communication_seconds);
-            (draws, div, SamplerReport::ManyChain(Box::new(run)), evals, comm_s)
+            Ok(Some(Sampled {
+                draws,
+                divergences: run.total_divergences(),
+                evaluations: run.gradient_evaluations,
+                seconds: start.elapsed().as_secs_f64(),
+                communication_seconds: run.communication_seconds,
+                first_chain: run.first_chain,
+                total_chains,
+                chain_evaluations: Vec::new(),
+                report: SamplerReport::ManyChain(Box::new(run)),
+            }))
         }
         ChainSampler::Nuts(ns) => {
             let mine = share(settings.chains, comm.rank(), comm.size());
             let bar = crate::progress::Progress::new(mine.len(), settings.progress && comm.is_root(), "chains");
+            // per chain: the draws, then divergences, mean tree depth, step size, evaluations
             let mut local = Vec::new();
             for (ci, x0) in init.iter().enumerate().skip(mine.start).take(mine.len()) {
                 let s = NutsSettings {
@@ -486,36 +616,168 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
                     progress: false,
                     ..ns.clone()
                 };
-                let run = sample_nuts(&mut post, x0, &s)?;
-                // per chain: the draws, then divergences, mean tree depth, step size
+                let before = post.evaluations();
+                let run = sample_nuts(post, x0, &s)?;
                 local.extend(run.draws.iter().flatten());
-                local.extend([run.divergences() as f64, run.mean_tree_depth(), run.step_size().unwrap_or(f64::NAN)]);
+                local.extend([
+                    run.divergences() as f64,
+                    run.mean_tree_depth(),
+                    run.step_size().unwrap_or(f64::NAN),
+                    (post.evaluations() - before) as f64,
+                ]);
                 bar.inc();
             }
             bar.finish();
-            let per_chain = settings.draws_per_chain * dim + 3;
+            let per_chain = settings.draws_per_chain * dim + 4;
             let t = Instant::now();
-            let counts: Vec<usize> = (0..comm.size()).map(|r| share(settings.chains, r, comm.size()).len() * per_chain).collect();
-            let mut evals = vec![0.0; comm.size()];
-            comm.all_gather(&[post.evaluations() as f64], &vec![1; comm.size()], &mut evals)?;
-            let Some(all) = comm.gather_to_root(&local, &counts)? else { return Ok(None) };
-            let comm_s = t.elapsed().as_secs_f64();
-            let mut draws = Vec::with_capacity(settings.chains);
-            let mut per = Vec::with_capacity(settings.chains);
+            let (all, first_chain) = if gather {
+                let counts: Vec<usize> = (0..comm.size()).map(|r| share(settings.chains, r, comm.size()).len() * per_chain).collect();
+                let Some(all) = comm.gather_to_root(&local, &counts)? else { return Ok(None) };
+                (all, 0)
+            } else {
+                (local, mine.start)
+            };
+            let communication_seconds = t.elapsed().as_secs_f64();
+            let mut draws = Vec::new();
+            let mut per = Vec::new();
+            let mut chain_evaluations = Vec::new();
             for chain in all.chunks(per_chain) {
                 let (body, tail) = chain.split_at(settings.draws_per_chain * dim);
                 draws.push(body.chunks(dim).map(<[f64]>::to_vec).collect::<Vec<_>>());
                 per.push((tail[0] as usize, tail[1], tail[2]));
+                chain_evaluations.push(tail[3] as u64);
             }
-            let div = per.iter().map(|p| p.0).sum();
-            (draws, div, SamplerReport::Nuts(per), evals.iter().sum::<f64>() as u64, comm_s)
+            let divergences = per.iter().map(|p| p.0).sum();
+            Ok(Some(Sampled {
+                draws,
+                divergences,
+                report: SamplerReport::Nuts(per),
+                evaluations: chain_evaluations.iter().sum(),
+                seconds: start.elapsed().as_secs_f64(),
+                communication_seconds,
+                first_chain,
+                total_chains,
+                chain_evaluations,
+            }))
         }
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    // pool, canonicalise the weights (keeping ln σ), and split back into chains
+    }
+}
+
+impl Sampled {
+    /// This rank's share as a draw shard, with the settings that every shard of the run shares.
+    fn into_shard(self, comm: &dyn Communicator, settings: &SymMcmcSettings, dim: usize) -> Result<ChainShard> {
+        let (kind, mut shard) = match self.report {
+            SamplerReport::ManyChain(mut run) => {
+                run.draws = self.draws;
+                ("many-chain", run.to_shard(comm.rank())?)
+            }
+            SamplerReport::Nuts(per) => {
+                let stats =
+                    per.iter().zip(&self.chain_evaluations).flat_map(|(&(d, depth, step), &e)| [d as f64, depth, step, e as f64]).collect();
+                let shard = ChainShard {
+                    first_chain: self.first_chain,
+                    total_chains: self.total_chains,
+                    rank: comm.rank(),
+                    ranks: comm.size(),
+                    draws: self.draws,
+                    per_chain: vec![("nuts".into(), 4, stats)],
+                    run: Vec::new(),
+                    meta: Default::default(),
+                };
+                ("nuts", shard)
+            }
+        };
+        let entries = [
+            ("sampler", kind.to_string()),
+            ("seed", settings.seed.to_string()),
+            ("warmup", settings.warmup.to_string()),
+            ("draws", settings.draws_per_chain.to_string()),
+            ("dim", dim.to_string()),
+            ("seconds", self.seconds.to_string()),
+            ("communication_seconds", self.communication_seconds.to_string()),
+        ];
+        shard.meta.extend(entries.into_iter().map(|(k, v)| (format!("weightspace.sym_mcmc.{k}"), v)));
+        Ok(shard)
+    }
+
+    /// The whole run held by merged shards, checked against `settings` (and the posterior's
+    /// dimension `dim`).
+    fn from_shard(s: &ChainShard, settings: &SymMcmcSettings, dim: usize) -> Result<Self> {
+        let kind = match settings.sampler {
+            ChainSampler::ManyChain(_) => "many-chain",
+            ChainSampler::Nuts(_) => "nuts",
+        };
+        let expect = [
+            ("sampler", kind.to_string()),
+            ("seed", settings.seed.to_string()),
+            ("warmup", settings.warmup.to_string()),
+            ("draws", settings.draws_per_chain.to_string()),
+        ];
+        for (k, want) in expect {
+            let got: String = s.meta(&format!("weightspace.sym_mcmc.{k}"))?;
+            if got != want {
+                return Err(Error::config(
+                    "SymMcmcSettings",
+                    format!("{k} = {want} (the shards': {got})"),
+                    "differs from the setting the shards were written with",
+                ));
+            }
+        }
+        if s.total_chains != settings.chains {
+            return Err(Error::config(
+                "SymMcmcSettings::chains",
+                format!("{} (the shards': {})", settings.chains, s.total_chains),
+                "differs from the number of chains the shards hold",
+            ));
+        }
+        let got_dim: usize = s.meta("weightspace.sym_mcmc.dim")?;
+        if got_dim != dim {
+            return Err(Error::config(
+                "sym_mcmc_merge model",
+                format!("{dim} coordinates (the shards': {got_dim})"),
+                "the model's posterior does not have the shards' dimension",
+            ));
+        }
+        // evaluations: counted over the whole run by the many-chain sampler, per chain by NUTS
+        let (report, divergences, evaluations) = if kind == "many-chain" {
+            let mut run = ManyChainRun::from_shard(s)?;
+            run.draws = Vec::new();
+            let (div, evals) = (run.total_divergences(), run.gradient_evaluations);
+            (SamplerReport::ManyChain(Box::new(run)), div, evals)
+        } else {
+            let stats = s.column("nuts")?;
+            let per: Vec<(usize, f64, f64)> = stats.chunks(4).map(|r| (r[0] as usize, r[1], r[2])).collect();
+            let div = per.iter().map(|p| p.0).sum();
+            (SamplerReport::Nuts(per), div, stats.chunks(4).map(|r| r[3] as u64).sum())
+        };
+        Ok(Self {
+            draws: s.draws.clone(),
+            divergences,
+            report,
+            evaluations,
+            seconds: s.meta("weightspace.sym_mcmc.seconds")?,
+            communication_seconds: s.meta("weightspace.sym_mcmc.communication_seconds")?,
+            first_chain: 0,
+            total_chains: s.total_chains,
+            chain_evaluations: Vec::new(),
+        })
+    }
+}
+
+/// Pools `sampled`'s draws, canonicalises their weights (keeping `ln σ`) and splits them back into
+/// chains.
+fn finish<E: Real, D: Device<E>, M: Bnn<E, D>>(
+    arch: &Architecture,
+    post: &BnnPosterior<'_, E, D, M>,
+    sampled: Sampled,
+    canon: &impl Canonicalise<E, D>,
+    ranks: usize,
+) -> Result<SymMcmcRun> {
+    let p = post.num_weights();
+    let Sampled { draws, divergences, report, evaluations, seconds, communication_seconds, .. } = sampled;
     let pooled: Vec<Vec<f64>> = draws.iter().flatten().cloned().collect();
     let w = post.weights(&pooled)?;
-    let cw = canon.canonicalise(M::ARCH, &w)?.to_flat();
+    let cw = canon.canonicalise(arch, &w)?.to_flat();
     if cw.len() != pooled.len() {
         return Err(Error::Shape {
             what: "canonicalised weights".into(),
@@ -528,7 +790,7 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
         c
     });
     let canonical = draws.iter().map(|ch| ch.iter().map(|_| it.next().expect("same count")).collect()).collect();
-    Ok(Some(SymMcmcRun {
+    Ok(SymMcmcRun {
         draws,
         canonical,
         num_weights: p,
@@ -537,9 +799,9 @@ pub fn sym_mcmc_on<E: Real, D: Device<E>, M: Bnn<E, D>>(
         gradient_evaluations: evaluations,
         seconds,
         communication_seconds,
-        ranks: comm.size(),
+        ranks,
         report,
-    }))
+    })
 }
 
 impl SymMcmcRun {
