@@ -28,7 +28,7 @@ pub(crate) fn is_cpu<E: Dtype, D: Storage<E>>() -> bool {
 }
 
 /// Moves a value between two types that are the same type (checked by the caller with `TypeId`).
-fn same<A: 'static, B: 'static>(a: A) -> B {
+pub(crate) fn same<A: 'static, B: 'static>(a: A) -> B {
     *(Box::new(a) as Box<dyn Any>).downcast::<B>().expect("the caller checked that the types are equal")
 }
 

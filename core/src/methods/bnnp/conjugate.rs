@@ -138,6 +138,8 @@ pub(crate) struct LayerInputs<E: Dtype, D: Storage<E>> {
     pub units: usize,
     pub d_out: usize,
     pub k: usize,
+    /// Whether every prior precision is diagonal (only their diagonal then needs a gradient).
+    pub diagonal: bool,
 }
 
 pub(crate) struct DataInputs<E: Dtype, D: Storage<E>> {
@@ -159,7 +161,7 @@ pub(crate) struct LayerOutputs<E: Dtype, D: Storage<E>> {
     pub state: Option<HostPosterior<E>>,
 }
 
-struct HostOut<E> {
+pub(super) struct HostOut<E> {
     w0: Vec<E>,
     cinv: Vec<E>,
     sp: usize,
@@ -212,9 +214,19 @@ fn host_update<E: Real>(
 /// The prior of every group: `Π⁻¹`, `ln det Π` ([`host::LANES`] groups at a time) and `Π μ`.
 fn factor_prior<E: Real>(what: &str, d: Dims, prec: &[E], mean: &[E]) -> Result<(Vec<E>, Vec<E>, Vec<E>)> {
     let Dims { g, kk, .. } = d;
+    let (pinv, ld_pi) = prior_inverse(what, g, kk, prec)?;
+    let mut pimu = vec![E::zero(); g * kk];
+    for gi in 0..g {
+        host::gemv(kk, kk, &prec[d.mat(gi)], &mean[d.vec(gi)], &mut pimu[d.vec(gi)]);
+    }
+    Ok((pinv, ld_pi, pimu))
+}
+
+/// `Π⁻¹` and `ln det Π` of `g` groups of `kk` weights ([`host::LANES`] groups at a time).
+pub(super) fn prior_inverse<E: Real>(what: &str, g: usize, kk: usize, prec: &[E]) -> Result<(Vec<E>, Vec<E>)> {
+    let d = Dims { s: 1, g, kk, units: 1, k: kk, n: 0, sp: 1 };
     let mut pinv = vec![E::zero(); g * kk * kk];
     let mut ld_pi = vec![E::zero(); g];
-    let mut pimu = vec![E::zero(); g * kk];
     let mut bwork = Vec::new();
     let mut g0 = 0;
     while g0 < g {
@@ -224,13 +236,15 @@ fn factor_prior<E: Real>(what: &str, d: Dims, prec: &[E], mean: &[E]) -> Result<
             .map_err(|(lane, pivot)| Error::NotPositiveDefinite { what: format!("{what}: prior precision"), index: g0 + lane, pivot })?;
         g0 += m;
     }
-    for gi in 0..g {
-        host::gemv(kk, kk, &prec[d.mat(gi)], &mean[d.vec(gi)], &mut pimu[d.vec(gi)]);
-    }
-    Ok((pinv, ld_pi, pimu))
+    Ok((pinv, ld_pi))
 }
 
 impl<E: Real> HostOut<E> {
+    /// Only a KL value and its adjoints (for [`kl_surrogate`]).
+    pub(super) fn adjoints(kl: f64, prec_bar: Vec<E>, mean_bar: Vec<E>, phi_bar: Vec<E>, lam_bar: Vec<E>, v_bar: Vec<E>) -> Self {
+        HostOut { w0: Vec::new(), cinv: Vec::new(), sp: 1, kl, prec_bar, mean_bar, phi_bar, lam_bar, v_bar, state: None }
+    }
+
     /// Zero outputs (empty gradients when no KL is wanted, no state unless it is kept).
     fn zeros(d: Dims, data: Option<&HostData<'_, E>>, want_kl: bool, keep_state: bool) -> Self {
         let Dims { s, g, kk, sp, .. } = d;
@@ -863,6 +877,9 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
 ) -> Result<LayerOutputs<E, D>> {
     let (g, kk) = *inputs.mean.shape();
     debug_assert_eq!(g * kk, inputs.d_out * inputs.k);
+    if super::lowrank::applies(&inputs, offsets.is_some(), keep_state) {
+        return super::lowrank::conjugate_layer(what, inputs, s, want_kl);
+    }
     let mut out = host_layer(what, &inputs, s, offsets, want_kl, keep_state)?;
     let (kl, kl_value) = if want_kl { (Some(kl_surrogate(&inputs, &mut out)), out.kl) } else { (None, 0.0) };
     let state = out.state.take();
@@ -879,7 +896,7 @@ fn host_layer<E: Real, D: Device<E>>(
     want_kl: bool,
     keep_state: bool,
 ) -> Result<HostOut<E>> {
-    let LayerInputs { data, prec, mean, zeta, units, d_out, k } = inputs;
+    let LayerInputs { data, prec, mean, zeta, units, d_out, k, .. } = inputs;
     let (g, kk) = *mean.shape();
     let host_data = data
         .as_ref()
@@ -901,7 +918,7 @@ fn host_layer<E: Real, D: Device<E>>(
 /// The KL term on the tape: its host value, with the host's adjoints (`prec_bar`, ...) as the
 /// gradient with respect to each input. Works on copies of the inputs (the originals' tapes go
 /// with the sample, which is always part of the loss); takes the adjoints out of `out`.
-fn kl_surrogate<E: Real, D: Device<E>>(inputs: &LayerInputs<E, D>, out: &mut HostOut<E>) -> Taped<(), E, D> {
+pub(super) fn kl_surrogate<E: Real, D: Device<E>>(inputs: &LayerInputs<E, D>, out: &mut HostOut<E>) -> Taped<(), E, D> {
     let LayerInputs { data, prec, mean, .. } = inputs;
     let (g, kk) = *mean.shape();
     let dev = mean.device().clone();

@@ -574,6 +574,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
                 (w, None, 0.0, None)
             } else {
                 let natural = self.prior.natural(&self.store, l, self.cfg.jitter, trace).map_err(|e| annotate(e, spec.name))?;
+                let diagonal = natural.is_diagonal();
                 let (prec, mean, zeta) = natural.into_parts(s, rng);
                 // one noise draw for the whole context, in context order
                 let eps_all: Vec<E> = crate::vi::guide::standard_normal::<E, D, _>(&dev, rng, (s, nc, d_out)).as_vec();
@@ -644,7 +645,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
                         Some(off)
                     }
                 };
-                let inputs = LayerInputs { data, prec, mean, zeta, units, d_out, k };
+                let inputs = LayerInputs { data, prec, mean, zeta, units, d_out, k, diagonal };
                 let out = conjugate_layer(spec.name, inputs, s, offsets.as_ref(), opts.kl, l >= keep_from)?;
                 (out.w, out.kl, out.kl_value, out.state)
             };

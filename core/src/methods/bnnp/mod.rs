@@ -75,6 +75,7 @@
 mod conjugate;
 mod guide;
 mod infer;
+mod lowrank;
 mod meta;
 mod objective;
 mod online;

@@ -231,6 +231,11 @@ impl<E: Real, D: Device<E>> Natural<E, D> {
         (g, k)
     }
 
+    /// Whether `Π` is diagonal (a diagonal prior family).
+    pub fn is_diagonal(&self) -> bool {
+        matches!(self.factor, Factor::DiagPrecSqrt(_))
+    }
+
     /// Splits into `(Π, μ, ζ)` with `ζ ~ N(0, Π)` `(S, G, K)` drawn as a differentiable function of
     /// the prior's parameters. Every tape of the prior ends up in one of the three.
     pub fn into_parts(self, s: usize, rng: &mut impl Rng) -> NaturalParts<E, D> {
