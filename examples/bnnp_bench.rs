@@ -72,7 +72,8 @@ fn load_average() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::Args::parse("[--quick] [--steps N] [--peak-gflops G]", &[], &["--steps", "--peak-gflops"], 0);
+    let args =
+        common::Args::parse("[--quick] [--steps N] [--threads T] [--peak-gflops G]", &[], &["--steps", "--threads", "--peak-gflops"], 0);
     // the paper's setting, or with --quick a smoke run of the same step: steps, tasks, points per task, samples
     let (steps, n_tasks, points, samples) = if args.quick() { (1, 2, 20, 4) } else { (5, 5, 70, 32) };
     let steps: usize = args.get("--steps", steps);
@@ -88,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         samples,
         context_fraction: (0.3, 0.3),
         progress: false,
+        threads: args.get("--threads", 0),
         ..Default::default()
     };
     let mut meta = MetaLearner::new(cfg)?;

@@ -1208,3 +1208,44 @@ fn chunked_gradient_expectation_against_the_full_gradient() {
         assert!(lo > 1e-3, "three layers: the chunked gradient is biased (the docs say so); smallest relative bias {lo}");
     }
 }
+
+/// Wide enough that each task's conjugate update is split into chunks too.
+#[bnn]
+struct Wide32 {
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h1: Dense<1, 32, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    h2: Dense<32, 32, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0), fan_in_scaled)]
+    out: Dense<32, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<0.2>>,
+}
+
+#[test]
+fn threaded_meta_steps_equal_one_thread_steps() {
+    let dev = Cpu::default();
+    let fresh = Wide32::<f64, Cpu>::new(&dev).amortised_guide(GuideConfig::default()).unwrap();
+    let values = |g: &AmortisedGuide<f64, Cpu>| g.store().ids().flat_map(|id| g.store().values(id)).collect::<Vec<f64>>();
+    let run = |threads: usize| {
+        let mut guide = fresh.clone();
+        let mut tasks = Generated(Sawtooth { n_range: (24, 30), ..Default::default() });
+        let cfg = MetaConfig {
+            steps: 3,
+            tasks_per_step: 3,
+            samples: 32,
+            context_fraction: (0.3, 0.4),
+            progress: false,
+            threads,
+            ..Default::default()
+        };
+        MetaLearner::new(cfg).unwrap().run(&mut guide, &mut tasks).unwrap();
+        values(&guide)
+    };
+    let (one, two) = (run(1), run(2));
+    let moved = one.iter().zip(values(&fresh)).filter(|(a, b)| *a != b).count();
+    assert!(moved > one.len() / 2, "the steps moved the parameters ({moved} of {})", one.len());
+    // the same steps up to the order in which the tasks' and the chunks' gradients are added
+    let worst = one.iter().zip(&two).map(|(a, b)| (a - b).abs() / (1.0 + a.abs())).fold(0.0, f64::max);
+    assert!(worst < 1e-10, "threaded steps differ from the one-thread steps by {worst:e}");
+}

@@ -27,6 +27,11 @@ pub(crate) fn is_cpu<E: Dtype, D: Storage<E>>() -> bool {
     TypeId::of::<D>() == TypeId::of::<Cpu>()
 }
 
+/// Views a value as a type that is the same type (checked by the caller with `TypeId`).
+pub(crate) fn same_ref<A: 'static, B: 'static>(a: &A) -> &B {
+    (a as &dyn Any).downcast_ref::<B>().expect("the caller checked that the types are equal")
+}
+
 /// Moves a value between two types that are the same type (checked by the caller with `TypeId`).
 pub(crate) fn same<A: 'static, B: 'static>(a: A) -> B {
     *(Box::new(a) as Box<dyn Any>).downcast::<B>().expect("the caller checked that the types are equal")

@@ -26,3 +26,13 @@ pub use real::Real;
 /// assert_eq!(grads.get(&w).array(), [2.0, 4.0, 6.0]);
 /// ```
 pub type Taped<S, E, D> = dfdx::tensor::Tensor<S, E, D, dfdx::tensor::OwnedTape<E, D>>;
+
+/// `requested` threads, or every core of this machine when `requested` is 0 (the crate's one
+/// reading of the core count).
+pub(crate) fn threads_or_all(requested: usize) -> usize {
+    if requested == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        requested
+    }
+}

@@ -186,8 +186,8 @@ fn host_update<E: Real>(
     mean: &[E],
     zeta: &[E],
     offsets: Option<&Offsets<E>>,
-    want_kl: bool,
-    keep_state: bool,
+    (want_kl, keep_state): (bool, bool),
+    threads: usize,
 ) -> Result<HostOut<E>> {
     let (sphi, slam) = data.map_or((1, 1), |d| (d.sphi, d.slam));
     let so = offsets.map_or(1, |o| o.so);
@@ -204,6 +204,7 @@ fn host_update<E: Real>(
         offsets,
         want_kl,
         omega: crate::num::cast::from_f64::<E>(1.0 / sp as f64),
+        threads,
     };
     for part in run_chunks(&ctx, &mut out) {
         out.merge(part?, data, want_kl);
@@ -300,15 +301,11 @@ impl<E: Real> HostOut<E> {
 /// One thread's share of the outputs: its posteriors and its rows of `w₀`, `C` and the state.
 type Job<'b, E> = (std::ops::Range<usize>, &'b mut [E], &'b mut [E], StateSlices<'b, E>);
 
-/// Runs [`run_chunk`] over the distinct posteriors, split over threads when there is enough work
+/// Runs [`run_chunk`] over the distinct posteriors, split over rayon's threads when there is enough work
 /// (every big output is contiguous per posterior, so each thread writes its own slices of `out`).
 fn run_chunks<E: Real>(ctx: &Ctx<'_, E>, out: &mut HostOut<E>) -> Vec<Result<Partial<E>>> {
     let Dims { s, g, kk, sp, .. } = ctx.dims;
-    let threads = if sp > 1 && sp * g * kk * kk * kk > 200_000 {
-        std::thread::available_parallelism().map_or(1, |t| t.get()).min(sp).min(8)
-    } else {
-        1
-    };
+    let threads = if sp > 1 && sp * g * kk * kk * kk > 200_000 { crate::num::threads_or_all(ctx.threads).min(sp).min(8) } else { 1 };
     let per = sp.div_ceil(threads);
     let w_rows = if sp == 1 { s } else { 1 };
     let mut w0 = out.w0.as_mut_slice();
@@ -336,10 +333,8 @@ fn run_chunks<E: Real>(ctx: &Ctx<'_, E>, out: &mut HostOut<E>) -> Vec<Result<Par
     if jobs.len() == 1 {
         return jobs.into_iter().map(|(r, a, c, sts)| run_chunk(ctx, r, a, c, sts)).collect();
     }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs.into_iter().map(|(r, a, c, sts)| scope.spawn(move || run_chunk(ctx, r, a, c, sts))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Device("a conjugate-update thread panicked".into())))).collect()
-    })
+    use rayon::prelude::*;
+    jobs.into_par_iter().map(|(r, a, c, sts)| run_chunk(ctx, r, a, c, sts)).collect()
 }
 
 fn add_into<E: Real>(dst: &mut [E], src: &[E]) {
@@ -358,6 +353,8 @@ struct Ctx<'a, E> {
     want_kl: bool,
     /// Weight of one distinct posterior in the sample-averaged KL, `1/sp`.
     omega: E,
+    /// Threads requested (0: every core).
+    threads: usize,
 }
 
 /// The sizes of a layer update, and the index arithmetic of its row-major buffers.
@@ -874,13 +871,14 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     offsets: Option<&Offsets<E>>,
     want_kl: bool,
     keep_state: bool,
+    threads: usize,
 ) -> Result<LayerOutputs<E, D>> {
     let (g, kk) = *inputs.mean.shape();
     debug_assert_eq!(g * kk, inputs.d_out * inputs.k);
     if super::lowrank::applies(&inputs, offsets.is_some(), keep_state) {
-        return super::lowrank::conjugate_layer(what, inputs, s, want_kl);
+        return super::lowrank::conjugate_layer(what, inputs, s, want_kl, threads);
     }
-    let mut out = host_layer(what, &inputs, s, offsets, want_kl, keep_state)?;
+    let mut out = host_layer(what, &inputs, s, offsets, want_kl, keep_state, threads)?;
     let (kl, kl_value) = if want_kl { (Some(kl_surrogate(&inputs, &mut out)), out.kl) } else { (None, 0.0) };
     let state = out.state.take();
     let w = sample_surrogate(inputs, out, s);
@@ -895,6 +893,7 @@ fn host_layer<E: Real, D: Device<E>>(
     offsets: Option<&Offsets<E>>,
     want_kl: bool,
     keep_state: bool,
+    threads: usize,
 ) -> Result<HostOut<E>> {
     let LayerInputs { data, prec, mean, zeta, units, d_out, k, .. } = inputs;
     let (g, kk) = *mean.shape();
@@ -912,7 +911,20 @@ fn host_layer<E: Real, D: Device<E>>(
         v,
         eps,
     });
-    host_update(what, hd.as_ref(), s, g, kk, *units, &host_vec(prec), &host_vec(mean), &host_vec(zeta), offsets, want_kl, keep_state)
+    host_update(
+        what,
+        hd.as_ref(),
+        s,
+        g,
+        kk,
+        *units,
+        &host_vec(prec),
+        &host_vec(mean),
+        &host_vec(zeta),
+        offsets,
+        (want_kl, keep_state),
+        threads,
+    )
 }
 
 /// The KL term on the tape: its host value, with the host's adjoints (`prec_bar`, ...) as the

@@ -151,11 +151,14 @@ pub struct ForwardOptions {
     /// the expectation lies 1.4 to 2.8 times the full gradient's norm away from it. `None` (the
     /// default) uses the whole context at once.
     pub chunk: Option<usize>,
+    /// Threads the conjugate updates of the pass may use: 0 (the default) uses every core, 1
+    /// keeps the pass on the calling thread. The result does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        Self { samples: 8, trace: true, kl: true, chunk: None }
+        Self { samples: 8, trace: true, kl: true, chunk: None, threads: 0 }
     }
 }
 
@@ -646,7 +649,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
                     }
                 };
                 let inputs = LayerInputs { data, prec, mean, zeta, units, d_out, k, diagonal };
-                let out = conjugate_layer(spec.name, inputs, s, offsets.as_ref(), opts.kl, l >= keep_from)?;
+                let out = conjugate_layer(spec.name, inputs, s, offsets.as_ref(), opts.kl, l >= keep_from, opts.threads)?;
                 (out.w, out.kl, out.kl_value, out.state)
             };
             states.push(state);
@@ -721,7 +724,8 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
     /// Layers after the first depend on the sampled earlier weights, so they come once per sample.
     pub fn posterior_moments(&self, context: &Dataset<E, D>, samples: usize, rng: &mut impl Rng) -> Result<Vec<LayerPosterior>> {
         let x = context.x.clone().slice((0..1, ..));
-        let out = self.forward_impl(Some(context), Some(&x), &ForwardOptions { samples, trace: false, kl: false, chunk: None }, 0, rng)?;
+        let out =
+            self.forward_impl(Some(context), Some(&x), &ForwardOptions { samples, trace: false, kl: false, ..Default::default() }, 0, rng)?;
         out.states.into_iter().map(|st| LayerPosterior::from_host(st.expect("kept"))).collect()
     }
 
@@ -733,7 +737,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
                 return self.prior.sample(&self.store, samples, rng);
             }
         };
-        Ok(self.forward(context, Some(&x), &ForwardOptions { samples, trace: false, kl: false, chunk: None }, rng)?.weights)
+        Ok(self.forward(context, Some(&x), &ForwardOptions { samples, trace: false, kl: false, ..Default::default() }, rng)?.weights)
     }
 
     /// Predictions `(S, N, d_out)` of the network at `x` under posterior samples given `context`
@@ -745,7 +749,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
         samples: usize,
         rng: &mut impl Rng,
     ) -> Result<Tensor<(usize, usize, usize), E, D>> {
-        let out = self.forward(context, Some(x), &ForwardOptions { samples, trace: false, kl: false, chunk: None }, rng)?;
+        let out = self.forward(context, Some(x), &ForwardOptions { samples, trace: false, kl: false, ..Default::default() }, rng)?;
         let nc = out.n_context;
         let n = x.shape().0;
         Ok(out.f.split_tape().0.slice((.., nc..nc + n, ..)))

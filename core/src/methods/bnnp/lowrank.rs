@@ -225,10 +225,11 @@ fn add_outer<E: Real>(pr: &Problem<E>, l: &[E], r: &[E], rows: usize, out: &mut 
 
 /// Splits the posteriors over threads when there is enough work (each thread writes its own
 /// slices of the big outputs).
-fn ranges(sp: usize, work: usize) -> Vec<Range<usize>> {
-    let threads = if sp > 1 && work > 4_000_000 { std::thread::available_parallelism().map_or(1, |t| t.get()).min(sp).min(8) } else { 1 };
-    let per = sp.div_ceil(threads);
-    (0..threads).map(|t| t * per..((t + 1) * per).min(sp)).filter(|r| !r.is_empty()).collect()
+fn ranges(sp: usize, work: usize, threads: usize) -> Vec<Range<usize>> {
+    // a few chunks per thread, so that rayon's work stealing balances them with other work
+    let chunks = if sp > 1 && work > 4_000_000 && threads != 1 { (4 * crate::num::threads_or_all(threads)).min(sp) } else { 1 };
+    let per = sp.div_ceil(chunks);
+    (0..chunks).map(|t| t * per..((t + 1) * per).min(sp)).filter(|r| !r.is_empty()).collect()
 }
 
 /// Runs `f` on every range with its own slices of `bufs` (`per[i]` values per posterior of
@@ -256,11 +257,8 @@ fn on_threads<E: Real, R: Send>(
     if jobs.len() == 1 {
         return Ok(jobs.into_iter().map(|(r, m)| f(r, m)).collect());
     }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = jobs.into_iter().map(|(r, m)| scope.spawn(move || f(r, m))).collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| Error::Device("a conjugate-update thread panicked".into()))).collect()
-    })
+    use rayon::prelude::*;
+    Ok(jobs.into_par_iter().map(|(r, m)| f(r, m)).collect())
 }
 
 /// Per-posterior scratch of the forward pass.
@@ -314,8 +312,8 @@ fn forward_impl<E: Real>(
     let (mut lh, mut lam, mut lv, mut vv) = (vec![z; n], vec![z; n], vec![z; n], vec![z; n]);
     let (mut t1, mut q, mut le, mut y) = (vec![z; n], vec![z; n], vec![z; n], vec![z; n]);
     let (mut m, mut e, mut gv, mut u) = (vec![z; k], vec![z; k], vec![z; k], vec![z; k]);
-    let (mut phiu, mut phim) = (vec![z; n], vec![z; n]);
-    let (mut minv2, mut t2, mut pp) = (vec![z; n * n], vec![z; n * n], vec![z; n * k]);
+    let (mut phiu, mut phim, mut phimu, mut t) = (vec![z; n], vec![z; n], vec![z; n], vec![z; n]);
+    let (mut minv2, mut t2) = (vec![z; n * n], vec![z; n * n]);
     for g in 0..ng {
         let mu = &pr.mean[g * k..][..k];
         // stack Φ_p and ζ_s (s drawn from p), times Π⁻¹_g
@@ -382,17 +380,20 @@ fn forward_impl<E: Real>(
                     }
                 }
                 let gm = &gf[fi * k..][..n * k];
-                // G h = Λ½ (Φ μ + S₀ (λ ⊙ v)), q = M⁻¹ G h, m = μ + Ψᵀ(λ ⊙ v) − Gᵀ q
-                matvec(phi, k, mu, &mut t1);
+                // G h = Λ½ (Φ μ + S₀ (λ ⊙ v)), q = M⁻¹ G h, m = μ + Ψᵀ t with t = λ ⊙ v − λ½ ⊙ q
+                // (Gᵀ x = Ψᵀ(λ½ ⊙ x))
+                matvec(phi, k, mu, &mut phimu);
                 for r in 0..n {
-                    t1[r] = lh[r] * (t1[r] + dot(&s0[r * n..][..n], &lv));
+                    t1[r] = lh[r] * (phimu[r] + dot(&s0[r * n..][..n], &lv));
                 }
                 matvec(minv, n, &t1, &mut q);
+                for r in 0..n {
+                    t[r] = lv[r] - lh[r] * q[r];
+                }
                 m.copy_from_slice(mu);
-                matvec_t_add(E::one(), psi, k, &lv, &mut m);
-                matvec_t_add(-E::one(), gm, k, &q, &mut m);
+                matvec_t_add(E::one(), psi, k, &t, &mut m);
                 for s in pr.samples_of(p) {
-                    // w = m + Π⁻¹ζ + Ψᵀ(λ½ ⊙ ε) − Gᵀ M⁻¹ Λ½ (Φ Π⁻¹ζ + S₀(λ½ ⊙ ε))
+                    // w = m + Π⁻¹ζ + Ψᵀ(λ½ ⊙ ε − λ½ ⊙ M⁻¹ Λ½ (Φ Π⁻¹ζ + S₀(λ½ ⊙ ε)))
                     let zs = &sc.y[offset(p) + n * k + (s - pr.samples_of(p).start) * k..][..k];
                     for r in 0..n {
                         le[r] = lh[r] * pr.eps_at(s, r, g);
@@ -401,40 +402,43 @@ fn forward_impl<E: Real>(
                         y[r] = lh[r] * (dot(&phi[r * k..][..k], zs) + dot(&s0[r * n..][..n], &le));
                     }
                     matvec(minv, n, &y, &mut t1);
+                    for r in 0..n {
+                        le[r] -= lh[r] * t1[r];
+                    }
                     let w = &mut w0[((s - samples.start) * ng + g) * k..][..k];
                     for c in 0..k {
                         w[c] = m[c] + zs[c];
                     }
                     matvec_t_add(E::one(), psi, k, &le, w);
-                    matvec_t_add(-E::one(), gm, k, &t1, w);
                 }
                 if !want_kl {
                     continue;
                 }
-                // KL = ½[tr M⁻¹ − n + eᵀΠe + ln det M], e = m − μ, Π e = Φᵀ(λ ⊙ v − λ½ ⊙ q)
+                // KL = ½[tr M⁻¹ − n + eᵀΠe + ln det M] with e = m − μ = Ψᵀ t and Π e = Φᵀ t
                 for c in 0..k {
                     e[c] = m[c] - mu[c];
                 }
                 gv.iter_mut().for_each(|x| *x = z);
-                for r in 0..n {
-                    t1[r] = lv[r] - lh[r] * q[r];
-                }
-                matvec_t_add(E::one(), phi, k, &t1, &mut gv);
+                matvec_t_add(E::one(), phi, k, &t, &mut gv);
                 let tr: f64 = (0..n).map(|r| minv[r * n + r].cast_to_f64()).sum();
                 let kl = 0.5 * (tr - n as f64 + dot(&e, &gv).cast_to_f64() + sc.logdet[bi].cast_to_f64());
                 bars.kl += kl / pr.sp as f64;
-                // u = C Π e = e − Gᵀ M⁻¹ Λ½ Φ e; μ̄ = Π u − Π e = −Φᵀ Λ½ M⁻¹ Λ½ Φ e
-                matvec(phi, k, &e, &mut t1);
+                // Φ e = S₀ t; u = C Π e = Ψᵀ(t − λ½ ⊙ q₂) with q₂ = M⁻¹ Λ½ Φ e;
+                // μ̄ = Π u − Π e = −Φᵀ(λ½ ⊙ q₂); Φ u = S₀(t − λ½ ⊙ q₂), Φ m = Φ μ + S₀ t
                 for r in 0..n {
-                    t1[r] *= lh[r];
+                    let se = dot(&s0[r * n..][..n], &t);
+                    t1[r] = lh[r] * se;
+                    phim[r] = phimu[r] + se;
                 }
                 matvec(minv, n, &t1, &mut q);
-                u.copy_from_slice(&e);
-                matvec_t_add(-E::one(), gm, k, &q, &mut u);
                 for r in 0..n {
                     t1[r] = lh[r] * q[r];
+                    t[r] -= t1[r];
                 }
+                u.iter_mut().for_each(|x| *x = z);
+                matvec_t_add(E::one(), psi, k, &t, &mut u);
                 matvec_t_add(-omega, phi, k, &t1, &mut bars.mean[g * k..][..k]);
+                matvec(s0, n, &t, &mut phiu);
                 // Π̄ rows: Gᵀ ½(M⁻² − M⁻¹) G + ½ e eᵀ + u (μ − ½m)ᵀ − ½ m uᵀ
                 host::gemm_rm(n, n, n, E::one(), minv, minv, E::zero(), &mut minv2);
                 let lrow = &mut sc.l[lr_rows * k..][..(n + 3) * k];
@@ -453,31 +457,26 @@ fn forward_impl<E: Real>(
                     rrow[(n + 2) * k + c] = -omega * half * u[c];
                 }
                 lr_rows += n + 3;
-                // the data: Φ P̄ = ½ S₀ Λ½ M⁻² G − ½(Φu mᵀ + Φm uᵀ)
+                // the data, through P̄ = ½ Gᵀ M⁻² G − ½(u mᵀ + m uᵀ): with T = ½ S₀ Λ½ M⁻²,
+                // Φ P̄ = T G − ½(Φu mᵀ + Φm uᵀ), λ_r (T G)_r = −λ½_r (N₁ G)_r (N₁ = ½(M⁻² − M⁻¹),
+                // whose rows ω N₁ G are in `rrow`) and (T G Φᵀ)_rr = (T Λ½ S₀)_rr = ½‖(S₀ Λ½ M⁻¹)_r‖²
                 for r in 0..n {
-                    for c in 0..n {
-                        t2[r * n + c] = z;
-                    }
                     for i in 0..n {
-                        let a = half * s0[r * n + i] * lh[i];
-                        axpy(a, &minv2[i * n..][..n], &mut t2[r * n..][..n]);
+                        t2[r * n + i] = s0[r * n + i] * lh[i];
                     }
                 }
-                host::gemm_rm(n, n, k, E::one(), &t2, gm, E::zero(), &mut pp);
-                matvec(phi, k, &u, &mut phiu);
-                matvec(phi, k, &m, &mut phim);
+                host::gemm_rm(n, n, n, E::one(), &t2, minv, E::zero(), &mut minv2);
                 let p0 = ps.start;
                 for r in 0..n {
-                    let row = &mut pp[r * k..][..k];
-                    axpy(-half * phiu[r], &m, row);
-                    axpy(-half * phim[r], &u, row);
+                    let diag_t = half * dot(&minv2[r * n..][..n], &minv2[r * n..][..n]);
                     let li = Bars::<E>::lam_at(pr, p, p0, r, g);
-                    bars.lam[li] += omega * (dot(row, &phi[r * k..][..k]) + vv[r] * phiu[r]);
+                    bars.lam[li] += omega * (diag_t - phiu[r] * phim[r] + vv[r] * phiu[r]);
                     bars.v[li] += omega * lam[r] * phiu[r];
-                    let (two_l, lvr) = (lam[r] + lam[r], lv[r]);
+                    let (a_ng, a_m, a_u) = (-(lh[r] + lh[r]), -omega * lam[r] * phiu[r], omega * (lv[r] - lam[r] * phim[r]));
+                    let ngr = &rrow[r * k..][..k];
                     let fb = &mut bars.phi_row(pr, p, p0)[r * k..][..k];
                     for c in 0..k {
-                        fb[c] += omega * (two_l * pp[r * k + c] + lvr * u[c]);
+                        fb[c] += a_ng * ngr[c] + a_m * m[c] + a_u * u[c];
                     }
                 }
             }
@@ -630,6 +629,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     inputs: LayerInputs<E, D>,
     s: usize,
     want_kl: bool,
+    threads: usize,
 ) -> Result<LayerOutputs<E, D>> {
     use crate::kernels::mean_field::same;
     let LayerInputs { data, prec, mean, zeta, d_out, k, diagonal, .. } = inputs;
@@ -661,7 +661,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     let mut w0 = vec![E::zero(); s * g * k];
     let mut fac = Factors { g: vec![E::zero(); sp * g * n * k], minv: vec![E::zero(); sp * g * n * n] };
     let work = sp * g * (n * k * k + n * n * k);
-    let rs = ranges(sp, work);
+    let rs = ranges(sp, work, threads);
     let w_rows = if sp == 1 { s } else { 1 };
     let parts =
         on_threads(&rs, vec![(&mut w0[..], w_rows * g * k), (&mut fac.g[..], g * n * k), (&mut fac.minv[..], g * n * n)], |ps, mut b| {
@@ -716,7 +716,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         }
         let gw = grads.get_or_alloc_mut(&w_c)?.to_vec();
         let mut zb = vec![E::zero(); s * g * k];
-        let rs = ranges(pr.sp, work);
+        let rs = ranges(pr.sp, work, threads);
         let z_rows = if pr.sp == 1 { pr.s } else { 1 };
         let parts = on_threads(&rs, vec![(&mut zb[..], z_rows * g * k)], |ps, mut b| {
             backward(&pr, &fac, &w0, &gw, ps, b.pop().expect("one buffer"))
@@ -805,7 +805,7 @@ mod tests {
             diagonal: c.diagonal,
         };
         assert_eq!(super::applies(&inputs, false, dense), !dense, "the path under test is taken");
-        let out = conjugate_layer("test", inputs, s, None, want_kl, dense).unwrap();
+        let out = conjugate_layer("test", inputs, s, None, want_kl, dense, 0).unwrap();
         let w = out.w.as_vec();
         let mut loss = (out.w * dev.tensor_from_vec(r, (s, g, k))).sum::<(), _>();
         if let Some(kl) = out.kl {

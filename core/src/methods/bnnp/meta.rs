@@ -16,7 +16,7 @@ use crate::model::checkpoint::SafetensorsFile;
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
-use crate::{Error, Real, Result};
+use crate::{Dataset, Error, Real, Result};
 
 /// What a missing training-state entry means.
 const NOT_META: &str = "not written by MetaLearner (AmortisedGuide::save keeps the parameters only)";
@@ -109,6 +109,10 @@ pub struct MetaConfig {
     /// learning-rate schedule) on, and is counted in [`MetaReport::skipped_steps`]; a good step
     /// resets the run of bad ones. `1` stops at the first bad step. Default 10.
     pub max_bad_steps: usize,
+    /// Threads a step's tasks are spread over on the CPU: 0 (the default) uses every core. Each
+    /// thread runs whole tasks (forward and backward pass) and their gradients are added, so a
+    /// step equals the one-thread step up to the order of that sum.
+    pub threads: usize,
 }
 
 impl Default for MetaConfig {
@@ -128,6 +132,7 @@ impl Default for MetaConfig {
             checkpoint: None,
             time_limit: None,
             max_bad_steps: 10,
+            threads: 0,
         }
     }
 }
@@ -291,6 +296,8 @@ pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     skipped: usize,
     /// Seconds spent in collectives so far.
     comm_seconds: f64,
+    /// The threads of [`MetaConfig::threads`], made at the first step that needs them.
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 impl<E: Real, D: Device<E>> MetaLearner<E, D> {
@@ -298,7 +305,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
     pub fn new(cfg: MetaConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = Adam::new(cfg.adam);
-        Ok(Self { cfg, opt, step: 0, bad_run: 0, skipped: 0, comm_seconds: 0.0 })
+        Ok(Self { cfg, opt, step: 0, bad_run: 0, skipped: 0, comm_seconds: 0.0, pool: None })
     }
 
     /// The settings.
@@ -462,40 +469,61 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
         let lr = linear_lr(cfg.adam.lr, cfg.lr_end, self.step, cfg.steps);
         self.opt.settings.lr = lr;
         let dev = guide.store().device().clone();
-        let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk };
         let t = cfg.tasks_per_step;
         let mine = share(t, comm.rank(), comm.size());
-        let mut total: Option<Taped<(), E, D>> = None;
         let mut rec = MetaRecord { step: self.step, objective: 0.0, ctx_ell: 0.0, tgt_lpp: 0.0, kl: 0.0, noise: 0.0, lr, skipped: false };
-        let mut bad_task: Option<String> = None;
+        // task k of this step draws from its own streams: one for the task and its split, one for
+        // the Monte-Carlo noise, so neither depends on the batch of tasks around it (every task is
+        // drawn on every rank, so the source advances alike)
+        let mut jobs = Vec::new();
         for k in 0..t {
-            // task k of this step draws from its own streams: one for the task and its split, one
-            // for the Monte-Carlo noise, so neither depends on the batch of tasks around it
-            let key = [self.step as u64, k as u64];
-            let mut task_rng = stream(cfg.seed, Purpose::Task, &key);
+            let mut task_rng = stream(cfg.seed, Purpose::Task, &[self.step as u64, k as u64]);
             let task = source.next_task(&dev, &mut task_rng)?;
-            if !mine.contains(&k) || bad_task.is_some() {
-                continue; // another rank's task (drawn all the same, so the source advances alike)
+            if mine.contains(&k) {
+                let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
+                jobs.push(TaskJob { k, ctx, tgt });
             }
-            let (ctx, tgt) = split_task(&task, cfg.context_fraction, &mut task_rng)?;
-            let terms = match task_terms(guide, &ctx, tgt.as_ref(), &cfg.objective, &opts, &mut stream(cfg.seed, Purpose::Noise, &key)) {
-                Ok(t) => t,
+        }
+        let threads =
+            if crate::kernels::mean_field::is_cpu::<E, D>() { crate::num::threads_or_all(cfg.threads).min(jobs.len()) } else { 1 };
+        let (outcomes, grads) = match threads {
+            1 => run_tasks(cfg, self.step, guide, jobs, cfg.threads),
+            _ => {
+                let pool = match &self.pool {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = rayon::ThreadPoolBuilder::new()
+                            .num_threads(crate::num::threads_or_all(cfg.threads))
+                            .build()
+                            .map_err(|e| Error::Device(format!("meta-training threads: {e}")))?;
+                        self.pool.insert(std::sync::Arc::new(p)).clone()
+                    }
+                };
+                let cfg = &self.cfg;
+                run_tasks_on_cpu_threads(&pool, cfg, self.step, guide, jobs)?
+            }
+        };
+        let mut bad_task: Option<String> = None;
+        for (k, outcome) in outcomes {
+            if bad_task.is_some() {
+                break; // the step is skipped; later tasks do not matter
+            }
+            match outcome {
+                Ok(terms) => {
+                    rec.objective += terms[0] / t as f64;
+                    rec.ctx_ell += terms[1] / t as f64;
+                    rec.tgt_lpp += terms[2] / t as f64;
+                    rec.kl += terms[3] / t as f64;
+                }
                 // numerical failures of a bad batch (a NaN, a precision that is not positive
-                // definite) are a bad step, like a non-finite loss
-                // (the step is skipped below, after the terms are summed over ranks, so that every
-                // rank skips it alike instead of leaving the others waiting in the sum)
+                // definite) are a bad step, like a non-finite loss (the step is skipped below,
+                // after the terms are summed over ranks, so that every rank skips it alike instead
+                // of leaving the others waiting in the sum)
                 Err(e @ (Error::NonFinite { .. } | Error::NotPositiveDefinite { .. } | Error::Diverged { .. })) => {
-                    bad_task = Some(format!("task {k}: {e}"));
-                    continue;
+                    bad_task.get_or_insert(format!("task {k}: {e}"));
                 }
                 Err(e) => return Err(e),
-            };
-            rec.objective += terms.objective / t as f64;
-            rec.ctx_ell += terms.ctx_ell / t as f64;
-            rec.tgt_lpp += terms.tgt_lpp / t as f64;
-            rec.kl += terms.kl / t as f64;
-            let l = terms.loss * crate::num::cast::from_f64::<E>(1.0 / t as f64);
-            total = crate::vi::prior::add_term(total, l);
+            }
         }
         let parallel = comm.size() > 1;
         let mut comm_seconds = 0.0;
@@ -518,10 +546,7 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             return self.skip(guide, rec, what);
         }
         // a rank with no task this step contributes zero gradients
-        let mut grads = match total {
-            Some(total) => total.backward(),
-            None => Gradients::leaky(),
-        };
+        let mut grads = grads.unwrap_or_else(Gradients::leaky);
         let backup = (guide.store().clone(), self.opt.clone());
         let stepped = if parallel {
             self.opt.step_reduced(guide.store_mut(), &mut grads, Some(&mut reduce))
@@ -660,4 +685,112 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             communication_seconds: self.comm_seconds - comm_start,
         })
     }
+}
+
+/// One task of a step: its index and its context/target split.
+struct TaskJob<E: Dtype, D: Storage<E>> {
+    k: usize,
+    ctx: Dataset<E, D>,
+    tgt: Option<Dataset<E, D>>,
+}
+
+/// What task `k` gave: `[objective, ctx_ell, tgt_lpp, kl]`, or why it failed.
+type Outcome = (usize, Result<[f64; 4]>);
+
+/// Some tasks' outcomes and the gradients of their summed losses on the CPU.
+type TaskResults<E> = (Vec<Outcome>, Option<Gradients<E, Cpu>>);
+
+/// Runs `jobs` on this thread, in order: each task's terms, and one backward pass of their losses,
+/// each weighted `1/t` (none when a task failed: the step is then skipped).
+fn run_tasks<E: Real, D: Device<E>>(
+    cfg: &MetaConfig,
+    step: usize,
+    guide: &AmortisedGuide<E, D>,
+    jobs: Vec<TaskJob<E, D>>,
+    threads: usize,
+) -> (Vec<Outcome>, Option<Gradients<E, D>>) {
+    let opts = ForwardOptions { samples: cfg.samples, trace: true, kl: true, chunk: cfg.chunk, threads };
+    let weight = crate::num::cast::from_f64::<E>(1.0 / cfg.tasks_per_step as f64);
+    let mut total: Option<Taped<(), E, D>> = None;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut noise = stream(cfg.seed, Purpose::Noise, &[step as u64, job.k as u64]);
+        match task_terms(guide, &job.ctx, job.tgt.as_ref(), &cfg.objective, &opts, &mut noise) {
+            Ok(terms) => {
+                outcomes.push((job.k, Ok([terms.objective, terms.ctx_ell, terms.tgt_lpp, terms.kl])));
+                total = crate::vi::prior::add_term(total, terms.loss * weight);
+            }
+            Err(e) => {
+                outcomes.push((job.k, Err(e)));
+                return (outcomes, None);
+            }
+        }
+    }
+    (outcomes, total.map(|t| t.backward()))
+}
+
+/// [`run_tasks_on_threads`] in `pool` for a guide on the CPU (`D` is [`Cpu`], checked by the
+/// caller), in f32 or f64.
+#[allow(clippy::type_complexity)]
+fn run_tasks_on_cpu_threads<E: Real, D: Device<E>>(
+    pool: &rayon::ThreadPool,
+    cfg: &MetaConfig,
+    step: usize,
+    guide: &AmortisedGuide<E, D>,
+    jobs: Vec<TaskJob<E, D>>,
+) -> Result<(Vec<Outcome>, Option<Gradients<E, D>>)> {
+    use crate::kernels::mean_field::{same, same_ref};
+    use std::any::TypeId;
+    macro_rules! on {
+        ($t:ty) => {{
+            let jobs: Vec<TaskJob<$t, Cpu>> =
+                jobs.into_iter().map(|j| TaskJob { k: j.k, ctx: same(j.ctx), tgt: j.tgt.map(same) }).collect();
+            let guide: &AmortisedGuide<$t, Cpu> = same_ref(guide);
+            let results = pool.install(|| run_tasks_on_threads::<$t>(cfg, step, guide, jobs));
+            // the shares' gradients, added in order
+            let mut outcomes = Vec::new();
+            let mut grads: Option<Gradients<$t, Cpu>> = None;
+            let mut failed = false;
+            for (o, g) in results {
+                failed |= o.iter().any(|(_, r)| r.is_err());
+                outcomes.extend(o);
+                grads = match (grads, g) {
+                    (Some(mut a), Some(mut b)) => {
+                        for id in guide.store().ids() {
+                            let t = guide.store().get(id);
+                            b.try_alloc_for(t).map_err(Error::device)?;
+                            a.try_alloc_for(t).map_err(Error::device)?;
+                            let src = b.get_or_alloc_mut(t).map_err(Error::device)?;
+                            a.get_or_alloc_mut(t).map_err(Error::device)?.iter_mut().zip(src.iter()).for_each(|(x, y)| *x += *y);
+                        }
+                        Some(a)
+                    }
+                    (a, b) => a.or(b),
+                };
+            }
+            Ok((outcomes, if failed { None } else { grads.map(same) }))
+        }};
+    }
+    if TypeId::of::<E>() == TypeId::of::<f32>() {
+        on!(f32)
+    } else if TypeId::of::<E>() == TypeId::of::<f64>() {
+        on!(f64)
+    } else {
+        Ok(run_tasks(cfg, step, guide, jobs, 0))
+    }
+}
+
+/// [`run_tasks`] for every task on its own, spread over the current rayon pool; every task's
+/// outcome and gradients, in task order.
+fn run_tasks_on_threads<E: Real>(
+    cfg: &MetaConfig,
+    step: usize,
+    guide: &AmortisedGuide<E, Cpu>,
+    jobs: Vec<TaskJob<E, Cpu>>,
+) -> Vec<TaskResults<E>>
+where
+    Cpu: Device<E>,
+{
+    use rayon::prelude::*;
+    jobs.into_par_iter().map(|job| run_tasks(cfg, step, guide, vec![job], 0)).collect()
 }

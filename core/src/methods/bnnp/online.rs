@@ -56,7 +56,7 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
         let out = self.forward_impl(
             Some(context),
             Some(&x),
-            &ForwardOptions { samples, trace: false, kl: false, chunk: None },
+            &ForwardOptions { samples, trace: false, kl: false, ..Default::default() },
             self.arch().layers.len() - 1,
             rng,
         )?;

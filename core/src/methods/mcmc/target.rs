@@ -241,7 +241,7 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
     /// Splits fused-kernel evaluations over `threads` threads (default 1; `0` means all available
     /// cores). The generic path ignores it.
     pub fn threads(mut self, threads: usize) -> Self {
-        self.threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        self.threads = crate::num::threads_or_all(threads);
         self
     }
 
