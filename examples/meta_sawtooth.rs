@@ -23,9 +23,9 @@
 //!    posterior predictives on one held-out task with 4 context points.
 //!
 //! ```text
-//! cargo run --release --example meta_sawtooth              # 10000 steps, a few minutes
+//! cargo run --release --example meta_sawtooth              # 20000 steps, about 4 minutes
 //! cargo run --release --example meta_sawtooth -- --quick   # smoke run
-//! cargo run --release --example meta_sawtooth -- --steps 20000
+//! cargo run --release --example meta_sawtooth -- --steps 40000
 //! cargo run --release --example meta_sawtooth -- --spread 0 --steps 3000   # a prior centred at zero
 //! cargo run --release --example meta_sawtooth -- --shift   # the harder family: a random shift per task
 //! cargo run --release --example meta_sawtooth -- --paper --minutes 30   # one resumable segment of the paper's run
@@ -251,7 +251,7 @@ fn job(comm: &dyn Communicator) -> Result<(), Box<dyn std::error::Error>> {
         return paper(comm, &args);
     }
     let quick = args.quick();
-    let steps = args.get("--steps", if quick { 60 } else { 10_000 });
+    let steps = args.get("--steps", if quick { 60 } else { 20_000 });
     let (held_out, mf_steps) = if quick { (3, 100) } else { (20, 600) };
     std::fs::create_dir_all("target/weightspace")?;
     let dev = Cpu::default();

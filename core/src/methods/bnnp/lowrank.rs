@@ -470,7 +470,7 @@ fn forward_impl<E: Real>(
                 for r in 0..n {
                     let diag_t = half * dot(&minv2[r * n..][..n], &minv2[r * n..][..n]);
                     let li = Bars::<E>::lam_at(pr, p, p0, r, g);
-                    bars.lam[li] += omega * (diag_t - phiu[r] * phim[r] + vv[r] * phiu[r]);
+                    bars.lam[li] += omega * (diag_t + phiu[r] * (vv[r] - phim[r]));
                     bars.v[li] += omega * lam[r] * phiu[r];
                     let (a_ng, a_m, a_u) = (-(lh[r] + lh[r]), -omega * lam[r] * phiu[r], omega * (lv[r] - lam[r] * phim[r]));
                     let ngr = &rrow[r * k..][..k];
@@ -637,8 +637,11 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     let (g, _) = *mean.shape();
     let (sphi, n, _) = *data.phi.shape();
     let slam = data.lam.shape().0;
-    let prec_v = prec.as_vec();
-    let (pinv, _) = super::conjugate::prior_inverse(what, g, k, &prec_v)?;
+    // the host update runs in f64 whatever `E` is: the low-rank form subtracts (Woodbury's
+    // `Π⁻¹ − Gᵀ M⁻¹ G`, and `λ ⊙ v − λ½ ⊙ q = λ ⊙ (v − Φ m)`), which loses too many digits in f32
+    // once the pseudo-observations are precise (a 20000-step f32 meta-training run diverged)
+    let f = |t: Vec<E>| crate::num::cast::to_f64s(&t);
+    let (pinv, _) = super::conjugate::prior_inverse(what, g, k, &f(prec.as_vec()))?;
     let pr = Problem {
         s,
         g,
@@ -649,17 +652,17 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         sp: sphi.max(slam),
         diagonal,
         pinv,
-        mean: mean.as_vec(),
-        zeta: zeta.as_vec(),
-        phi: data.phi.as_vec(),
-        lam: data.lam.as_vec(),
-        v: data.v.as_vec(),
-        eps: data.eps.as_vec(),
+        mean: f(mean.as_vec()),
+        zeta: f(zeta.as_vec()),
+        phi: f(data.phi.as_vec()),
+        lam: f(data.lam.as_vec()),
+        v: f(data.v.as_vec()),
+        eps: f(data.eps.as_vec()),
     };
     debug_assert_eq!(g, d_out);
     let sp = pr.sp;
-    let mut w0 = vec![E::zero(); s * g * k];
-    let mut fac = Factors { g: vec![E::zero(); sp * g * n * k], minv: vec![E::zero(); sp * g * n * n] };
+    let mut w0 = vec![0.0f64; s * g * k];
+    let mut fac = Factors { g: vec![0.0f64; sp * g * n * k], minv: vec![0.0f64; sp * g * n * n] };
     let work = sp * g * (n * k * k + n * n * k);
     let rs = ranges(sp, work, threads);
     let w_rows = if sp == 1 { s } else { 1 };
@@ -675,7 +678,8 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     let dev = mean.device().clone();
     // the KL on the tape: its value, with the host's adjoints as the gradients
     let kl = if want_kl {
-        let mut out = HostOut::adjoints(kl_value, bars.prec, bars.mean, bars.phi, bars.lam, bars.v);
+        let e = |v: Vec<f64>| v.into_iter().map(crate::num::cast::from_f64::<E>).collect::<Vec<E>>();
+        let mut out = HostOut::adjoints(kl_value, e(bars.prec), e(bars.mean), e(bars.phi), e(bars.lam), e(bars.v));
         let kl_inputs = LayerInputs {
             data: Some(super::conjugate::DataInputs {
                 phi: data.phi.with_empty_tape(),
@@ -703,7 +707,8 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     let (lam_t, t4) = data.lam.split_tape();
     let (v_t, t5) = data.v.split_tape();
     let tape: OwnedTape<E, Cpu> = same(t0.merge(t1).merge(t2).merge(t3).merge(t4).merge(t5));
-    let w: Tensor<(usize, usize, usize), E, D> = dev.tensor_from_vec(w0.clone(), (s, g, k));
+    let w: Tensor<(usize, usize, usize), E, D> =
+        dev.tensor_from_vec(w0.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect(), (s, g, k));
     let w_c: Tensor<(usize, usize, usize), E, Cpu> = same(w.clone());
     let mean_c: Tensor<(usize, usize), E, Cpu> = same(mean_t);
     let targets: [Tensor<(usize, usize, usize), E, Cpu>; 5] = [same(prec_t), same(zeta_t), same(phi_t), same(lam_t), same(v_t)];
@@ -714,8 +719,8 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         for t in &targets {
             grads.try_alloc_for(t)?;
         }
-        let gw = grads.get_or_alloc_mut(&w_c)?.to_vec();
-        let mut zb = vec![E::zero(); s * g * k];
+        let gw = crate::num::cast::to_f64s(&grads.get_or_alloc_mut(&w_c)?.to_vec());
+        let mut zb = vec![0.0f64; s * g * k];
         let rs = ranges(pr.sp, work, threads);
         let z_rows = if pr.sp == 1 { pr.s } else { 1 };
         let parts = on_threads(&rs, vec![(&mut zb[..], z_rows * g * k)], |ps, mut b| {
@@ -723,6 +728,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         })
         .expect("the backward threads do not panic");
         let bars = Bars::merge(&pr, parts);
+        let add_into = |dst: &mut [E], src: &[f64]| dst.iter_mut().zip(src).for_each(|(a, b)| *a += crate::num::cast::from_f64::<E>(*b));
         add_into(grads.get_or_alloc_mut(&mean_c)?, &bars.mean);
         for (t, src) in targets.iter().zip([&bars.prec, &zb, &bars.phi, &bars.lam, &bars.v]) {
             add_into(grads.get_or_alloc_mut(t)?, src);
