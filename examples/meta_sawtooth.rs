@@ -150,8 +150,9 @@ fn paper(comm: &dyn Communicator, args: &common::Args) -> Result<(), Box<dyn std
     }
     let step = meta.steps_taken();
     println!(
-        "at step {step} of {steps}: {:.1} ms per step in this segment; learned noise sd {:.4}",
+        "at step {step} of {steps}: {:.1} ms per step in this segment ({} steps skipped for a non-finite loss); learned noise sd {:.4}",
         1e3 * report.seconds / report.steps.max(1) as f64,
+        report.skipped_steps,
         guide.noise_scale()
     );
 

@@ -232,33 +232,32 @@ fn ranges(sp: usize, work: usize, threads: usize) -> Vec<Range<usize>> {
     (0..chunks).map(|t| t * per..((t + 1) * per).min(sp)).filter(|r| !r.is_empty()).collect()
 }
 
-/// Runs `f` on every range with its own slices of `bufs` (`per[i]` values per posterior of
-/// buffer `i`), on threads when there is more than one range.
-fn on_threads<E: Real, R: Send>(
+/// Runs `f` on every range with its own slices of the buffers (`per[i]` values per posterior of
+/// buffer `i`), spread over rayon's threads when there is more than one range; the results in
+/// range order.
+fn on_threads<'a, const B: usize, R: Send>(
     ranges: &[Range<usize>],
-    bufs: Vec<(&mut [E], usize)>,
-    f: impl Fn(Range<usize>, Vec<&mut [E]>) -> R + Sync,
-) -> std::result::Result<Vec<R>, Error> {
-    let mut rest: Vec<&mut [E]> = Vec::new();
-    let per: Vec<usize> = bufs.iter().map(|b| b.1).collect();
-    for (b, _) in bufs {
-        rest.push(b);
-    }
-    let mut jobs = Vec::new();
-    for r in ranges {
-        let mut mine = Vec::new();
-        for (i, b) in rest.iter_mut().enumerate() {
-            let (a, tail) = std::mem::take(b).split_at_mut(r.len() * per[i]);
-            *b = tail;
-            mine.push(a);
-        }
-        jobs.push((r.clone(), mine));
-    }
+    bufs: [&'a mut [f64]; B],
+    per: [usize; B],
+    f: impl Fn(Range<usize>, [&'a mut [f64]; B]) -> R + Sync,
+) -> Vec<R> {
+    let mut rest = bufs;
+    let jobs: Vec<_> = ranges
+        .iter()
+        .map(|r| {
+            let mine: [&'a mut [f64]; B] = std::array::from_fn(|i| {
+                let (a, tail) = std::mem::take(&mut rest[i]).split_at_mut(r.len() * per[i]);
+                rest[i] = tail;
+                a
+            });
+            (r.clone(), mine)
+        })
+        .collect();
     if jobs.len() == 1 {
-        return Ok(jobs.into_iter().map(|(r, m)| f(r, m)).collect());
+        return jobs.into_iter().map(|(r, m)| f(r, m)).collect();
     }
     use rayon::prelude::*;
-    Ok(jobs.into_par_iter().map(|(r, m)| f(r, m)).collect())
+    jobs.into_par_iter().map(|(r, m)| f(r, m)).collect()
 }
 
 /// Per-posterior scratch of the forward pass.
@@ -666,13 +665,9 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     let work = sp * g * (n * k * k + n * n * k);
     let rs = ranges(sp, work, threads);
     let w_rows = if sp == 1 { s } else { 1 };
-    let parts =
-        on_threads(&rs, vec![(&mut w0[..], w_rows * g * k), (&mut fac.g[..], g * n * k), (&mut fac.minv[..], g * n * n)], |ps, mut b| {
-            let mi = b.pop().expect("three buffers");
-            let gf = b.pop().expect("three buffers");
-            let w = b.pop().expect("three buffers");
-            forward(&pr, what, ps, want_kl, w, gf, mi)
-        })?;
+    let parts = on_threads(&rs, [&mut w0, &mut fac.g, &mut fac.minv], [w_rows * g * k, g * n * k, g * n * n], |ps, [w, gf, mi]| {
+        forward(&pr, what, ps, want_kl, w, gf, mi)
+    });
     let bars = Bars::merge(&pr, parts.into_iter().collect::<Result<Vec<_>>>()?);
     let kl_value = bars.kl;
     let dev = mean.device().clone();
@@ -723,10 +718,7 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
         let mut zb = vec![0.0f64; s * g * k];
         let rs = ranges(pr.sp, work, threads);
         let z_rows = if pr.sp == 1 { pr.s } else { 1 };
-        let parts = on_threads(&rs, vec![(&mut zb[..], z_rows * g * k)], |ps, mut b| {
-            backward(&pr, &fac, &w0, &gw, ps, b.pop().expect("one buffer"))
-        })
-        .expect("the backward threads do not panic");
+        let parts = on_threads(&rs, [&mut zb], [z_rows * g * k], |ps, [zb]| backward(&pr, &fac, &w0, &gw, ps, zb));
         let bars = Bars::merge(&pr, parts);
         let add_into = |dst: &mut [E], src: &[f64]| dst.iter_mut().zip(src).for_each(|(a, b)| *a += crate::num::cast::from_f64::<E>(*b));
         add_into(grads.get_or_alloc_mut(&mean_c)?, &bars.mean);

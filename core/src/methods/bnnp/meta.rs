@@ -13,10 +13,11 @@ use super::params::{linear_lr, Adam, AdamSettings};
 use super::tasks::TaskSource;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::model::checkpoint::SafetensorsFile;
+use crate::model::data::Dataset;
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
-use crate::{Dataset, Error, Real, Result};
+use crate::{Error, Real, Result};
 
 /// What a missing training-state entry means.
 const NOT_META: &str = "not written by MetaLearner (AmortisedGuide::save keeps the parameters only)";
@@ -109,9 +110,10 @@ pub struct MetaConfig {
     /// learning-rate schedule) on, and is counted in [`MetaReport::skipped_steps`]; a good step
     /// resets the run of bad ones. `1` stops at the first bad step. Default 10.
     pub max_bad_steps: usize,
-    /// Threads a step's tasks are spread over on the CPU: 0 (the default) uses every core. Each
-    /// thread runs whole tasks (forward and backward pass) and their gradients are added, so a
-    /// step equals the one-thread step up to the order of that sum.
+    /// Threads a step's tasks are spread over on the CPU: 0 (the default) uses every core, or one
+    /// thread per rank when the steps run over several ranks ([`MetaLearner::step_on`]). Each task
+    /// runs its forward and backward pass on its own and the gradients are added in task order,
+    /// so a step equals the one-thread step up to the order of that sum.
     pub threads: usize,
 }
 
@@ -484,16 +486,17 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
                 jobs.push(TaskJob { k, ctx, tgt });
             }
         }
-        let threads =
-            if crate::kernels::mean_field::is_cpu::<E, D>() { crate::num::threads_or_all(cfg.threads).min(jobs.len()) } else { 1 };
+        // over several ranks, the ranks are the parallelism: one thread each unless asked otherwise
+        let want = if cfg.threads == 0 && comm.size() > 1 { 1 } else { cfg.threads };
+        let threads = if crate::kernels::mean_field::is_cpu::<E, D>() { crate::num::threads_or_all(want).min(jobs.len()) } else { 1 };
         let (outcomes, grads) = match threads {
-            1 => run_tasks(cfg, self.step, guide, jobs, cfg.threads),
+            1 => run_tasks(cfg, self.step, guide, jobs, want),
             _ => {
                 let pool = match &self.pool {
                     Some(p) => p.clone(),
                     None => {
                         let p = rayon::ThreadPoolBuilder::new()
-                            .num_threads(crate::num::threads_or_all(cfg.threads))
+                            .num_threads(crate::num::threads_or_all(want))
                             .build()
                             .map_err(|e| Error::Device(format!("meta-training threads: {e}")))?;
                         self.pool.insert(std::sync::Arc::new(p)).clone()
