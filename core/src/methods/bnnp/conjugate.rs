@@ -863,7 +863,8 @@ fn host_vec<S: Shape, E: Real, D: Device<E>, T: Tape<E, D>>(t: &Tensor<S, E, D, 
     t.as_vec()
 }
 
-/// The conjugate update of one layer. `what` names the layer in errors.
+/// The conjugate update of one layer in dense form (the caller takes `lowrank::conjugate_layer`
+/// where `lowrank::applies`). `what` names the layer in errors.
 pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
     what: &str,
     inputs: LayerInputs<E, D>,
@@ -875,9 +876,6 @@ pub(crate) fn conjugate_layer<E: Real, D: Device<E>>(
 ) -> Result<LayerOutputs<E, D>> {
     let (g, kk) = *inputs.mean.shape();
     debug_assert_eq!(g * kk, inputs.d_out * inputs.k);
-    if super::lowrank::applies(&inputs, offsets.is_some(), keep_state) {
-        return super::lowrank::conjugate_layer(what, inputs, s, want_kl, threads);
-    }
     let mut out = host_layer(what, &inputs, s, offsets, want_kl, keep_state, threads)?;
     let (kl, kl_value) = if want_kl { (Some(kl_surrogate(&inputs, &mut out)), out.kl) } else { (None, 0.0) };
     let state = out.state.take();

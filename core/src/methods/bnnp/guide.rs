@@ -649,7 +649,12 @@ impl<E: Real, D: Device<E>> AmortisedGuide<E, D> {
                     }
                 };
                 let inputs = LayerInputs { data, prec, mean, zeta, units, d_out, k, diagonal };
-                let out = conjugate_layer(spec.name, inputs, s, offsets.as_ref(), opts.kl, l >= keep_from, opts.threads)?;
+                let keep_state = l >= keep_from;
+                let out = if super::lowrank::applies(&inputs, offsets.is_some(), keep_state) {
+                    super::lowrank::conjugate_layer(spec.name, inputs, s, opts.kl, opts.threads)?
+                } else {
+                    conjugate_layer(spec.name, inputs, s, offsets.as_ref(), opts.kl, keep_state, opts.threads)?
+                };
                 (out.w, out.kl, out.kl_value, out.state)
             };
             states.push(state);
