@@ -43,8 +43,9 @@
 //!   statistics, then one seeded 80/20 split; the ± is the standard error over test points.
 //! - The many-chain run is `--chains` chains of the batched ChEES-HMC sampler from U(−2, 2) (with
 //!   `--per-chain`: per-chain step sizes; `--diag`: per-chain diagonal mass matrices), or with
-//!   `--sampler nuts` the paper's own method, one NUTS chain after another; each keeps `--draws`
-//!   draws after `--warmup` warm-up steps. The baseline is one NUTS chain
+//!   `--sampler nuts` the paper's own method, NUTS in every chain (each chain with its own tree,
+//!   step size and mass matrix; all chains advanced together, one batched gradient call per
+//!   leapfrog step); each keeps `--draws` draws after `--warmup` warm-up steps. The baseline is one NUTS chain
 //!   (nuts-rs, target acceptance 0.8, max tree depth 10) keeping as many draws.
 //! - The pooled draws pass through the workflow's canonicalisation step, the symmetry module's
 //!   exact rule (`Canonicalisation::Exact`: positive hidden biases, sorted by bias), so R-hat/ESS

@@ -94,6 +94,119 @@ fn many_chain_sampler_recovers_a_correlated_gaussian() {
     }
 }
 
+/// Mean tree depth and leapfrog steps per transition after warm-up, over chains.
+fn tree_stats(chains: &[NutsRun]) -> (f64, f64) {
+    let kept: Vec<&DrawStats> = chains.iter().flat_map(|c| c.stats.iter().filter(|s| !s.warmup)).collect();
+    let n = kept.len() as f64;
+    (kept.iter().map(|s| s.tree_depth as f64).sum::<f64>() / n, kept.iter().map(|s| s.leapfrog_steps as f64).sum::<f64>() / n)
+}
+
+/// The batched NUTS against nuts-rs on the same target: both without divergences, and trees of
+/// the same size. The two adapt differently (Stan's windows and acceptance statistic here,
+/// nuts-rs's gradient-based mass matrix and symmetric acceptance statistic late in warm-up), which
+/// moves the step size by up to about 20 %; a wrong U-turn rule changes the tree sizes by far more.
+fn compare_with_nuts_rs(batched: &[NutsRun], reference: &[NutsRun]) {
+    assert_eq!(batched.iter().map(NutsRun::divergences).sum::<usize>(), 0);
+    assert_eq!(reference.iter().map(NutsRun::divergences).sum::<usize>(), 0);
+    let ((depth, steps), (depth_ref, steps_ref)) = (tree_stats(batched), tree_stats(reference));
+    assert!((depth - depth_ref).abs() < 0.75, "mean tree depth {depth} against nuts-rs {depth_ref}");
+    assert!(steps / steps_ref < 1.6 && steps_ref / steps < 1.6, "leapfrog steps per transition {steps} against nuts-rs {steps_ref}");
+    assert!(batched.iter().all(|c| c.stats.iter().all(|s| s.tree_depth <= 10 && s.leapfrog_steps < 1 << 10)));
+}
+
+#[test]
+fn batched_nuts_recovers_a_correlated_gaussian_like_nuts_rs() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let init: Vec<Vec<f64>> = (0..8).map(|_| vec![rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0)]).collect();
+    let s = NutsSettings { warmup: 500, draws: 1000, seed: 2, ..Default::default() };
+    let run = sample_nuts_chains(&mut Correlated, init, &s).unwrap();
+    check_moments(&run.draws(), &MU, &cov_matrix());
+    let reference: Vec<NutsRun> =
+        (0..8).map(|c| sample_nuts(&mut Correlated, &[0.0, 0.0], &NutsSettings { seed: 20 + c, ..s.clone() }).unwrap()).collect();
+    compare_with_nuts_rs(&run.chains, &reference);
+    // every chain adapts its own step size, all near the same value on the same target
+    let eps: Vec<f64> = run.chains.iter().map(|c| c.step_size().unwrap()).collect();
+    assert!(eps.windows(2).any(|w| w[0] != w[1]), "{eps:?}");
+    assert!(eps.iter().all(|e| *e > 0.3 && *e < 2.0), "{eps:?}");
+}
+
+/// A 10-D Gaussian whose odd coordinates have scale 10: the mass-matrix adaptation must find the
+/// scales (without it, the trees would be ten times deeper).
+struct Scaled;
+
+impl LogDensity for Scaled {
+    fn dim(&self) -> usize {
+        10
+    }
+    fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+        let mut lp = 0.0;
+        for j in 0..10 {
+            let v = if j % 2 == 0 { 1.0 } else { 100.0 };
+            g[j] = -x[j] / v;
+            lp -= 0.5 * x[j] * x[j] / v;
+        }
+        Ok(lp)
+    }
+}
+
+impl BatchLogDensity for Scaled {}
+
+#[test]
+fn batched_nuts_adapts_the_mass_matrix_and_matches_nuts_rs_on_a_scaled_gaussian() {
+    let s = NutsSettings { warmup: 1000, draws: 500, seed: 4, ..Default::default() };
+    let run = sample_nuts_chains(&mut Scaled, vec![vec![0.5; 10]; 8], &s).unwrap();
+    let mut cov = Matrix::zeros(10, 10);
+    for j in 0..10 {
+        cov[(j, j)] = if j % 2 == 0 { 1.0 } else { 100.0 };
+    }
+    check_moments(&run.draws(), &[0.0; 10], &cov);
+    let reference: Vec<NutsRun> =
+        (0..8).map(|c| sample_nuts(&mut Scaled, &[0.5; 10], &NutsSettings { seed: 30 + c, ..s.clone() }).unwrap()).collect();
+    compare_with_nuts_rs(&run.chains, &reference);
+}
+
+#[test]
+fn batched_nuts_chains_do_not_depend_on_each_other_or_on_ranks() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let init: Vec<Vec<f64>> = (0..7).map(|_| vec![rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0)]).collect();
+    let s = NutsSettings { warmup: 100, draws: 20, seed: 1, ..Default::default() };
+    let all = sample_nuts_chains(&mut Correlated, init.clone(), &s).unwrap();
+    // the first three chains alone: the same draws, bit for bit
+    let three = sample_nuts_chains(&mut Correlated, init[..3].to_vec(), &s).unwrap();
+    assert_eq!(three.draws(), all.draws()[..3].to_vec());
+    // split over 3 ranks and gathered on rank 0
+    let parts = weightspace::testing::ranks::on_threads(3, |comm| sample_nuts_chains_on(comm, &mut Correlated, init.clone(), &s));
+    let mut parts = parts.into_iter().map(Result::unwrap);
+    let gathered = parts.next().unwrap().expect("rank 0 has the draws");
+    assert!(parts.all(|p| p.is_none()));
+    assert_eq!((gathered.ranks, gathered.chains.len()), (3, 7));
+    assert_eq!(gathered.draws(), all.draws());
+    assert_eq!(
+        gathered.chains.iter().map(|c| c.stats.clone()).collect::<Vec<_>>(),
+        all.chains.iter().map(|c| c.stats.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(gathered.gradient_evaluations, all.gradient_evaluations);
+}
+
+#[test]
+fn batched_nuts_reports_bad_input_as_errors() {
+    let s = NutsSettings { warmup: 10, draws: 5, ..Default::default() };
+    assert!(matches!(sample_nuts_chains(&mut Correlated, Vec::new(), &s), Err(Error::InvalidConfig { name: "chains", .. })));
+    let e = sample_nuts_chains(&mut Correlated, vec![vec![0.0, 0.0], vec![0.0]], &s).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("chain 1"), "{e}");
+    let e = sample_nuts_chains(&mut Cliff, vec![vec![0.0], vec![4.0]], &s).unwrap_err();
+    assert!(e.to_string().contains("chain 1"), "{e}");
+    for bad in [
+        NutsSettings { draws: 0, ..s.clone() },
+        NutsSettings { target_accept: 1.0, ..s.clone() },
+        NutsSettings { max_tree_depth: 0, ..s.clone() },
+        NutsSettings { max_tree_depth: 31, ..s.clone() },
+        NutsSettings { max_energy_error: f64::NAN, ..s.clone() },
+    ] {
+        assert!(matches!(sample_nuts_chains(&mut Correlated, vec![vec![0.0, 0.0]], &bad), Err(Error::InvalidConfig { .. })), "{bad:?}");
+    }
+}
+
 /// y = w·x + b + ε with fixed noise and a N(0, 1) prior: the exact posterior is Bayesian linear
 /// regression.
 #[bnn]
@@ -160,6 +273,24 @@ fn many_chain_sampler_recovers_the_conjugate_regression_posterior() {
         assert_eq!(run.total_divergences(), 0);
         check_moments(&run.draws, exact.mean(), exact.covariance());
     }
+}
+
+#[test]
+fn batched_nuts_recovers_the_conjugate_regression_posterior() {
+    let dev = Cpu::default();
+    let (x, y, exact) = conj_problem();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let mut post = BnnPosterior::new(&model, &data, NoisePrior::Fixed).unwrap().threads(2);
+    assert!(post.is_fused());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let init: Vec<Vec<f64>> = (0..16).map(|_| (0..3).map(|_| rng.gen_range(-2.0..2.0)).collect()).collect();
+    let run = sample_nuts_chains(&mut post, init, &NutsSettings { warmup: 400, draws: 300, seed: 2, ..Default::default() }).unwrap();
+    check_moments(&run.draws(), exact.mean(), exact.covariance());
+    let reference: Vec<NutsRun> = (0..8)
+        .map(|c| sample_nuts(&mut post, &[0.0; 3], &NutsSettings { warmup: 400, draws: 300, seed: 10 + c, ..Default::default() }).unwrap())
+        .collect();
+    compare_with_nuts_rs(&run.chains, &reference);
 }
 
 /// Sampling under a replaced weight prior (`with_weight_prior`, e.g. a meta-learned one): with one
@@ -289,6 +420,10 @@ fn non_finite_densities_are_divergences_not_errors() {
     let nuts = sample_nuts(&mut Cliff, &[0.5], &NutsSettings { warmup: 200, draws: 300, ..Default::default() }).unwrap();
     assert!(nuts.stats.iter().any(|s| s.diverging));
     assert!(nuts.draws.iter().all(|x| x[0] <= 3.0));
+    let batched =
+        sample_nuts_chains(&mut Cliff, vec![vec![0.5]; 4], &NutsSettings { warmup: 200, draws: 300, ..Default::default() }).unwrap();
+    assert!(batched.chains.iter().flat_map(|c| &c.stats).any(|s| s.diverging));
+    assert!(batched.draws().iter().flatten().all(|x| x[0] <= 3.0));
     // a non-finite start is an error that names the chain
     let err = sample_many_chains(&mut Cliff, vec![vec![0.0], vec![4.0]], &ManyChainSettings::default()).unwrap_err();
     assert!(err.to_string().contains("chain 1"), "{err}");

@@ -277,20 +277,24 @@ impl<E: Real> FusedMlp<E> {
     }
 
     /// Every chain's log density and gradient; `positions` is row-major `(C, dim)`.
-    pub(crate) fn eval_batch(&self, positions: &[f64], logp: &mut [f64], grad: &mut [f64], threads: usize) {
+    pub(crate) fn eval_batch(&self, positions: &[f64], logp: &mut [f64], grad: &mut [f64], pool: Option<&rayon::ThreadPool>) {
+        use rayon::prelude::*;
         let d = self.dim();
         let c = logp.len();
-        let threads = threads.max(1).min(c.div_ceil(16)).max(1);
-        if threads == 1 {
-            self.eval_range(positions, logp, grad);
-            return;
-        }
-        let per = c.div_ceil(threads);
-        std::thread::scope(|scope| {
-            for ((pos, lp), gr) in positions.chunks(per * d).zip(logp.chunks_mut(per)).zip(grad.chunks_mut(per * d)) {
-                scope.spawn(move || self.eval_range(pos, lp, gr));
+        let threads = pool.map_or(1, |p| p.current_num_threads().min(c.div_ceil(16)).max(1));
+        match pool {
+            Some(pool) if threads > 1 => {
+                let per = c.div_ceil(threads);
+                pool.install(|| {
+                    positions
+                        .par_chunks(per * d)
+                        .zip(logp.par_chunks_mut(per))
+                        .zip(grad.par_chunks_mut(per * d))
+                        .for_each(|((pos, lp), gr)| self.eval_range(pos, lp, gr));
+                });
             }
-        });
+            _ => self.eval_range(positions, logp, grad),
+        }
     }
 }
 

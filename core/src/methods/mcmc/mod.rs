@@ -6,6 +6,7 @@
 //! | [`LogDensity`], [`BatchLogDensity`] | the sampler boundary: `logp(position, grad)`, for one or `C` positions; a non-finite value is a divergence, not a panic |
 //! | [`BnnPosterior`] | `p(w, ln σ | data)` of any `#[bnn]` model under its own priors, σ ~ HalfNormal ([`NoisePrior`]); all chains in one batched call |
 //! | [`sample_nuts`] | one NUTS chain (nuts-rs): step size and diagonal mass matrix adapted; divergences, tree depths and step sizes reported |
+//! | [`sample_nuts_chains`] | `C` NUTS chains, each with its own tree, step size and mass matrix, every leapfrog step one batched gradient call for the chains still running |
 //! | [`sample_many_chains`] | `C` chains of jittered HMC with ChEES adaptation, every leapfrog step one batched gradient call |
 //! | [`chains_needed`] | the chain-count bound: generalised coupon collector plus Markov's inequality (1274 with the paper's defaults) |
 //! | [`sym_mcmc`] | the workflow: `ρ` chains, `W` warm-up steps, pooled and canonicalised draws, predictive, LPPD, R-hat/ESS |
@@ -50,6 +51,7 @@ pub mod data;
 mod export;
 mod fused;
 mod nuts;
+mod nuts_chains;
 mod shard;
 mod target;
 mod weight_prior;
@@ -62,6 +64,7 @@ pub use chees::{
 };
 pub use export::DrawSet;
 pub use nuts::{sample_nuts, DrawStats, NutsRun, NutsSettings};
+pub use nuts_chains::{sample_nuts_chains, sample_nuts_chains_on, NutsChains};
 pub use target::{BatchLogDensity, BnnPosterior, LogDensity, NoisePrior};
 pub use weight_prior::GaussianWeightPrior;
 pub use workflow::{

@@ -37,13 +37,44 @@ pub struct NutsSettings {
     pub max_energy_error: f64,
     /// Seed.
     pub seed: u64,
+    /// Threads for the per-chain work of the batched [`sample_nuts_chains`](super::sample_nuts_chains)
+    /// (0 = all cores; the log density has its own). The single-chain sampler ignores it. Default 0.
+    pub threads: usize,
     /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
 
 impl Default for NutsSettings {
     fn default() -> Self {
-        Self { warmup: 1000, draws: 1000, target_accept: 0.8, max_tree_depth: 10, max_energy_error: 1000.0, seed: 0, progress: false }
+        Self {
+            warmup: 1000,
+            draws: 1000,
+            target_accept: 0.8,
+            max_tree_depth: 10,
+            max_energy_error: 1000.0,
+            seed: 0,
+            threads: 0,
+            progress: false,
+        }
+    }
+}
+
+impl NutsSettings {
+    /// Checks the settings; the error names the field.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.draws == 0 {
+            return Err(Error::config("NutsSettings::draws", 0, "at least one draw is needed"));
+        }
+        if !(self.target_accept > 0.0 && self.target_accept < 1.0) {
+            return Err(Error::config("NutsSettings::target_accept", self.target_accept, "must lie strictly between 0 and 1"));
+        }
+        if !(1..=30).contains(&self.max_tree_depth) {
+            return Err(Error::config("NutsSettings::max_tree_depth", self.max_tree_depth, "must lie in 1..=30"));
+        }
+        if self.max_energy_error.is_nan() || self.max_energy_error <= 0.0 {
+            return Err(Error::config("NutsSettings::max_energy_error", self.max_energy_error, "must be positive"));
+        }
+        Ok(())
     }
 }
 
@@ -223,15 +254,7 @@ pub fn sample_nuts<T: LogDensity + ?Sized>(target: &mut T, init: &[f64], setting
         return Err(Error::Shape { what: "initial position".into(), expected: format!("({dim},)"), got: format!("({},)", init.len()) });
     }
     crate::error::check_finite("initial position", init)?;
-    if settings.draws == 0 {
-        return Err(Error::config("NutsSettings::draws", 0, "at least one draw is needed"));
-    }
-    if !(settings.target_accept > 0.0 && settings.target_accept < 1.0) {
-        return Err(Error::config("NutsSettings::target_accept", settings.target_accept, "must lie strictly between 0 and 1"));
-    }
-    if settings.max_tree_depth == 0 {
-        return Err(Error::config("NutsSettings::max_tree_depth", 0, "must be >= 1"));
-    }
+    settings.validate()?;
     let mut s = DiagNutsSettings {
         num_tune: settings.warmup as u64,
         num_draws: settings.draws as u64,

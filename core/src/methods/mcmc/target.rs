@@ -155,6 +155,8 @@ pub struct BnnPosterior<'a, E: Real, D: Device<E>, M: Bnn<E, D>> {
     fused: Option<FusedMlp<E>>,
     weight_prior: Option<GaussianWeightPrior>,
     threads: usize,
+    /// The worker threads of the fused kernel (built on first use when `threads > 1`, then kept).
+    pool: Option<rayon::ThreadPool>,
     evaluations: u64,
 }
 
@@ -174,8 +176,17 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
             }
             _ => None,
         };
-        let mut post =
-            Self { model, data, noise_scale, num_weights: arch.num_weights(), fused: None, weight_prior: None, threads: 1, evaluations: 0 };
+        let mut post = Self {
+            model,
+            data,
+            noise_scale,
+            num_weights: arch.num_weights(),
+            fused: None,
+            weight_prior: None,
+            threads: 1,
+            pool: None,
+            evaluations: 0,
+        };
         if gaussian && TypeId::of::<D>() == TypeId::of::<Cpu>() {
             let (loc, scale) = post.prior_values();
             let noise = match noise_scale {
@@ -242,6 +253,7 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
     /// cores). The generic path ignores it.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = crate::num::threads_or_all(threads);
+        self.pool = None;
         self
     }
 
@@ -429,7 +441,20 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         }
         self.evaluations += c as u64;
         match &self.fused {
-            Some(f) => f.eval_batch(positions, logp, grad, self.threads),
+            Some(f) => {
+                let pool = match (&mut self.pool, self.threads) {
+                    (_, 1) => None,
+                    (Some(p), _) => Some(&*p),
+                    (slot @ None, n) => {
+                        let p = rayon::ThreadPoolBuilder::new()
+                            .num_threads(n)
+                            .build()
+                            .map_err(|e| Error::Device(format!("log-density threads: {e}")))?;
+                        Some(&*slot.insert(p))
+                    }
+                };
+                f.eval_batch(positions, logp, grad, pool)
+            }
             None => self.logp_generic(positions, logp, grad)?,
         }
         if let Some(prior) = &self.weight_prior {

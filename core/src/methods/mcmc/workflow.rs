@@ -8,7 +8,8 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
 use super::chees::{sample_many_chains_on, sample_many_chains_sharded, ManyChainRun, ManyChainSettings};
-use super::nuts::{sample_nuts, NutsSettings};
+use super::nuts::NutsSettings;
+use super::nuts_chains::run_chains;
 use super::shard::ChainShard;
 use super::target::{BnnPosterior, LogDensity, NoisePrior};
 use super::GaussianWeightPrior;
@@ -109,7 +110,8 @@ impl<E: Real, D: Device<E>, F: Fn(&Architecture, &Weights<E, D>) -> Result<Weigh
 pub enum ChainSampler {
     /// All chains together in the batched ChEES-HMC sampler (the fast path).
     ManyChain(ManyChainSettings),
-    /// Each chain on its own with NUTS (nuts-rs), one after the other, as in the paper.
+    /// NUTS in every chain, as in the paper: each chain with its own tree, step size and mass
+    /// matrix, all chains advanced together by the batched [`sample_nuts_chains`](super::sample_nuts_chains).
     Nuts(NutsSettings),
 }
 
@@ -164,8 +166,8 @@ pub struct SymMcmcSettings {
     /// a meta-learned prior ([`crate::methods::bnnp::AmortisedGuide::weight_prior`]); [`ChainInit::Prior`]
     /// then draws from it too.
     pub weight_prior: Option<GaussianWeightPrior>,
-    /// Threads for the fused CPU log density (0: all cores). Default 0, every core. Under MPI, with
-    /// one rank per core, set 1.
+    /// Threads for the fused CPU log density and, with [`ChainSampler::Nuts`], for the chains'
+    /// own work (0: all cores). Default 0, every core. Under MPI, with one rank per core, set 1.
     pub threads: usize,
     /// Seed (initial positions, sampler seeds).
     pub seed: u64,
@@ -566,7 +568,7 @@ struct Sampled {
     /// Global index of the first chain held, and the chains of the whole run.
     first_chain: usize,
     total_chains: usize,
-    /// NUTS: the gradient evaluations of each chain held (empty for the many-chain sampler, whose
+    /// NUTS: the leapfrog steps (gradient evaluations) of each chain held (empty for the many-chain sampler, whose
     /// count is over the whole run).
     chain_evaluations: Vec<u64>,
 }
@@ -605,29 +607,20 @@ fn sample_chains<E: Real, D: Device<E>, M: Bnn<E, D>>(
         }
         ChainSampler::Nuts(ns) => {
             let mine = share(settings.chains, comm.rank(), comm.size());
-            let bar = crate::progress::Progress::new(mine.len(), settings.progress && comm.is_root(), "chains");
-            // per chain: the draws, then divergences, mean tree depth, step size, evaluations
+            // per chain: the draws, then divergences, mean tree depth, step size, leapfrog steps
+            let s = NutsSettings { warmup: settings.warmup, draws: settings.draws_per_chain, threads: settings.threads, ..ns.clone() };
+            let local_init: Vec<Vec<f64>> = init.into_iter().skip(mine.start).take(mine.len()).collect();
+            let run = run_chains(post, local_init, mine.start, &s, settings.progress && comm.is_root())?;
             let mut local = Vec::new();
-            for (ci, x0) in init.iter().enumerate().skip(mine.start).take(mine.len()) {
-                let s = NutsSettings {
-                    warmup: settings.warmup,
-                    draws: settings.draws_per_chain,
-                    seed: ns.seed.wrapping_add(ci as u64),
-                    progress: false,
-                    ..ns.clone()
-                };
-                let before = post.evaluations();
-                let run = sample_nuts(post, x0, &s)?;
-                local.extend(run.draws.iter().flatten());
+            for chain in &run.chains {
+                local.extend(chain.draws.iter().flatten());
                 local.extend([
-                    run.divergences() as f64,
-                    run.mean_tree_depth(),
-                    run.step_size().unwrap_or(f64::NAN),
-                    (post.evaluations() - before) as f64,
+                    chain.divergences() as f64,
+                    chain.mean_tree_depth(),
+                    chain.step_size().unwrap_or(f64::NAN),
+                    chain.leapfrog_steps() as f64,
                 ]);
-                bar.inc();
             }
-            bar.finish();
             let per_chain = settings.draws_per_chain * dim + 4;
             let t = Instant::now();
             let (all, first_chain) = if gather {
