@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example mcmc_bench -- [--chains 1274] [--warmup 1024] [--threads 0]
-//!     [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]
+//!     [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain] [--sampler chees|nuts]
 //! cargo run --release --example mcmc_bench -- --quick   # smoke run: 16 chains × 64 warm-up steps, 40 generated points
 //! ```
 //!
@@ -13,7 +13,9 @@
 //! generator). Otherwise it generates the same kind of data: 150 points, x ~ U(0, 8),
 //! y = sin x + N(0, 0.3²), 80/20 split, standardised with the training statistics as the peers do.
 //! Model: N(0, 1) priors on every weight, σ ~ HalfNormal(1) sampled as ln σ, chains from U(−2, 2).
-//! The last line is machine-readable.
+//! The sampler is the batched ChEES-HMC (as BlackJAX's), or with `--sampler nuts` NUTS in every
+//! chain (as NumPyro's; `scripts/bench_nuts_chains.sh` runs the two side by side). The last line is
+//! machine-readable, with `seconds_per_chain=`.
 
 mod common;
 
@@ -43,9 +45,9 @@ fn read_csv(path: &str) -> Result<Table, Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = common::Args::parse(
-        "[--quick] [--chains 1274] [--warmup 1024] [--threads 0] [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain]",
+        "[--quick] [--chains 1274] [--warmup 1024] [--threads 0] [--train train.csv --test test.csv] [--seed 0] [--diag] [--per-chain] [--sampler chees|nuts]",
         &["--diag", "--per-chain"],
-        &["--chains", "--warmup", "--threads", "--train", "--test", "--seed"],
+        &["--chains", "--warmup", "--threads", "--train", "--test", "--seed", "--sampler"],
         0,
     );
     // the benchmark, or with --quick a smoke run: chains, warm-up steps, generated points
@@ -73,20 +75,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed,
         ..Default::default()
     };
-    let settings = SymMcmcSettings {
-        chains,
-        warmup,
-        draws_per_chain: 1,
-        sampler: ChainSampler::ManyChain(mc),
-        threads,
-        seed,
-        progress: false,
-        ..Default::default()
+    let sampler = match args.value("--sampler").unwrap_or("chees") {
+        "chees" => ChainSampler::ManyChain(mc),
+        "nuts" => ChainSampler::Nuts(NutsSettings { seed, ..Default::default() }),
+        other => args.fail(&format!("--sampler {other}: use chees or nuts")),
     };
+    let settings = SymMcmcSettings { chains, warmup, draws_per_chain: 1, sampler, threads, seed, progress: false, ..Default::default() };
     let t0 = Instant::now();
     let run = sym_mcmc(&model, &train, &settings, &NoCanonicalisation)?;
     let total = t0.elapsed().as_secs_f64();
     let l = run.lppd(&model, &test)?;
+    if let SamplerReport::Nuts(per) = &run.report {
+        let n = per.len() as f64;
+        println!(
+            "data: {source}, {} train / {} test points; NUTS per chain: mean tree depth {:.2}, mean step size {:.4}; gradient evaluations {} ({:.3} µs each)",
+            train.len(),
+            test.len(),
+            per.iter().map(|p| p.1).sum::<f64>() / n,
+            per.iter().map(|p| p.2).sum::<f64>() / n,
+            run.gradient_evaluations,
+            1e6 * run.seconds / run.gradient_evaluations as f64
+        );
+    }
     if let SamplerReport::ManyChain(r) = &run.report {
         let mean_steps = r.iterations.iter().map(|i| i.max_leapfrog_steps as f64).sum::<f64>() / r.iterations.len() as f64;
         println!(
@@ -107,8 +117,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("test LPPD {:.3} ± {:.3} over {} draws; divergences after warm-up {}", l.mean, l.se, run.pooled().len(), run.divergences);
     println!(
-        "mcmc_bench chains={chains} warmup={warmup} threads={threads} seconds={:.2} total_seconds={total:.2} lppd={:.4} se={:.4}",
-        run.seconds, l.mean, l.se
+        "mcmc_bench sampler={} chains={chains} warmup={warmup} threads={threads} seconds={:.2} total_seconds={total:.2} seconds_per_chain={:.5} lppd={:.4} se={:.4}",
+        args.value("--sampler").unwrap_or("chees"),
+        run.seconds,
+        total / chains as f64,
+        l.mean,
+        l.se
     );
     Ok(())
 }

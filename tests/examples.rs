@@ -364,12 +364,25 @@ fn symmetry_mcmc() {
     }
 }
 
+#[test]
+fn chain_budget() {
+    for dataset in ["regression2d", "sinusoidal"] {
+        let dir = scratch(&format!("chain_budget_{dataset}"));
+        let out = run_in(&dir, "chain_budget", &["--dataset", dataset]);
+        let s = summary(&out, "chain_budget ");
+        assert_eq!((s["dataset"], s["chains"], s["seeds"]), (dataset, "16", "2"));
+        finite(&s, &["lppd_many", "lppd_handful", "lppd_one", "modes_many", "modes_one", "diff_many_one", "diff_se"]);
+        assert!(out.contains("KL(predictive of all 16 chains"), "{out}");
+    }
+}
+
 /// Every example in `examples/` has a test above, and a flag it does not know is an error.
 #[test]
 fn all_examples_covered_and_unknown_flags_rejected() {
     let tested = [
         "bali_uci",
         "bnnp_bench",
+        "chain_budget",
         "classification",
         "elbo_bench",
         "elbo_tightness",

@@ -383,6 +383,47 @@ fn fused_log_density_matches_the_generic_path_and_finite_differences() {
     }
 }
 
+/// The fused kernel in f32 (on AVX-512 CPUs the tiled products with tanh fused into the stores)
+/// against the generic dfdx path in f32, on a 3×16 tanh net like the paper's f2.
+#[test]
+fn fused_log_density_matches_the_generic_path_in_f32_on_a_deep_net() {
+    #[bnn]
+    struct F2 {
+        #[layer(prior = Normal(0.0, 1.0))]
+        h1: Dense<1, 16, Tanh>,
+        #[layer(prior = Normal(0.0, 1.0))]
+        h2: Dense<16, 16, Tanh>,
+        #[layer(prior = Normal(0.0, 1.0))]
+        h3: Dense<16, 16, Tanh>,
+        #[layer(prior = Normal(0.0, 1.0))]
+        out: Dense<16, 1>,
+        #[likelihood]
+        noise: Gaussian<Learned<1.0>>,
+    }
+    let dev = Cpu::default();
+    let data = weightspace::mcmc::data::sinusoidal(120, 3).standardise().0.to_dataset::<f32, _>(&dev).unwrap();
+    let model = F2::<f32, Cpu>::new(&dev);
+    let mut fused = BnnPosterior::new(&model, &data, NoisePrior::HalfNormal(1.0)).unwrap().threads(2);
+    let mut generic = BnnPosterior::new(&model, &data, NoisePrior::HalfNormal(1.0)).unwrap().generic();
+    let d = fused.dim();
+    assert_eq!(d, 16 * 2 + 17 * 16 * 2 + 17 + 1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let c = 40;
+    let pos: Vec<f64> = (0..c * d).map(|_| rng.gen_range(-1.0..1.0) * 0.5).collect();
+    let (mut lf, mut gf) = (vec![0.0; c], vec![0.0; c * d]);
+    let (mut lg, mut gg) = (vec![0.0; c], vec![0.0; c * d]);
+    fused.logp_batch(&pos, &mut lf, &mut gf).unwrap();
+    generic.logp_batch(&pos, &mut lg, &mut gg).unwrap();
+    for i in 0..c {
+        assert!((lf[i] - lg[i]).abs() < 1e-4 * lg[i].abs().max(1.0), "chain {i}: fused {} generic {}", lf[i], lg[i]);
+        let scale = gg[i * d..(i + 1) * d].iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for j in 0..d {
+            let (a, b) = (gf[i * d + j], gg[i * d + j]);
+            assert!((a - b).abs() < 1e-4 * scale, "chain {i}, coordinate {j}: fused {a} generic {b}");
+        }
+    }
+}
+
 /// A target that is NaN for x > 3: moving there is a divergence, never a panic.
 struct Cliff;
 
@@ -525,6 +566,87 @@ fn workflow_runs_end_to_end_with_a_pluggable_canonicalisation() {
     let run = sym_mcmc(&model, &train, &nuts, &NoCanonicalisation).unwrap();
     assert_eq!(run.pooled().len(), 15);
     assert!(run.lppd(&model, &test).unwrap().mean.is_finite());
+}
+
+/// The mean test LPPD of a run and its Monte-Carlo standard error, by the jackknife over chains
+/// (the chains are independent, so leaving one out at a time measures the spread of the estimate).
+fn lppd_and_mc_se(model: &F1<f64, Cpu>, test: &Dataset<f64, Cpu>, run: &SymMcmcRun) -> (f64, f64) {
+    let post = BnnPosterior::new(model, test, NoisePrior::HalfNormal(1.0)).unwrap();
+    let n = test.len();
+    let per_chain: Vec<Vec<f64>> = run.draws.iter().map(|ch| post.pointwise_log_lik(ch, test).unwrap()).collect();
+    let lppd_of = |skip: Option<usize>| {
+        let rows: Vec<f64> = per_chain.iter().enumerate().filter(|(c, _)| Some(*c) != skip).flat_map(|(_, v)| v.iter().copied()).collect();
+        weightspace::mcmc::lppd(&rows, rows.len() / n, n).unwrap().mean
+    };
+    let c = per_chain.len() as f64;
+    let loo: Vec<f64> = (0..per_chain.len()).map(|k| lppd_of(Some(k))).collect();
+    let mean = loo.iter().sum::<f64>() / c;
+    ((lppd_of(None)), ((c - 1.0) / c * loo.iter().map(|v| (v - mean).powi(2)).sum::<f64>()).sqrt())
+}
+
+/// The workflow's LPPD bounded by its standard error against a reference run on the same data,
+/// and R-hat of the canonicalised weights. The reference is many NUTS chains with many draws each;
+/// the many-chain (ChEES) run and a NUTS run estimate the same quantity and must agree with it
+/// within 4 Monte-Carlo standard errors of the difference (each run's by the jackknife over its
+/// independent chains; the test points are the same, so their spread is not part of the error).
+/// Canonicalisation must remove the weight-space multimodality that the symmetries create: the
+/// largest R-hat of the canonicalised weights is far below that of the raw weights (the remaining
+/// excess is chains in functionally different modes).
+#[test]
+fn workflow_lppd_agrees_with_a_reference_run_within_its_standard_error() {
+    let dev = Cpu::default();
+    let (train, test) = weightspace::mcmc::data::sinusoidal(100, 2).standardise().0.split(0.8, 2).unwrap();
+    let (train, test) = (train.to_dataset::<f64, _>(&dev).unwrap(), test.to_dataset::<f64, _>(&dev).unwrap());
+    let model = F1::<f64, Cpu>::new(&dev);
+    let canon = weightspace::symmetry::Canonicalisation::Exact;
+    let nuts = |seed: u64| ChainSampler::Nuts(NutsSettings { seed, ..Default::default() });
+    let reference = SymMcmcSettings { chains: 32, warmup: 300, draws_per_chain: 30, sampler: nuts(11), seed: 11, ..Default::default() };
+    let (ref_lppd, ref_se) = lppd_and_mc_se(&model, &test, &sym_mcmc(&model, &train, &reference, &canon).unwrap());
+    let short = SymMcmcSettings { chains: 64, warmup: 300, draws_per_chain: 8, seed: 3, ..Default::default() };
+    for (name, settings) in [("many-chain", short.clone()), ("nuts", SymMcmcSettings { sampler: nuts(4), seed: 4, ..short })] {
+        let run = sym_mcmc(&model, &train, &settings, &canon).unwrap();
+        let (l, se) = lppd_and_mc_se(&model, &test, &run);
+        assert_eq!(l, run.lppd(&model, &test).unwrap().mean);
+        let tol = 4.0 * (se * se + ref_se * ref_se).sqrt();
+        eprintln!("{name}: LPPD {l:.4} ± {se:.4} against the reference {ref_lppd:.4} ± {ref_se:.4}");
+        assert!((l - ref_lppd).abs() < tol, "{name}: LPPD {l} ± {se} against the reference {ref_lppd} ± {ref_se}");
+        let canonical = run.diagnostics(&model, &test).unwrap();
+        let raw = SymMcmcRun { canonical: run.draws.clone(), ..run }.diagnostics(&model, &test).unwrap();
+        assert!(
+            canonical.max_rhat_weights < 0.5 * raw.max_rhat_weights,
+            "{name}: max R-hat of the canonicalised weights {} against the raw weights' {}",
+            canonical.max_rhat_weights,
+            raw.max_rhat_weights
+        );
+        // the function values do not change under canonicalisation
+        assert_eq!(canonical.max_rhat_function, raw.max_rhat_function);
+    }
+}
+
+/// The function-space R-hat and bulk ESS of a many-chain run agree with ArviZ: the fixture holds
+/// the function values at the test inputs of `symmetry_mcmc --quick --no-single` (24 chains × 8
+/// draws, 8 points) and ArviZ 0.23.4's `az.rhat` and `az.ess(method="bulk")` of each point.
+#[test]
+fn function_space_rhat_of_many_chains_agrees_with_arviz() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/function_rhat_arviz.txt")).unwrap();
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let dims: Vec<usize> = lines.next().unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let (c, s, n) = (dims[0], dims[1], dims[2]);
+    let rows: Vec<Vec<f64>> = lines.by_ref().take(c * s).map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect()).collect();
+    let named = |l: &str, name: &str| -> Vec<f64> {
+        let rest = l.strip_prefix(name).unwrap_or_else(|| panic!("expected `{name}` in the fixture"));
+        rest.split_whitespace().map(|v| v.parse().unwrap()).collect()
+    };
+    let want_rhat = named(lines.next().unwrap(), "rhat ");
+    let want_ess = named(lines.next().unwrap(), "ess_bulk ");
+    for j in 0..n {
+        let chains: Vec<Vec<f64>> = (0..c).map(|ci| (0..s).map(|t| rows[ci * s + t][j]).collect()).collect();
+        let (r, e) = (rhat(&chains).unwrap(), weightspace::diagnostics::ess_bulk(&chains).unwrap());
+        assert!((r - want_rhat[j]).abs() < 1e-9 * want_rhat[j], "point {j}: R-hat {r}, ArviZ {}", want_rhat[j]);
+        assert!((e - want_ess[j]).abs() < 1e-8 * want_ess[j], "point {j}: bulk ESS {e}, ArviZ {}", want_ess[j]);
+    }
+    // the chains of this short run sit in different modes: R-hat far above 1
+    assert!(want_rhat.iter().all(|&r| r > 1.4));
 }
 
 /// The batched sampler on CUDA: the generic path's chain axis is the weight-sample axis on the GPU.

@@ -4,10 +4,11 @@
 //! The generic path ([`super::BnnPosterior`] on any device) builds the same quantity from dfdx ops
 //! (`network::forward`, `elbo::log_prior_taped` and a per-chain Gaussian log-likelihood) and is
 //! the reference the tests compare this kernel with. Here each chain's forward and backward pass is
-//! a handful of vectorisable loops over the data points (activations stored unit-major, points
-//! contiguous), which removes the per-op overhead that dominates small networks, and chains are
-//! split over threads.
+//! the kernels layer's single-sample dense products (`kernels::dense`: AVX-512 tiles with tanh
+//! fused into the stores for `f32`, the host GEMM otherwise) on point-major activations, which
+//! removes the per-op overhead that dominates small networks, and chains are split over threads.
 
+use crate::kernels::dense::{sample_input_grad, sample_linear, sample_weight_grad};
 use crate::model::arch::{Activation, Architecture};
 use crate::num::dense::dot;
 use crate::Real;
@@ -31,10 +32,10 @@ pub(crate) struct FusedMlp<E> {
     offsets: Vec<usize>,
     n: usize,
     k: usize,
-    /// Inputs, transposed to `(d_in, N)`.
-    xt: Vec<E>,
-    /// Targets, transposed to `(k, N)`.
-    yt: Vec<E>,
+    /// Inputs, row-major `(N, d_in)`.
+    x: Vec<E>,
+    /// Targets, row-major `(N, k)`.
+    y: Vec<E>,
     prior_loc: Vec<f64>,
     prior_inv_var: Vec<f64>,
     /// `Σ_j (−ln τ_j − ½ ln 2π)`.
@@ -45,37 +46,17 @@ pub(crate) struct FusedMlp<E> {
     num_weights: usize,
 }
 
-/// Per-thread buffers.
+/// Per-thread buffers (activations and gradients point-major, `(N, width)`).
 struct Scratch<E> {
     w: Vec<Vec<E>>,
     a: Vec<Vec<E>>,
     z: Vec<Option<Vec<E>>>,
     g: Vec<E>,
     g2: Vec<E>,
-}
-
-#[inline(always)]
-fn sum<E: Real>(a: &[E]) -> E {
-    let mut acc = [E::zero(); 8];
-    let ca = a.chunks_exact(8);
-    let ra = ca.remainder();
-    for x in ca {
-        for l in 0..8 {
-            acc[l] += x[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for x in ra {
-        s += *x;
-    }
-    s
-}
-
-#[inline(always)]
-fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += alpha * *x;
-    }
+    /// A layer's `[W | b]` gradient.
+    dw: Vec<E>,
+    /// The dense kernels' own scratch.
+    work: Vec<E>,
 }
 
 impl<E: Real> FusedMlp<E> {
@@ -85,18 +66,8 @@ impl<E: Real> FusedMlp<E> {
         let d_in = arch.d_in();
         let k = arch.d_out();
         let n = x.len() / d_in;
-        let mut xt = vec![E::zero(); d_in * n];
-        for r in 0..n {
-            for c in 0..d_in {
-                xt[c * n + r] = crate::num::cast::from_f64::<E>(x[r * d_in + c]);
-            }
-        }
-        let mut yt = vec![E::zero(); k * n];
-        for r in 0..n {
-            for c in 0..k {
-                yt[c * n + r] = crate::num::cast::from_f64::<E>(y[r * k + c]);
-            }
-        }
+        let x = x.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
+        let y = y.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
         let mut offsets = Vec::new();
         let mut off = 0;
         for l in arch.layers {
@@ -110,8 +81,8 @@ impl<E: Real> FusedMlp<E> {
             offsets,
             n,
             k,
-            xt,
-            yt,
+            x,
+            y,
             prior_loc,
             prior_inv_var,
             prior_const,
@@ -144,6 +115,8 @@ impl<E: Real> FusedMlp<E> {
                 .collect(),
             g: vec![E::zero(); widest * n],
             g2: vec![E::zero(); widest * n],
+            dw: vec![E::zero(); self.layers.iter().map(|&(i, o, _)| o * (i + 1)).max().unwrap_or(1)],
+            work: Vec::new(),
         }
     }
 
@@ -159,32 +132,27 @@ impl<E: Real> FusedMlp<E> {
                 *dst = crate::num::cast::from_f64::<E>(*src);
             }
         }
-        // forward
+        // forward, point-major: a[l] (N × o) = act(h (N × i) · Wᵀ + b)
         for l in 0..nl {
             let (i, o, act) = self.layers[l];
             let (before, rest) = s.a.split_at_mut(l);
-            let h: &[E] = if l == 0 { &self.xt } else { &before[l - 1] };
+            let h: &[E] = if l == 0 { &self.x } else { &before[l - 1] };
             let a = &mut rest[0];
-            let w = &s.w[l];
-            for u in 0..o {
-                let row = &mut a[u * n..(u + 1) * n];
-                row.fill(w[u * (i + 1) + i]);
-                for kk in 0..i {
-                    axpy(w[u * (i + 1) + kk], &h[kk * n..(kk + 1) * n], row);
-                }
-            }
+            let fused = sample_linear(n, i, o, h, &s.w[l], a, &mut s.work, act == Activation::Tanh);
             if let Some(z) = s.z[l].as_mut() {
                 z.copy_from_slice(a);
             }
-            act_forward_inline(act, a);
+            if !fused {
+                act_forward_inline(act, a);
+            }
         }
         // likelihood and its gradient with respect to the outputs
         let k = self.k;
         let f = &s.a[nl - 1];
         let mut quad = 0.0f64;
         {
-            let g = &mut s.g[..k * n];
-            for ((g, f), y) in g.iter_mut().zip(f.iter()).zip(&self.yt) {
+            let g = &mut s.g[..n * k];
+            for ((g, f), y) in g.iter_mut().zip(f.iter()).zip(&self.y) {
                 *g = *y - *f;
             }
             quad += dot(g, g).cast_to_f64();
@@ -197,30 +165,25 @@ impl<E: Real> FusedMlp<E> {
         let nk = (n * k) as f64;
         let mut lp = -0.5 * quad * inv_var - nk * (log_sigma + HALF_LN_2PI);
         let iv = crate::num::cast::from_f64::<E>(inv_var);
-        s.g[..k * n].iter_mut().for_each(|g| *g *= iv);
-        // backward
+        s.g[..n * k].iter_mut().for_each(|g| *g *= iv);
+        // backward; `s.g` holds the gradient w.r.t. a[l], or w.r.t. its pre-activations when the
+        // previous input-gradient product applied the tanh derivative already
+        let mut pre_activation = false;
         for l in (0..nl).rev() {
             let (i, o, act) = self.layers[l];
             let off = self.offsets[l];
-            act_backward_into(act, &s.a[l], s.z[l].as_deref(), &mut s.g[..o * n]);
-            let h: &[E] = if l == 0 { &self.xt } else { &s.a[l - 1] };
-            for u in 0..o {
-                let gu = &s.g[u * n..(u + 1) * n];
-                for kk in 0..i {
-                    grad[off + u * (i + 1) + kk] = dot(gu, &h[kk * n..(kk + 1) * n]).cast_to_f64();
-                }
-                grad[off + u * (i + 1) + i] = sum(gu).cast_to_f64();
+            if !pre_activation {
+                act_backward_into(act, &s.a[l], s.z[l].as_deref(), &mut s.g[..n * o]);
+            }
+            let h: &[E] = if l == 0 { &self.x } else { &s.a[l - 1] };
+            let dw = &mut s.dw[..o * (i + 1)];
+            sample_weight_grad(n, i, o, &s.g[..n * o], h, dw, &mut s.work);
+            for (dst, v) in grad[off..off + o * (i + 1)].iter_mut().zip(dw.iter()) {
+                *dst = v.cast_to_f64();
             }
             if l > 0 {
-                let w = &s.w[l];
-                let g2 = &mut s.g2[..i * n];
-                g2.fill(E::zero());
-                for u in 0..o {
-                    let gu = &s.g[u * n..(u + 1) * n];
-                    for kk in 0..i {
-                        axpy(w[u * (i + 1) + kk], gu, &mut g2[kk * n..(kk + 1) * n]);
-                    }
-                }
+                let tanh_of = (self.layers[l - 1].2 == Activation::Tanh).then_some(&s.a[l - 1][..n * i]);
+                pre_activation = sample_input_grad(n, i, o, &s.g[..n * o], &s.w[l], &mut s.g2[..n * i], tanh_of);
                 std::mem::swap(&mut s.g, &mut s.g2);
             }
         }
