@@ -4,9 +4,11 @@
 //! The generic path ([`super::BnnPosterior`] on any device) builds the same quantity from dfdx ops
 //! (`network::forward`, `elbo::log_prior_taped` and a per-chain Gaussian log-likelihood) and is
 //! the reference the tests compare this kernel with. Here each chain's forward and backward pass is
-//! the kernels layer's single-sample dense products (`kernels::dense`: AVX-512 tiles with tanh
-//! fused into the stores for `f32`, the host GEMM otherwise) on point-major activations, which
-//! removes the per-op overhead that dominates small networks, and chains are split over threads.
+//! either the kernels layer's single-sample dense products (`kernels::dense`: AVX-512 tiles with
+//! tanh fused into the stores for `f32`, the host GEMM otherwise) on point-major activations, for
+//! nets with a layer at least 8 wide on both sides, or one vectorised loop over the data points per
+//! weight on unit-major activations, for narrow nets. Both remove the per-op overhead that
+//! dominates small networks, and chains are split over threads.
 
 use crate::kernels::dense::{sample_input_grad, sample_linear, sample_weight_grad};
 use crate::model::arch::{Activation, Architecture};
@@ -32,10 +34,15 @@ pub(crate) struct FusedMlp<E> {
     offsets: Vec<usize>,
     n: usize,
     k: usize,
-    /// Inputs, row-major `(N, d_in)`.
+    /// Inputs, row-major `(N, d_in)`, and transposed to `(d_in, N)`.
     x: Vec<E>,
-    /// Targets, row-major `(N, k)`.
+    xt: Vec<E>,
+    /// Targets, row-major `(N, k)`, and transposed to `(k, N)`.
     y: Vec<E>,
+    yt: Vec<E>,
+    /// Whether the network runs point-major on the dense products (some layer is at least 8 wide
+    /// on both sides) or unit-major.
+    point_major: bool,
     prior_loc: Vec<f64>,
     prior_inv_var: Vec<f64>,
     /// `Σ_j (−ln τ_j − ½ ln 2π)`.
@@ -59,6 +66,30 @@ struct Scratch<E> {
     work: Vec<E>,
 }
 
+#[inline(always)]
+fn sum<E: Real>(a: &[E]) -> E {
+    let mut acc = [E::zero(); 8];
+    let ca = a.chunks_exact(8);
+    let ra = ca.remainder();
+    for x in ca {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for x in ra {
+        s += *x;
+    }
+    s
+}
+
+#[inline(always)]
+fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * *x;
+    }
+}
+
 impl<E: Real> FusedMlp<E> {
     /// `x` is row-major `(N, d_in)`, `y` row-major `(N, k)`; `prior` holds `(loc, scale)` per weight
     /// in position order.
@@ -66,8 +97,11 @@ impl<E: Real> FusedMlp<E> {
         let d_in = arch.d_in();
         let k = arch.d_out();
         let n = x.len() / d_in;
-        let x = x.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
-        let y = y.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
+        let x: Vec<E> = x.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
+        let y: Vec<E> = y.iter().map(|v| crate::num::cast::from_f64::<E>(*v)).collect();
+        let transpose = |m: &[E], cols: usize| -> Vec<E> { (0..cols * n).map(|t| m[(t % n) * cols + t / n]).collect() };
+        let (xt, yt) = (transpose(&x, d_in), transpose(&y, k));
+        let point_major = arch.layers.iter().any(|l| l.d_in >= 8 && l.d_out >= 8);
         let mut offsets = Vec::new();
         let mut off = 0;
         for l in arch.layers {
@@ -82,7 +116,10 @@ impl<E: Real> FusedMlp<E> {
             n,
             k,
             x,
+            xt,
             y,
+            yt,
+            point_major,
             prior_loc,
             prior_inv_var,
             prior_const,
@@ -123,8 +160,6 @@ impl<E: Real> FusedMlp<E> {
     /// Log density and gradient of one position.
     #[inline(always)]
     fn eval(&self, theta: &[f64], grad: &mut [f64], s: &mut Scratch<E>) -> f64 {
-        let n = self.n;
-        let nl = self.layers.len();
         for (l, w) in s.w.iter_mut().enumerate() {
             let off = self.offsets[l];
             let len = w.len();
@@ -132,7 +167,41 @@ impl<E: Real> FusedMlp<E> {
                 *dst = crate::num::cast::from_f64::<E>(*src);
             }
         }
-        // forward, point-major: a[l] (N × o) = act(h (N × i) · Wᵀ + b)
+        let (log_sigma, sampled) = match self.noise {
+            FusedNoise::Fixed(sigma) => (sigma.ln(), None),
+            FusedNoise::Sampled(scale) => (theta[self.num_weights], Some(scale)),
+        };
+        let inv_var = (-2.0 * log_sigma).exp();
+        // the network's part: Σ (y − f)², and the weights' likelihood gradient in `grad`
+        let quad = if self.point_major { self.network_point_major(grad, s, inv_var) } else { self.network_unit_major(grad, s, inv_var) };
+        let nk = (self.n * self.k) as f64;
+        let mut lp = -0.5 * quad * inv_var - nk * (log_sigma + HALF_LN_2PI);
+        // prior on the weights
+        if self.with_prior {
+            let mut lprior = self.prior_const;
+            for j in 0..self.num_weights {
+                let d = theta[j] - self.prior_loc[j];
+                lprior -= 0.5 * d * d * self.prior_inv_var[j];
+                grad[j] -= d * self.prior_inv_var[j];
+            }
+            lp += lprior;
+        }
+        // noise: likelihood part and HalfNormal(scale) prior on σ = e^s with the Jacobian e^s
+        if let Some(scale) = sampled {
+            let sigma2 = (2.0 * log_sigma).exp();
+            let tau2 = scale * scale;
+            lp += std::f64::consts::LN_2 - scale.ln() - HALF_LN_2PI - 0.5 * sigma2 / tau2 + log_sigma;
+            grad[self.num_weights] = quad * inv_var - nk - sigma2 / tau2 + 1.0;
+        }
+        lp
+    }
+
+    /// Forward and backward on point-major activations `(N, width)` through the kernels layer's
+    /// dense products (AVX-512 tiles with tanh fused for `f32`): for nets with wide layers.
+    #[inline(always)]
+    fn network_point_major(&self, grad: &mut [f64], s: &mut Scratch<E>, inv_var: f64) -> f64 {
+        let (n, k, nl) = (self.n, self.k, self.layers.len());
+        // forward: a[l] (N × o) = act(h (N × i) · Wᵀ + b)
         for l in 0..nl {
             let (i, o, act) = self.layers[l];
             let (before, rest) = s.a.split_at_mut(l);
@@ -146,26 +215,7 @@ impl<E: Real> FusedMlp<E> {
                 act_forward_inline(act, a);
             }
         }
-        // likelihood and its gradient with respect to the outputs
-        let k = self.k;
-        let f = &s.a[nl - 1];
-        let mut quad = 0.0f64;
-        {
-            let g = &mut s.g[..n * k];
-            for ((g, f), y) in g.iter_mut().zip(f.iter()).zip(&self.y) {
-                *g = *y - *f;
-            }
-            quad += dot(g, g).cast_to_f64();
-        }
-        let (log_sigma, sampled) = match self.noise {
-            FusedNoise::Fixed(sigma) => (sigma.ln(), None),
-            FusedNoise::Sampled(scale) => (theta[self.num_weights], Some(scale)),
-        };
-        let inv_var = (-2.0 * log_sigma).exp();
-        let nk = (n * k) as f64;
-        let mut lp = -0.5 * quad * inv_var - nk * (log_sigma + HALF_LN_2PI);
-        let iv = crate::num::cast::from_f64::<E>(inv_var);
-        s.g[..n * k].iter_mut().for_each(|g| *g *= iv);
+        let quad = self.residuals(&s.a[nl - 1], &self.y, &mut s.g[..n * k], inv_var);
         // backward; `s.g` holds the gradient w.r.t. a[l], or w.r.t. its pre-activations when the
         // previous input-gradient product applied the tanh derivative already
         let mut pre_activation = false;
@@ -187,24 +237,72 @@ impl<E: Real> FusedMlp<E> {
                 std::mem::swap(&mut s.g, &mut s.g2);
             }
         }
-        // prior on the weights
-        if self.with_prior {
-            let mut lprior = self.prior_const;
-            for j in 0..self.num_weights {
-                let d = theta[j] - self.prior_loc[j];
-                lprior -= 0.5 * d * d * self.prior_inv_var[j];
-                grad[j] -= d * self.prior_inv_var[j];
+        quad
+    }
+
+    /// Forward and backward on unit-major activations `(width, N)`, one vectorised loop over the
+    /// data points per weight: for narrow nets (the 1×3 net of the SYM-MCMC paper), where a
+    /// matrix-product kernel has too little to tile.
+    #[inline(always)]
+    fn network_unit_major(&self, grad: &mut [f64], s: &mut Scratch<E>, inv_var: f64) -> f64 {
+        let (n, k, nl) = (self.n, self.k, self.layers.len());
+        for l in 0..nl {
+            let (i, o, act) = self.layers[l];
+            let (before, rest) = s.a.split_at_mut(l);
+            let h: &[E] = if l == 0 { &self.xt } else { &before[l - 1] };
+            let a = &mut rest[0];
+            let w = &s.w[l];
+            for u in 0..o {
+                let row = &mut a[u * n..(u + 1) * n];
+                row.fill(w[u * (i + 1) + i]);
+                for kk in 0..i {
+                    axpy(w[u * (i + 1) + kk], &h[kk * n..(kk + 1) * n], row);
+                }
             }
-            lp += lprior;
+            if let Some(z) = s.z[l].as_mut() {
+                z.copy_from_slice(a);
+            }
+            act_forward_inline(act, a);
         }
-        // noise: likelihood part and HalfNormal(scale) prior on σ = e^s with the Jacobian e^s
-        if let Some(scale) = sampled {
-            let sigma2 = (2.0 * log_sigma).exp();
-            let tau2 = scale * scale;
-            lp += std::f64::consts::LN_2 - scale.ln() - HALF_LN_2PI - 0.5 * sigma2 / tau2 + log_sigma;
-            grad[self.num_weights] = quad * inv_var - nk - sigma2 / tau2 + 1.0;
+        let quad = self.residuals(&s.a[nl - 1], &self.yt, &mut s.g[..k * n], inv_var);
+        for l in (0..nl).rev() {
+            let (i, o, act) = self.layers[l];
+            let off = self.offsets[l];
+            act_backward_into(act, &s.a[l], s.z[l].as_deref(), &mut s.g[..o * n]);
+            let h: &[E] = if l == 0 { &self.xt } else { &s.a[l - 1] };
+            for u in 0..o {
+                let gu = &s.g[u * n..(u + 1) * n];
+                for kk in 0..i {
+                    grad[off + u * (i + 1) + kk] = dot(gu, &h[kk * n..(kk + 1) * n]).cast_to_f64();
+                }
+                grad[off + u * (i + 1) + i] = sum(gu).cast_to_f64();
+            }
+            if l > 0 {
+                let w = &s.w[l];
+                let g2 = &mut s.g2[..i * n];
+                g2.fill(E::zero());
+                for u in 0..o {
+                    let gu = &s.g[u * n..(u + 1) * n];
+                    for kk in 0..i {
+                        axpy(w[u * (i + 1) + kk], gu, &mut g2[kk * n..(kk + 1) * n]);
+                    }
+                }
+                std::mem::swap(&mut s.g, &mut s.g2);
+            }
         }
-        lp
+        quad
+    }
+
+    /// `g = (y − f)/σ²` (in the layout of `f` and `y`); returns `Σ (y − f)²`.
+    #[inline(always)]
+    fn residuals(&self, f: &[E], y: &[E], g: &mut [E], inv_var: f64) -> f64 {
+        for ((g, f), y) in g.iter_mut().zip(f.iter()).zip(y) {
+            *g = *y - *f;
+        }
+        let quad = dot(g, g).cast_to_f64();
+        let iv = crate::num::cast::from_f64::<E>(inv_var);
+        g.iter_mut().for_each(|g| *g *= iv);
+        quad
     }
 
     /// Evaluates a contiguous range of chains.
