@@ -37,7 +37,7 @@ pub use weightspace_macros::bnn;
 
 // The public surface, one explicit list (the same items as weightspace-core's root).
 pub use weightspace_core::{
-    band_plot, line_plot, probability_map, BandPlot, LinePlot, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource,
+    band_plot, line_plot, probability_map, BandPlot, LinePlot, Linearised, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource,
 };
 pub use weightspace_core::{dfdx, DataError, Error, ExportError, MetricError, Progress, Real, Result, SourceError, Taped, TestingError};
 pub use weightspace_core::{

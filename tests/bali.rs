@@ -534,3 +534,41 @@ fn mean_step_converges_to_the_models_map() {
     assert!(with_model_prior < 1e-6, "gradient at the fixed point {with_model_prior}");
     assert!(with_mn_prior > 1e-2, "matrix-normal prior's fixed point: gradient {with_mn_prior}");
 }
+
+/// The linearised predictive of a BALI posterior: for a single linear layer it is the plain
+/// predictive (same draws, same outputs); for a hidden layer its mean is the network at the
+/// posterior means, up to Monte-Carlo error (`E[J (W − M)] = 0`), which the sampled network's is not.
+#[test]
+fn linearised_predictive_of_a_bali_posterior() {
+    let dev = Cpu::default();
+    let (x, y) = lin_data(40, 9);
+    let data = Dataset::<f64, _>::regression(&dev, &x, 3, &y, 2).unwrap();
+    let mut model = Lin::<f64, Cpu>::new(&dev);
+    let (post, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 1, progress: false, ..Default::default() }).unwrap();
+    let plain = Predictive::new(50).run(&model, post.clone(), &data.x).unwrap();
+    let lin = Predictive::new(50).run(&model, post.linearised(), &data.x).unwrap();
+    for (a, b) in plain.mean.iter().zip(&lin.mean).chain(plain.f_std.iter().zip(&lin.f_std)) {
+        assert!((a - b).abs() < 1e-12);
+    }
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let x: Vec<f64> = (0..80).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    let y: Vec<f64> = x.chunks(2).map(|r| (r[0] * r[1]).sin() + 0.3 * normal(&mut rng)).collect();
+    let data = Dataset::<f64, _>::regression(&dev, &x, 2, &y, 1).unwrap();
+    let mut model = Deep::<f64, Cpu>::new(&dev);
+    let (post, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 5, progress: false, ..Default::default() }).unwrap();
+    let k = 4000;
+    let at_mean = model.forward(post.mean_weights(), &data.x).unwrap().as_vec();
+    let lin = Predictive::new(k).run(&model, post.linearised(), &data.x).unwrap();
+    let sampled = Predictive::new(k).run(&model, post.clone(), &data.x).unwrap();
+    let mut sampled_off = 0;
+    for i in 0..data.len() {
+        let se = lin.f_std[i] / (k as f64).sqrt();
+        assert!((lin.mean[i] - at_mean[i]).abs() < 4.0 * se + 1e-12, "point {i}: {} against f(M) = {}", lin.mean[i], at_mean[i]);
+        if (sampled.mean[i] - at_mean[i]).abs() > 4.0 * sampled.f_std[i] / (k as f64).sqrt() {
+            sampled_off += 1;
+        }
+    }
+    // the tanh network's curvature moves the sampled network's mean off f(M) at many points
+    assert!(sampled_off > data.len() / 4, "{sampled_off} of {} points", data.len());
+}

@@ -658,3 +658,94 @@ fn data_parallel_svi_equals_one_process() {
     let tiny = FitConfig { batch_size: Some(1), ..cfg.clone() };
     assert!(matches!(svi_on_threads(2, &model, &data, &tiny, objective), Err(weightspace::Error::InvalidConfig { .. })));
 }
+
+/// Three layers with curved activations everywhere, the output included.
+#[bnn]
+struct Curved {
+    #[layer(prior = Normal(0.0, 1.0))]
+    a: Dense<2, 5, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    b: Dense<5, 4, Softplus>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<4, 2, Sigmoid>,
+    #[likelihood]
+    noise: Gaussian<Fixed<0.1>>,
+}
+
+/// Always the given weight samples.
+struct Given(Weights<f64, Cpu>);
+
+impl weightspace::WeightSource<f64, Cpu> for Given {
+    fn draw(&mut self, _arch: &Architecture, s: usize, _rng: &mut rand::rngs::StdRng) -> weightspace::Result<Weights<f64, Cpu>> {
+        assert_eq!(s, self.0.num_samples(), "the test asks for exactly the given samples");
+        Ok(self.0.clone())
+    }
+}
+
+fn linearised_outputs<M: Bnn<f64, Cpu>>(model: &M, mean: &[f64], w: &[Vec<f64>], x: &Tensor<(usize, usize), f64, Cpu>) -> Vec<f64> {
+    let dev = Cpu::default();
+    let mean = Weights::from_flat(&dev, M::ARCH, &[mean.to_vec()]).unwrap();
+    let w = Weights::from_flat(&dev, M::ARCH, w).unwrap();
+    let p = Predictive { samples: w.num_samples(), chunk: w.num_samples(), include_noise: false, ..Default::default() };
+    p.draws(model, weightspace::Linearised::new(mean, Given(w)), x).unwrap().f
+}
+
+/// The linearised predictive is `f(M) + J(M)(W − M)`: equal to the network at `W = M`, linear in
+/// `W`, and its slope is the network's derivative (central finite differences), through hidden
+/// and output activations alike.
+#[test]
+fn linearised_outputs_are_the_first_order_expansion() {
+    let dev = Cpu::default();
+    let model = Curved::<f64, Cpu>::new(&dev);
+    let p = Curved::<f64, Cpu>::ARCH.num_weights();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mean: Vec<f64> = (0..p).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let dir: Vec<f64> = (0..p).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let x = dev.tensor_from_vec((0..8).map(|i| i as f64 / 3.0 - 1.2).collect(), (4usize, 2usize));
+    let at = |t: f64| -> Vec<f64> { mean.iter().zip(&dir).map(|(m, d)| m + t * d).collect() };
+    let net = |w: &[f64]| model.forward(Weights::from_flat(&dev, Curved::<f64, Cpu>::ARCH, &[w.to_vec()]).unwrap(), &x).unwrap().as_vec();
+
+    let lin = linearised_outputs(&model, &mean, &[at(0.0), at(1.0), at(2.0)], &x);
+    let (f0, f1, f2) = (&lin[..8], &lin[8..16], &lin[16..]);
+    let exact = net(&mean);
+    let h = 1e-5;
+    let (up, down) = (net(&at(h)), net(&at(-h)));
+    for j in 0..8 {
+        assert!((f0[j] - exact[j]).abs() < 1e-12, "at the mean the linearised network is the network");
+        let slope = (up[j] - down[j]) / (2.0 * h);
+        assert!((f1[j] - f0[j] - slope).abs() < 1e-7, "output {j}: tangent {} against finite differences {slope}", f1[j] - f0[j]);
+        assert!((f2[j] - f1[j] - (f1[j] - f0[j])).abs() < 1e-12, "linear in the weights");
+    }
+    // and it is not the network: the curvature shows away from the mean
+    let far = net(&at(2.0));
+    assert!(far.iter().zip(f2).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
+/// A network without hidden layers and an identity output is its own linearisation, whatever
+/// the linearisation point.
+#[test]
+fn a_linear_model_is_its_own_linearisation() {
+    let dev = Cpu::default();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let x = dev.tensor_from_vec(vec![0.5, -1.0, 2.0, 0.25], (2usize, 2usize));
+    let w = vec![vec![1.0, -2.0, 0.5], vec![0.1, 0.2, 0.3]];
+    let lin = linearised_outputs(&model, &[3.0, 4.0, -5.0], &w, &x);
+    let plain = model.forward(Weights::from_flat(&dev, Conj::<f64, Cpu>::ARCH, &w).unwrap(), &x).unwrap().as_vec();
+    for (a, b) in lin.iter().zip(&plain) {
+        assert!((a - b).abs() < 1e-12);
+    }
+}
+
+/// A linearisation point with more than one sample, or of the wrong shape, is an error.
+#[test]
+fn a_bad_linearisation_point_is_an_error() {
+    let dev = Cpu::default();
+    let model = Conj::<f64, Cpu>::new(&dev);
+    let guide = model.mean_field();
+    let x = dev.tensor_from_vec(vec![0.5, -1.0], (1usize, 2usize));
+    let two = Weights::from_flat(&dev, Conj::<f64, Cpu>::ARCH, &[vec![0.0; 3], vec![0.0; 3]]).unwrap();
+    let err = Predictive::new(4).run(&model, weightspace::Linearised::new(two, &guide), &x).unwrap_err();
+    assert!(matches!(&err, Error::Shape { what, .. } if what.contains("linearisation point")), "{err}");
+    let wrong = Weights { layers: vec![dev.zeros_like(&(1usize, 1usize, 2usize))] };
+    assert!(matches!(Predictive::new(4).run(&model, weightspace::Linearised::new(wrong, &guide), &x), Err(Error::Shape { .. })));
+}

@@ -47,7 +47,7 @@ pub use vi::network::forward_mean_field;
 
 // prediction
 pub use predict::plot::{band_plot, line_plot, probability_map, BandPlot, LinePlot};
-pub use predict::predictive::{Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
+pub use predict::predictive::{Linearised, Predictive, PredictiveMetrics, PredictiveSummary, WeightSource};
 
 /// Metrics on predictions given as plain `f64` slices: log predictive density, RMSE, NLL,
 /// accuracy, calibration, interval coverage, OOD scores and their AUROC. Each checks its input and returns a [`MetricError`]

@@ -219,8 +219,7 @@ impl Predictive {
         let mut seen = 0;
         while seen < self.samples {
             let c = self.chunk.min(self.samples - seen);
-            let w = source.draw(arch, c, &mut rng)?;
-            let out = crate::vi::network::forward(arch, w, x)?;
+            let out = source.outputs(arch, c, x, &mut rng)?;
             f.extend(out.as_vec().iter().map(|v| v.cast_to_f64()));
             seen += c;
         }

@@ -89,6 +89,77 @@ pub(crate) fn forward<E: Real, D: Device<E>, T: Tape<E, D> + Merge<T> + Merge<No
     unreachable!("loop returns at the last layer")
 }
 
+type Matrix2<E, D> = Tensor<(usize, usize), E, D>;
+
+/// The value of an activation at `z` and, unless it is the identity, its derivative there.
+fn activation_and_derivative<E: Real, D: Device<E>>(
+    act: crate::model::arch::Activation,
+    z: Matrix2<E, D>,
+) -> (Matrix2<E, D>, Option<Matrix2<E, D>>) {
+    if act == crate::model::arch::Activation::Identity {
+        return (z, None);
+    }
+    let a = activate(act, z.clone().leaky_trace());
+    let value = a.retaped::<NoneTape>();
+    let grads = a.sum::<(), _>().backward();
+    (value, Some(grads.get(&z)))
+}
+
+/// The network linearised in its weights around `mean` (one weight sample, `S = 1`), evaluated at
+/// every sample of `weights`: `f(x; M) + J(x; M) (W − M)`, `(S, N, d_out)`, where `J` is the
+/// Jacobian of the outputs in the weights at `M`. The tangent `J (W − M)` is pushed forward layer
+/// by layer (`dz_l = ΔW_l φ_{l−1} + M_l dφ_{l−1}`, `dφ_l = ψ'(z_l) ⊙ dz_l`), so it costs about two
+/// forward passes, never a Jacobian. Exact for a network without hidden layers and an identity
+/// output. Inputs are assumed validated (see [`check_input`]).
+pub(crate) fn forward_linearised<E: Real, D: Device<E>>(
+    arch: &Architecture,
+    mean: &Weights<E, D>,
+    weights: Weights<E, D>,
+    x: &Tensor<(usize, usize), E, D>,
+) -> Result<crate::model::bnn::Tensor3<E, D>> {
+    crate::model::bnn::check_weights(arch, &weights)?;
+    crate::model::bnn::check_weights(arch, mean)?;
+    if mean.num_samples() != 1 {
+        return Err(Error::Shape {
+            what: "linearisation point (weight samples)".into(),
+            expected: "1".into(),
+            got: mean.num_samples().to_string(),
+        });
+    }
+    if x.shape().1 != arch.d_in() {
+        return Err(Error::Shape { what: "x (inputs)".into(), expected: format!("(n, {})", arch.d_in()), got: format!("{:?}", x.shape()) });
+    }
+    let (s, n) = (weights.num_samples(), x.shape().0);
+    let dev = x.device().clone();
+    let last = arch.layers.len() - 1;
+    // the network at the mean, (N, ·), and the tangent, (S, N, ·): zero at the inputs
+    let mut h = x.clone();
+    let mut dh: Option<crate::model::bnn::Tensor3<E, D>> = None;
+    for (l, (spec, w)) in arch.layers.iter().zip(weights.layers).enumerate() {
+        let (o, i1) = (spec.d_out, spec.d_in + 1);
+        let m = mean.layers[l].clone().reshape_like(&(o, i1));
+        let phi = (h, dev.ones_like(&(n, 1usize))).concat_along(Axis::<1>);
+        let z = phi.clone().matmul(m.clone().permute::<_, Axes2<1, 0>>());
+        let delta = w - m.clone().broadcast_like::<_, Axis<0>>(&(s, o, i1));
+        let mut dz = phi.broadcast_like::<_, Axis<0>>(&(s, n, i1)).matmul(delta.permute::<_, Axes3<0, 2, 1>>());
+        if let Some(dh) = dh.take() {
+            let m_in = m.slice((.., ..spec.d_in)).permute::<_, Axes2<1, 0>>();
+            dz = dz + dh.matmul(m_in.broadcast_like::<_, Axis<0>>(&(s, spec.d_in, o)));
+        }
+        let (a, da) = activation_and_derivative(spec.activation, z);
+        let da = match da {
+            Some(d) => dz * d.broadcast_like::<_, Axis<0>>(&(s, n, o)),
+            None => dz,
+        };
+        if l == last {
+            return Ok(a.broadcast_like::<_, Axis<0>>(&(s, n, o)) + da);
+        }
+        h = a;
+        dh = Some(da);
+    }
+    unreachable!("loop returns at the last layer")
+}
+
 /// Network outputs `(S, N, d_out)` for `S` fresh reparameterised samples `W = μ + σ ⊙ ε` of a
 /// mean-field guide, on the tape of the guide's parameters: the same as
 /// [`rsample_guide`](crate::rsample_guide) followed by [`BnnExt::forward`](crate::BnnExt::forward)

@@ -8,7 +8,7 @@ use rand_distr::StandardNormal;
 use crate::model::arch::Architecture;
 use crate::model::bnn::Weights;
 use crate::num::dense::{Cholesky, Matrix};
-use crate::predict::predictive::WeightSource;
+use crate::predict::predictive::{Linearised, WeightSource};
 use crate::{Error, Real, Result};
 
 /// `MN(M, Σ, Λ⁻¹)`: a random `o × i` matrix `W` whose rows have covariance `Σ` between them and
@@ -248,6 +248,30 @@ impl<E: Real, D: Device<E>> BaliPosterior<E, D> {
     /// The posterior means as a single weight sample (`S = 1`).
     pub fn mean_weights(&self) -> Weights<E, D> {
         Weights { layers: self.samplers.iter().map(|l| l.mean_sample()).collect() }
+    }
+
+    /// The linearised predictive of this posterior: the network linearised around the posterior
+    /// means, at the posterior's draws ([`Linearised`]). The predictive that matches BALI's
+    /// Kronecker-factored Laplace-type covariance; the plain posterior (the network at the draws)
+    /// is the other.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::bali::{fit_bali, BaliConfig};
+    /// #[bnn]
+    /// struct Clf { #[layer(prior = Normal(0.0, 1.0))] h: Dense<2, 8, Relu>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<8, 2>, #[likelihood] y: Categorical }
+    /// let dev = Cpu::default();
+    /// let x: Vec<f64> = (0..40).flat_map(|i| { let s = if i % 2 == 0 { 1.0 } else { -1.0 }; [s + 0.1 * (i as f64).sin(), s] }).collect();
+    /// let labels: Vec<usize> = (0..40).map(|i| i % 2).collect();
+    /// let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 2)?;
+    /// let mut model = Clf::<f64, Cpu>::new(&dev);
+    /// let (post, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 10, progress: false, ..Default::default() })?;
+    /// let m = Predictive::new(100).evaluate(&model, post.linearised(), &data)?;
+    /// assert_eq!(m.accuracy, Some(1.0));
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn linearised(&self) -> Linearised<E, D, BaliPosterior<E, D>> {
+        Linearised::new(self.mean_weights(), self.clone())
     }
 }
 

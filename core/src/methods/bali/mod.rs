@@ -62,7 +62,7 @@
 //! | forgetting factor `ρ` | full batch: `0`; minibatches: `1 − |B|/N` (an averaging window of about one epoch) | [`BaliConfig::rho`] |
 //! | linearisation point | 4 posterior samples | [`BaliConfig::linearisation`] |
 //! | noise `σ` of a Gaussian likelihood | learned when declared `Learned`: `σ² ← ` EMA of the mean squared residual of the linearisation weights (the M-step of variational EM), written back into the model | [`BaliConfig::learn_noise`] |
-//! | initial means | the prior mean plus `init_scale` × a prior draw, every layer (breaks the symmetry between units; a last layer at its prior mean would leave the hidden layers without gradient, curvature or information at the first update, and the precision-matched prior would then pin them to the prior mean) | [`BaliConfig::init_scale`] |
+//! | initial means | `M_0 + init_scale · (draw − M_0)`, `draw` from the model's prior (the prior mean plus `init_scale` prior standard deviations of standard-normal noise), every layer (breaks the symmetry between units; a last layer at its prior mean would leave the hidden layers without gradient, curvature or information at the first update, and the precision-matched prior would then pin them to the prior mean) | [`BaliConfig::init_scale`] |
 //! | damped steps | `α < 1` moves the prior's pseudo-observation `M − α(M − M_0)` by the same step as the data's, so the fixed points stay those of `α = 1` (the likelihood is not tempered) | [`BaliConfig::alpha`] |
 //! | where the algebra runs | forward/backward and the `Σ φφᵀ`, `Σ tφᵀ`, `Σ ggᵀ` reductions on the device in `E`; the small factorisations on the host in `f64` | — |
 //!
@@ -77,9 +77,20 @@
 //! - **Classifiers.** The output curvature `diag p − ppᵀ` vanishes as predictions become
 //!   confident, so `Σ_l` grows and the sampled posterior widens. With the matrix-normal prior in
 //!   the mean step ([`BaliConfig::model_prior_in_mean`] off) BALI underfitted iris, its
-//!   posterior mean included; with the model's prior it matches mean-field VI's accuracy, but on
-//!   iris its sampled predictive is less confident than it should be (NLL and ECE above mean-field
-//!   VI's; the `bali_uci` example, α = 1, damping 10).
+//!   posterior mean included. With the model's prior, the network evaluated at posterior samples
+//!   is still less confident than it should be on iris (NLL and ECE above mean-field VI's): the
+//!   hidden layer's covariance, measured as local curvature, moves the network far out of the
+//!   region where that curvature holds. The linearised predictive
+//!   ([`BaliPosterior::linearised`]), which is what a curvature-based covariance describes,
+//!   recovers most of it (the `bali_uci` example, α = 1, damping 10).
+//!
+//! # Predicting
+//!
+//! A [`BaliPosterior`] is a weight source: `Predictive::new(k).evaluate(&model, posterior, &test)`
+//! runs the network at `k` posterior samples. `posterior.linearised()` runs the network linearised
+//! around the posterior means at the same samples ([`Linearised`](crate::predict::predictive::Linearised)),
+//! the predictive that a Laplace-type covariance is built for; on the classification sets of the
+//! `bali_uci` example (iris, breast cancer, digits) it had the lower NLL and ECE on all three.
 //!
 //! # Example
 //!
