@@ -169,6 +169,8 @@ struct Args {
     model_prior: bool,
     /// NUTS reference chains for classifiers (`None`: 8 on iris, none elsewhere).
     nuts: Option<usize>,
+    /// The NUTS reference's warm-up and kept draws per chain.
+    nuts_len: (usize, usize),
     /// BALI's forgetting factor (regression ablation; `None`: `1 − |B|/N`).
     rho: Option<f64>,
     /// A fixed prior precision `λ` in place of the model-matched one (regression ablation).
@@ -200,6 +202,7 @@ fn args() -> Args {
         lin: a.value("--lin").map(|_| a.get("--lin", 4)),
         model_prior: a.get("--model-prior", 1u8) == 1,
         nuts: a.value("--nuts").map(|_| a.get("--nuts", 8)),
+        nuts_len: if a.quick() { (40, 20) } else { (500, 400) },
         rho: a.value("--rho").map(|_| a.get("--rho", 0.0)),
         prior: a.value("--prior-precision").map(|_| a.get("--prior-precision", 1.0)),
         learn_noise: a.value("--learn-noise").map(|_| a.get("--learn-noise", 1u8) == 1),
@@ -261,6 +264,35 @@ struct Noise {
     sigma: f64,
     /// RMS residual of the predictive mean on the training split.
     train_rms: f64,
+    /// Test log-likelihood (original units) of the same posterior with σ set to `train_rms`.
+    ll_at_train_rms: f64,
+    /// `√E_q[(y − f)²]` on the training split: the residual of the predictive mean and the
+    /// posterior's function variance together (the variational EM step's σ).
+    expected_rms: f64,
+}
+
+/// The noise figures of a fitted model and weight source: σ, the training residual of the
+/// predictive mean, and the test log-likelihood with σ set to that residual.
+fn noise_figures<M: Bnn<E, Cpu> + Clone, S: WeightSource<E, Cpu> + Clone>(
+    model: &M,
+    source: S,
+    train: &Dataset<E, Cpu>,
+    test: &Dataset<E, Cpu>,
+    pred: &Predictive,
+    units: &Standardiser,
+) -> weightspace::Result<Noise> {
+    let on_train = pred.evaluate(model, source.clone(), train)?;
+    let train_rms = on_train.rmse.unwrap_or(f64::NAN);
+    let f_var = on_train.summary.f_std.iter().map(|v| v * v).sum::<f64>() / on_train.summary.f_std.len() as f64;
+    let mut at_rms = model.clone();
+    at_rms.set_noise_scale(train_rms)?;
+    let ll_at_train_rms = pred.evaluate(&at_rms, source, test)?.mean_lpd + units.log_likelihood_shift();
+    Ok(Noise {
+        sigma: model.noise_scale().unwrap_or(f64::NAN),
+        train_rms,
+        ll_at_train_rms,
+        expected_rms: (train_rms * train_rms + f_var).sqrt(),
+    })
 }
 
 fn bali_regression<M: Bnn<E, Cpu>>(
@@ -300,10 +332,7 @@ fn bali_regression<M: Bnn<E, Cpu>>(
     }
     let post: &BaliPosterior<E, Cpu> = bali.posterior();
     let pred = Predictive { seed: seed + 1, ..Predictive::new(args.k) };
-    let noise = Noise {
-        sigma: model.noise_scale().unwrap_or(f64::NAN),
-        train_rms: pred.evaluate(&model, post.clone(), train)?.rmse.unwrap_or(f64::NAN),
-    };
+    let noise = noise_figures(&model, post.clone(), train, test, &pred, units)?;
     let outcome = |m: weightspace::PredictiveMetrics, nll_curve: Vec<f64>| -> weightspace::Result<Outcome> {
         Ok(Outcome {
             rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
@@ -346,10 +375,7 @@ fn mfvi_regression<M: Bnn<E, Cpu>>(
         rmse: units.rmse_to_original(m.rmse.unwrap_or(f64::NAN))?,
         ll: m.mean_lpd + units.log_likelihood_shift(),
         nll_curve: curve,
-        noise: Noise {
-            sigma: model.noise_scale().unwrap_or(f64::NAN),
-            train_rms: pred.evaluate(&model, &guide, train)?.rmse.unwrap_or(f64::NAN),
-        },
+        noise: noise_figures(&model, &guide, train, test, &pred, units)?,
     })
 }
 
@@ -406,7 +432,7 @@ fn blr_baseline(train: &DataTable, test: &DataTable, units: &Standardiser) -> Re
         rmse: units.rmse_to_original((se / n).sqrt())?,
         ll: ll / n + units.log_likelihood_shift(),
         nll_curve: vec![],
-        noise: Noise { sigma, train_rms: (train_se / y.len() as f64).sqrt() },
+        noise: Noise { sigma, train_rms: (train_se / y.len() as f64).sqrt(), ll_at_train_rms: f64::NAN, expected_rms: f64::NAN },
     })
 }
 
@@ -483,11 +509,17 @@ fn regression<M: Bnn<E, Cpu>>(
     println!("  {:<26} {:>9.3} ± {:.3} {:>11.3} ± {:.3}", "mean-field VI (this lib.)", v_rmse.0, v_rmse.1, v_ll.0, v_ll.1);
     println!("  {:<26} {:>9.3} ± {:.3} {:>11.3} ± {:.3}", "Bayesian linear regression", r_rmse.0, r_rmse.1, r_ll.0, r_ll.1);
     println!("\n{name}, the noise scale against the residuals (standardised units, means over splits)");
-    println!("  {:<26} {:>8} {:>14} {:>10} {:>16}", "method", "σ", "train RMS res.", "test RMSE", "σ / test RMSE");
+    println!(
+        "  {:<26} {:>8} {:>14} {:>14} {:>10} {:>14} {:>9} {:>22}",
+        "method", "σ", "√E_q[(y−f)²]", "train RMS res.", "test RMSE", "σ / test RMSE", "test LL", "test LL, σ = train res."
+    );
     for (label, o) in [("BALI", &bali_out), ("mean-field VI", &mfvi_out), ("BLR (max. evidence)", &blr_out)] {
         let mean = |f: &dyn Fn(usize) -> f64| (0..o.len()).map(f).sum::<f64>() / o.len() as f64;
         let (sig, tr, te) = (mean(&|i| o[i].noise.sigma), mean(&|i| o[i].noise.train_rms), mean(&|i| o[i].rmse / sd_units[i]));
-        println!("  {label:<26} {sig:>8.3} {tr:>14.3} {te:>10.3} {:>16.3}", mean(&|i| o[i].noise.sigma * sd_units[i] / o[i].rmse));
+        let ratio = mean(&|i| o[i].noise.sigma * sd_units[i] / o[i].rmse);
+        let (ll, ll_res) = (mean(&|i| o[i].ll), mean(&|i| o[i].noise.ll_at_train_rms));
+        let ex = mean(&|i| o[i].noise.expected_rms);
+        println!("  {label:<26} {sig:>8.3} {ex:>14.3} {tr:>14.3} {te:>10.3} {ratio:>14.3} {ll:>9.3} {ll_res:>22.3}");
     }
     match published {
         Some(rows) => {
@@ -544,12 +576,14 @@ fn scores<M: Bnn<E, Cpu>>(model: &M, source: impl WeightSource<E, Cpu>, test: &D
 }
 
 /// The reference for a classifier's predictive: NUTS on the model's exact posterior, `chains`
-/// chains started from prior draws, every 4th kept draw pooled. Accuracy, NLL and ECE on `test`.
+/// chains started from prior draws, every 4th kept draw pooled (500 warm-up and 400 kept draws
+/// per chain; 40 and 20 with `--quick`). Accuracy, NLL and ECE on `test`.
 fn nuts_reference<M: Bnn<E, Cpu>>(
     make: fn(&Cpu) -> M,
     train: &Dataset<E, Cpu>,
     test: &Dataset<E, Cpu>,
     chains: usize,
+    (warmup, draws): (usize, usize),
     seed: u64,
 ) -> weightspace::Result<[f64; 3]> {
     use rand::SeedableRng;
@@ -561,7 +595,7 @@ fn nuts_reference<M: Bnn<E, Cpu>>(
     let init: Vec<Vec<f64>> = (0..chains)
         .map(|_| loc.iter().zip(&scale).map(|(m, s)| m + s * rand::Rng::sample::<f64, _>(&mut rng, rand_distr::StandardNormal)).collect())
         .collect();
-    let settings = NutsSettings { warmup: 500, draws: 400, seed, progress: false, ..Default::default() };
+    let settings = NutsSettings { warmup, draws, seed, progress: false, ..Default::default() };
     let run = sample_nuts_chains(&mut post, init, &settings)?;
     let kept: Vec<Vec<f64>> = run.draws().into_iter().flat_map(|c| c.into_iter().step_by(4)).collect();
     let logits = post.outputs(&kept, &test.x)?;
@@ -628,7 +662,7 @@ fn classification<M: Bnn<E, Cpu>>(
             scores(&model, PosteriorMean(post), &test, 1)?,
         ];
         if nuts > 0 {
-            r.push(nuts_reference(make, &train, &test, nuts, split as u64)?);
+            r.push(nuts_reference(make, &train, &test, nuts, args.nuts_len, split as u64)?);
         }
         let line: Vec<String> = methods.iter().zip(&r).map(|(m, v)| format!("{m} {:.3}/{:.3}/{:.3}", v[0], v[1], v[2])).collect();
         println!("split {split:>2} (acc/NLL/ECE): {}", line.join(" | "));
@@ -659,6 +693,7 @@ fn classification<M: Bnn<E, Cpu>>(
 // out-of-distribution detection
 
 /// One weight setting, the BALI posterior mean: the deterministic network.
+#[derive(Clone)]
 struct PosteriorMean(BaliPosterior<E, Cpu>);
 
 impl WeightSource<E, Cpu> for PosteriorMean {
@@ -702,8 +737,10 @@ fn digits_ood(table: &DataTable, splits_n: usize, args: &Args) -> Result<(), Box
         args.epochs,
         args.k
     );
-    // per split: accuracy (BALI, MFVI, det), AUROC entropy (BALI, MFVI, det), AUROC MI (BALI, MFVI)
-    let mut rows: Vec<[f64; 8]> = Vec::new();
+    // per split and method (BALI linearised, BALI sampled network, MFVI, deterministic):
+    // accuracy, AUROC of the entropy, AUROC of the mutual information (NaN for the deterministic net)
+    let labels = ["BALI", "BALI, sampled network", "mean-field VI", "deterministic (BALI posterior mean)"];
+    let mut rows: Vec<[[f64; 3]; 4]> = Vec::new();
     for (split, idx) in splits.iter().enumerate() {
         let (tr, te) = idx.tables(&relabelled)?;
         let units = Standardiser::fit(&tr)?;
@@ -716,44 +753,42 @@ fn digits_ood(table: &DataTable, splits_n: usize, args: &Args) -> Result<(), Box
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
         fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), split as u64).1)?;
 
-        let acc_b = scores(&model, post.clone(), &test, args.k)?[0];
-        let acc_v = scores(&vmodel, &guide, &test, args.k)?[0];
-        let acc_d = scores(&model, PosteriorMean(post.clone()), &test, 1)?[0];
-        let (hb_in, ib_in) = ood_scores(&model, post.clone(), &test.x, args.k)?;
-        let (hb_out, ib_out) = ood_scores(&model, post.clone(), &out.x, args.k)?;
-        let (hv_in, iv_in) = ood_scores(&vmodel, &guide, &test.x, args.k)?;
-        let (hv_out, iv_out) = ood_scores(&vmodel, &guide, &out.x, args.k)?;
-        let (hd_in, _) = ood_scores(&model, PosteriorMean(post.clone()), &test.x, 1)?;
-        let (hd_out, _) = ood_scores(&model, PosteriorMean(post), &out.x, 1)?;
+        fn row<M: Bnn<E, Cpu>, S: WeightSource<E, Cpu> + Clone>(
+            model: &M,
+            source: S,
+            test: &Dataset<E, Cpu>,
+            out: &Dataset<E, Cpu>,
+            k: usize,
+        ) -> weightspace::Result<[f64; 3]> {
+            let acc = scores(model, source.clone(), test, k)?[0];
+            let (h_in, i_in) = ood_scores(model, source.clone(), &test.x, k)?;
+            let (h_out, i_out) = ood_scores(model, source, &out.x, k)?;
+            let mi = if k > 1 { auroc(&i_in, &i_out)? } else { f64::NAN };
+            Ok([acc, auroc(&h_in, &h_out)?, mi])
+        }
         let r = [
-            acc_b,
-            acc_v,
-            acc_d,
-            auroc(&hb_in, &hb_out)?,
-            auroc(&hv_in, &hv_out)?,
-            auroc(&hd_in, &hd_out)?,
-            auroc(&ib_in, &ib_out)?,
-            auroc(&iv_in, &iv_out)?,
+            row(&model, post.linearised(), &test, &out, args.k)?,
+            row(&model, post.clone(), &test, &out, args.k)?,
+            row(&vmodel, &guide, &test, &out, args.k)?,
+            row(&model, PosteriorMean(post), &test, &out, 1)?,
         ];
-        println!(
-            "split {split}: accuracy on 0–4 BALI {:.3} MFVI {:.3} det {:.3} | AUROC entropy BALI {:.3} MFVI {:.3} det {:.3} | AUROC MI BALI {:.3} MFVI {:.3}",
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
-        );
+        let line: Vec<String> = labels.iter().zip(&r).map(|(l, v)| format!("{l} {:.3}/{:.3}/{:.3}", v[0], v[1], v[2])).collect();
+        println!("split {split} (accuracy on 0–4 / AUROC entropy / AUROC MI): {}", line.join(" | "));
         rows.push(r);
     }
-    let col = |k: usize| mean_and_se(&rows.iter().map(|r| r[k]).collect::<Vec<_>>());
     println!("\ndigits-ood: mean ± s.e. over {} splits", splits.len());
-    println!("  {:<34} {:>15} {:>18} {:>18}", "method", "accuracy (0–4)", "AUROC entropy", "AUROC mutual inf.");
-    let c: Vec<(f64, f64)> = (0..8).map(col).collect::<Result<_, _>>()?;
-    println!("  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>10.3} ± {:.3}", "BALI", c[0].0, c[0].1, c[3].0, c[3].1, c[6].0, c[6].1);
-    println!("  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>10.3} ± {:.3}", "mean-field VI", c[1].0, c[1].1, c[4].0, c[4].1, c[7].0, c[7].1);
+    println!("  {:<36} {:>15} {:>18} {:>18}", "method", "accuracy (0–4)", "AUROC entropy", "AUROC mutual inf.");
+    let mut c = [[(0.0, 0.0); 3]; 4];
+    for (m, label) in labels.iter().enumerate() {
+        for (k, cell) in c[m].iter_mut().enumerate() {
+            *cell = if m == 3 && k == 2 { (f64::NAN, f64::NAN) } else { mean_and_se(&rows.iter().map(|r| r[m][k]).collect::<Vec<_>>())? };
+        }
+        let mi = if m == 3 { "—".to_string() } else { format!("{:.3} ± {:.3}", c[m][2].0, c[m][2].1) };
+        println!("  {label:<36} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {mi:>18}", c[m][0].0, c[m][0].1, c[m][1].0, c[m][1].1);
+    }
     println!(
-        "  {:<34} {:>7.3} ± {:.3} {:>10.3} ± {:.3} {:>18}",
-        "deterministic (BALI posterior mean)", c[2].0, c[2].1, c[5].0, c[5].1, "—"
-    );
-    println!(
-        "bali_uci dataset=digits-ood auroc_bali={:.4} auroc_mfvi={:.4} auroc_det={:.4} auroc_bali_mi={:.4} auroc_mfvi_mi={:.4}",
-        c[3].0, c[4].0, c[5].0, c[6].0, c[7].0
+        "bali_uci dataset=digits-ood auroc_bali={:.4} auroc_mfvi={:.4} auroc_det={:.4} auroc_bali_mi={:.4} auroc_mfvi_mi={:.4} auroc_sampled={:.4} auroc_sampled_mi={:.4}",
+        c[0][1].0, c[2][1].0, c[3][1].0, c[0][2].0, c[2][2].0, c[1][1].0, c[1][2].0
     );
     Ok(())
 }

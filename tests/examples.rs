@@ -108,11 +108,13 @@ fn bali_uci() {
     // the default dataset is wine
     let (out, dir) = run("bali_uci");
     let s = summary(&out, "bali_uci dataset=wine ");
-    finite(&s, &["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "epochs"]);
+    let regression_keys = ["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "lin_rmse", "lin_ll", "blr_rmse", "blr_ll", "epochs"];
+    finite(&s, &regression_keys);
+    assert!(out.contains("the noise scale against the residuals"), "{out}");
     for name in ["boston", "diabetes"] {
         let out = run_in(&dir, "bali_uci", &["--dataset", name]);
         let s = summary(&out, &format!("bali_uci dataset={name} "));
-        finite(&s, &["rmse", "rmse_se", "ll", "ll_se", "mfvi_rmse", "mfvi_ll", "epochs"]);
+        finite(&s, &regression_keys);
         if name == "boston" {
             assert!(out.contains("row 505 LSTAT corrected from 7.8 to 7.88"), "{out}");
         }
@@ -120,12 +122,17 @@ fn bali_uci() {
     for name in ["iris", "breast-cancer", "digits"] {
         let out = run_in(&dir, "bali_uci", &["--dataset", name]);
         let s = summary(&out, &format!("bali_uci dataset={name} "));
-        let v = finite(&s, &["acc", "nll", "ece", "mfvi_acc", "mfvi_nll", "mfvi_ece"]);
-        assert!(v.iter().all(|x| *x >= 0.0) && v[0] <= 1.0 && v[3] <= 1.0, "{s:?}");
+        let v = finite(&s, &["acc", "nll", "ece", "mfvi_acc", "mfvi_nll", "mfvi_ece", "sampled_acc", "sampled_nll", "sampled_ece"]);
+        assert!(v.iter().all(|x| *x >= 0.0) && v[0] <= 1.0 && v[3] <= 1.0 && v[6] <= 1.0, "{s:?}");
     }
+    // the NUTS reference (on by default for the full iris run, off under --quick)
+    let out = run_in(&dir, "bali_uci", &["--dataset", "iris", "--nuts", "2"]);
+    let s = summary(&out, "bali_uci dataset=iris ");
+    let v = finite(&s, &["nuts_acc", "nuts_nll", "nuts_ece"]);
+    assert!((0.0..=1.0).contains(&v[0]) && v[1] >= 0.0, "{s:?}");
     let out = run_in(&dir, "bali_uci", &["--dataset", "digits-ood"]);
     let s = summary(&out, "bali_uci dataset=digits-ood ");
-    let v = finite(&s, &["auroc_bali", "auroc_mfvi", "auroc_det", "auroc_bali_mi", "auroc_mfvi_mi"]);
+    let v = finite(&s, &["auroc_bali", "auroc_mfvi", "auroc_det", "auroc_bali_mi", "auroc_mfvi_mi", "auroc_sampled", "auroc_sampled_mi"]);
     assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{s:?}");
     // an unknown dataset is a usage error
     let bad = Command::new(binary("bali_uci")).args(["--dataset", "mnist"]).output().expect("starting bali_uci");

@@ -47,6 +47,20 @@ pub trait WeightSource<E: Real, D: Device<E>> {
     /// The network outputs `(S, N, d_out)` at inputs `x` for `s` fresh draws: the network at the
     /// drawn weights. [`Linearised`] overrides it with the network linearised around a mean; a
     /// source overriding it must keep `draw` consistent with it. `x` has been validated.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::WeightSource;
+    /// #[bnn]
+    /// struct Lin { #[layer(prior = Normal(0.0, 1.0))] out: Dense<1, 1>, #[likelihood] noise: Gaussian<Fixed<0.1>> }
+    /// let dev = Cpu::default();
+    /// let guide = Lin::<f64, Cpu>::new(&dev).mean_field();
+    /// let x = dev.tensor_from_vec(vec![1.0, 2.0], (2usize, 1usize));
+    /// let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    /// let f = (&guide).outputs(Lin::<f64, Cpu>::ARCH, 5, &x, &mut rng)?;
+    /// assert_eq!(*f.shape(), (5, 2, 1));
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
     fn outputs(
         &mut self,
         arch: &Architecture,
