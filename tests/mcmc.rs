@@ -821,3 +821,18 @@ fn sym_mcmc_shards_merge_into_the_one_process_run() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// The per-chain work split over threads gives the draws of the one-thread run bit for bit, with
+/// per-chain step sizes and mass matrices too (64 chains: several tasks of 16 per thread).
+#[test]
+fn many_chain_draws_do_not_depend_on_the_threads() {
+    for (step_size, diag) in [(StepSizeAdaptation::Shared, false), (StepSizeAdaptation::PerChain, true)] {
+        let settings = ManyChainSettings { warmup: 100, draws: 10, seed: 9, step_size, diagonal_mass_matrix: diag, ..Default::default() };
+        let one = sample_many_chains(&mut Correlated, starts(64), &ManyChainSettings { threads: 1, ..settings.clone() }).unwrap();
+        let three = sample_many_chains(&mut Correlated, starts(64), &ManyChainSettings { threads: 3, ..settings }).unwrap();
+        assert_eq!(one.draws, three.draws);
+        assert_eq!(one.logp, three.logp);
+        assert_eq!(one.iterations, three.iterations);
+        assert_eq!(one.gradient_evaluations, three.gradient_evaluations);
+    }
+}

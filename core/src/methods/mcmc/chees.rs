@@ -10,6 +10,7 @@ use std::cell::Cell;
 use rand::rngs::StdRng;
 use rand::Rng;
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 use super::shard::ChainShard;
 use super::target::BatchLogDensity;
@@ -82,6 +83,10 @@ pub struct ManyChainSettings {
     pub max_energy_error: f64,
     /// Seed of the momenta and accept/reject draws.
     pub seed: u64,
+    /// Threads for the per-chain work between log-density calls (the leapfrog updates, the
+    /// momenta, the energy errors), 0 = all cores; the log density has its own. The draws do not
+    /// depend on it. Default 0.
+    pub threads: usize,
     /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
 }
@@ -101,6 +106,7 @@ impl Default for ManyChainSettings {
             diagonal_mass_matrix: false,
             max_energy_error: 1000.0,
             seed: 0,
+            threads: 0,
             progress: false,
         }
     }
@@ -593,14 +599,20 @@ fn sample<T: BatchLogDensity + ?Sized>(
     let mut mass = MassMatrixWindow::new(s, c * d);
     let mut tr = Transition::new(c, d);
     let mut out = Collected::new(c, s.draws, total_iters);
+    let threads = crate::num::threads_or_all(s.threads).min(c.div_ceil(CHAINS_PER_TASK));
+    let pool = match threads {
+        1 => None,
+        n => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Device(format!("ChEES threads: {e}")))?),
+    };
+    let pool = pool.as_ref();
     let bar = Progress::new(total_iters, s.progress && comm.is_root(), "chees");
     for it in 0..total_iters {
         let warm = it < s.warmup;
         let u = 1.0 - s.jitter + s.jitter * halton(it, max_bits);
         tr.plan(&adapt, u, s.max_leapfrog_steps);
-        tr.draw_momenta(&chains.inv_mass, &mut rngs);
-        tr.integrate(target, &mut chains, &adapt)?;
-        tr.judge(&chains, s.max_energy_error);
+        tr.draw_momenta(&chains.inv_mass, &mut rngs, pool);
+        tr.integrate(target, &mut chains, &adapt, pool)?;
+        tr.judge(&chains, s.max_energy_error, pool);
         out.count_divergences(&tr.divergent, warm);
         let pr = tr.proposals(&chains, u);
         let stats = shard.transition_stats(&pr, warm)?;
@@ -632,6 +644,25 @@ fn sample<T: BatchLogDensity + ?Sized>(
     }
     bar.finish();
     out.into_run(chains, &adapt, &shard, s.draws, start, gather)
+}
+
+/// The fewest chains one thread takes on in the per-chain work between log-density calls.
+const CHAINS_PER_TASK: usize = 16;
+
+/// A chain's index and four of its rows, as the per-chain loops receive them.
+type ChainRows<A, B, C, D> = (usize, ((A, B), (C, D)));
+
+/// Runs `body` on every chain's index and rows: over `pool`'s threads in tasks of at least
+/// [`CHAINS_PER_TASK`] chains when there is a pool, in chain order otherwise. `$rows` names the
+/// per-chain rows as `par_…`/sequential iterator pairs zipped alike in both branches. Every
+/// chain's arithmetic is the same either way.
+macro_rules! per_chain {
+    ($pool:expr, $par:expr, $seq:expr, $body:expr) => {
+        match $pool {
+            Some(pool) => pool.install(|| $par.enumerate().with_min_len(CHAINS_PER_TASK).for_each($body)),
+            None => $seq.enumerate().for_each($body),
+        }
+    };
 }
 
 /// Chains are dealt to ranks in blocks of this many consecutive chains; the cross-chain sums are
@@ -861,24 +892,34 @@ impl Transition {
 
     /// Momenta `p ~ N(0, M)`, `M = diag(1 / inv_mass)`, each chain from its own stream, and their
     /// kinetic energies.
-    fn draw_momenta(&mut self, inv_mass: &[f64], rngs: &mut [StdRng]) {
+    fn draw_momenta(&mut self, inv_mass: &[f64], rngs: &mut [StdRng], pool: Option<&rayon::ThreadPool>) {
         let d = self.d;
-        for (ci, rng) in rngs.iter_mut().enumerate() {
+        let body = |(_, ((p, k0), (rng, im))): ChainRows<&mut [f64], &mut f64, &mut StdRng, &[f64]>| {
             let mut k = 0.0;
-            for j in 0..d {
-                let im = inv_mass[ci * d + j];
+            for (pj, imj) in p.iter_mut().zip(im) {
                 let z: f64 = rng.sample(StandardNormal);
-                let pj = z / im.sqrt();
-                self.p[ci * d + j] = pj;
-                k += 0.5 * im * pj * pj;
+                *pj = z / imj.sqrt();
+                k += 0.5 * imj * *pj * *pj;
             }
-            self.k0[ci] = k;
-        }
+            *k0 = k;
+        };
+        per_chain!(
+            pool,
+            self.p.par_chunks_mut(d).zip(self.k0.par_iter_mut()).zip(rngs.par_iter_mut().zip(inv_mass.par_chunks(d))),
+            self.p.chunks_mut(d).zip(self.k0.iter_mut()).zip(rngs.iter_mut().zip(inv_mass.chunks(d))),
+            body
+        );
     }
 
     /// Leapfrog integration from the chains' positions, one batched call per step for the chains
     /// still integrating. A chain that meets a non-finite density or gradient stops (`dead`).
-    fn integrate<T: BatchLogDensity + ?Sized>(&mut self, target: &mut T, ch: &mut Chains, adapt: &Adaptation) -> Result<()> {
+    fn integrate<T: BatchLogDensity + ?Sized>(
+        &mut self,
+        target: &mut T,
+        ch: &mut Chains,
+        adapt: &Adaptation,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<()> {
         let (c, d) = (self.c, self.d);
         self.th_new.copy_from_slice(&ch.theta);
         self.g_new.copy_from_slice(&ch.grad);
@@ -890,32 +931,53 @@ impl Transition {
             if self.active.is_empty() {
                 break;
             }
-            for &ci in &self.active {
-                let e = adapt.step_size(ci);
-                let r = ci * d..(ci + 1) * d;
-                for ((pj, gj), (tj, im)) in self.p[r.clone()]
-                    .iter_mut()
-                    .zip(&self.g_new[r.clone()])
-                    .zip(self.th_new[r.clone()].iter_mut().zip(&ch.inv_mass[r.clone()]))
-                {
-                    *pj += 0.5 * e * gj;
-                    *tj += e * im * *pj;
-                }
+            {
+                // half kick and drift of the chains still integrating
+                let (steps, dead) = (&self.steps, &self.dead);
+                let body = |(ci, ((p, th), (g, im))): ChainRows<&mut [f64], &mut [f64], &[f64], &[f64]>| {
+                    if dead[ci] || steps[ci] <= step {
+                        return;
+                    }
+                    let e = adapt.step_size(ci);
+                    for ((pj, gj), (tj, imj)) in p.iter_mut().zip(g).zip(th.iter_mut().zip(im)) {
+                        *pj += 0.5 * e * gj;
+                        *tj += e * imj * *pj;
+                    }
+                };
+                per_chain!(
+                    pool,
+                    self.p
+                        .par_chunks_mut(d)
+                        .zip(self.th_new.par_chunks_mut(d))
+                        .zip(self.g_new.par_chunks(d).zip(ch.inv_mass.par_chunks(d))),
+                    self.p.chunks_mut(d).zip(self.th_new.chunks_mut(d)).zip(self.g_new.chunks(d).zip(ch.inv_mass.chunks(d))),
+                    body
+                );
             }
             self.evaluate_active(target)?;
             ch.batched_calls += 1;
             ch.evaluations += self.active.len() as u64;
-            for &ci in &self.active {
-                let e = adapt.step_size(ci);
-                let r = ci * d..(ci + 1) * d;
-                if !self.lp_new[ci].is_finite() || self.g_new[r.clone()].iter().any(|g| !g.is_finite()) {
-                    self.dead[ci] = true;
-                    continue;
+            // the second half kick, or the end of a chain whose density or gradient is not finite
+            let steps = &self.steps;
+            let body = |(ci, ((p, dead), (g, lp))): ChainRows<&mut [f64], &mut bool, &[f64], &f64>| {
+                if *dead || steps[ci] <= step {
+                    return;
                 }
-                for (pj, gj) in self.p[r.clone()].iter_mut().zip(&self.g_new[r]) {
+                if !lp.is_finite() || g.iter().any(|g| !g.is_finite()) {
+                    *dead = true;
+                    return;
+                }
+                let e = adapt.step_size(ci);
+                for (pj, gj) in p.iter_mut().zip(g) {
                     *pj += 0.5 * e * gj;
                 }
-            }
+            };
+            per_chain!(
+                pool,
+                self.p.par_chunks_mut(d).zip(self.dead.par_iter_mut()).zip(self.g_new.par_chunks(d).zip(self.lp_new.par_iter())),
+                self.p.chunks_mut(d).zip(self.dead.iter_mut()).zip(self.g_new.chunks(d).zip(self.lp_new.iter())),
+                body
+            );
         }
         Ok(())
     }
@@ -943,18 +1005,25 @@ impl Transition {
 
     /// Acceptance probabilities from the energy errors; a dead chain, a NaN error or one above
     /// `max_energy_error` is divergent (accepted with probability 0).
-    fn judge(&mut self, ch: &Chains, max_energy_error: f64) {
+    fn judge(&mut self, ch: &Chains, max_energy_error: f64, pool: Option<&rayon::ThreadPool>) {
         let d = self.d;
-        for ci in 0..self.c {
+        let (p, lp_new, k0, dead) = (&self.p, &self.lp_new, &self.k0, &self.dead);
+        let body = |(ci, (divergent, accept)): (usize, (&mut bool, &mut f64))| {
             let r = ci * d..(ci + 1) * d;
-            let k1: f64 = self.p[r.clone()].iter().zip(&ch.inv_mass[r.clone()]).map(|(pj, im)| 0.5 * im * pj * pj).sum();
-            let mut delta = (-self.lp_new[ci] + k1) - (-ch.logp[ci] + self.k0[ci]);
-            if self.dead[ci] || delta.is_nan() {
+            let k1: f64 = p[r.clone()].iter().zip(&ch.inv_mass[r]).map(|(pj, im)| 0.5 * im * pj * pj).sum();
+            let mut delta = (-lp_new[ci] + k1) - (-ch.logp[ci] + k0[ci]);
+            if dead[ci] || delta.is_nan() {
                 delta = f64::INFINITY;
             }
-            self.divergent[ci] = delta > max_energy_error;
-            self.accept[ci] = if self.divergent[ci] { 0.0 } else { (-delta).exp().min(1.0) };
-        }
+            *divergent = delta > max_energy_error;
+            *accept = if *divergent { 0.0 } else { (-delta).exp().min(1.0) };
+        };
+        per_chain!(
+            pool,
+            self.divergent.par_iter_mut().zip(self.accept.par_iter_mut()),
+            self.divergent.iter_mut().zip(self.accept.iter_mut()),
+            body
+        );
     }
 
     /// What the ChEES update reads: the proposals against the positions they started from.

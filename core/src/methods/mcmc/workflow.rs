@@ -166,8 +166,9 @@ pub struct SymMcmcSettings {
     /// a meta-learned prior ([`crate::methods::bnnp::AmortisedGuide::weight_prior`]); [`ChainInit::Prior`]
     /// then draws from it too.
     pub weight_prior: Option<GaussianWeightPrior>,
-    /// Threads for the fused CPU log density and, with [`ChainSampler::Nuts`], for the chains'
-    /// own work (0: all cores). Default 0, every core. Under MPI, with one rank per core, set 1.
+    /// Threads for the fused CPU log density and for the chains' own work between its calls
+    /// (leapfrog updates with the many-chain sampler, the trees with NUTS; 0: all cores).
+    /// Default 0, every core. Under MPI, with one rank per core, set 1.
     pub threads: usize,
     /// Seed (initial positions, sampler seeds).
     pub seed: u64,
@@ -587,8 +588,13 @@ fn sample_chains<E: Real, D: Device<E>, M: Bnn<E, D>>(
     let total_chains = settings.chains;
     match &settings.sampler {
         ChainSampler::ManyChain(mc) => {
-            let s =
-                ManyChainSettings { warmup: settings.warmup, draws: settings.draws_per_chain, progress: settings.progress, ..mc.clone() };
+            let s = ManyChainSettings {
+                warmup: settings.warmup,
+                draws: settings.draws_per_chain,
+                threads: settings.threads,
+                progress: settings.progress,
+                ..mc.clone()
+            };
             let run =
                 if gather { sample_many_chains_on(comm, post, init, &s)? } else { Some(sample_many_chains_sharded(comm, post, init, &s)?) };
             let Some(mut run) = run else { return Ok(None) };
