@@ -186,11 +186,9 @@ pub fn sample_nuts_chains_on<T: BatchLogDensity + ?Sized>(
     }
     let t = Instant::now();
     let flat = to_flat(&part, target.dim());
-    let count = |r: usize| -> Result<usize> {
-        let n = share(total, r, comm.size()).len();
-        Ok(n * flat_len(target.dim(), settings) + 2)
-    };
-    let counts = (0..comm.size()).map(count).collect::<Result<Vec<_>>>()?;
+    let per = flat_len(target.dim(), settings);
+    // per rank: its chains, after the batched-call and gradient counts
+    let counts: Vec<usize> = (0..comm.size()).map(|r| share(total, r, comm.size()).len() * per + 2).collect();
     let all = comm.gather_to_root(&flat, &counts)?;
     let communication_seconds = t.elapsed().as_secs_f64();
     let Some(all) = all else { return Ok(None) };
@@ -208,7 +206,6 @@ pub fn sample_nuts_chains_on<T: BatchLogDensity + ?Sized>(
         offset += c;
         run.batched_calls = run.batched_calls.max(block[0] as u64);
         run.gradient_evaluations += block[1] as u64;
-        let per = flat_len(target.dim(), settings);
         for chain in block[2..].chunks(per) {
             run.chains.push(from_flat(chain, target.dim(), settings, run.seconds));
         }
