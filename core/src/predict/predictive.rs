@@ -45,8 +45,8 @@ pub trait WeightSource<E: Real, D: Device<E>> {
     fn draw(&mut self, arch: &Architecture, s: usize, rng: &mut rand::rngs::StdRng) -> Result<Weights<E, D>>;
 
     /// The network outputs `(S, N, d_out)` at inputs `x` for `s` fresh draws: the network at the
-    /// drawn weights. [`Linearised`] overrides it with the network linearised around a mean; a
-    /// source overriding it must keep `draw` consistent with it. `x` has been validated.
+    /// drawn weights. [`Linearised`] overrides it with the network linearised around a mean, at
+    /// the weights `draw` returns. `x` has been validated.
     ///
     /// ```
     /// use weightspace::prelude::*;
