@@ -415,22 +415,22 @@ fn blr_baseline(train: &DataTable, test: &DataTable, units: &Standardiser) -> Re
     }
     let post = solve(centre.0, centre.1)?;
     let sigma = post.noise_std();
-    let (mut se, mut ll) = (0.0, 0.0);
-    for (phi, yt) in rows(test).iter().zip(y_test) {
-        let (m, v) = post.predictive(phi)?;
-        let var = v + sigma * sigma;
-        se += (yt - m).powi(2);
-        ll += -0.5 * (2.0 * std::f64::consts::PI * var).ln() - 0.5 * (yt - m).powi(2) / var;
+    let (mut mean, mut var) = (Vec::new(), Vec::new());
+    for phi in rows(test) {
+        let (m, v) = post.predictive(&phi)?;
+        mean.push(m);
+        var.push(v + sigma * sigma);
     }
+    let ll = -weightspace::metrics::gaussian_negative_log_likelihood(&mean, &var, y_test)?;
+    let rmse = weightspace::metrics::rmse(&mean, y_test)?;
     let mut train_se = 0.0;
     for (phi, yt) in design.iter().zip(y) {
         let m: f64 = phi.iter().zip(post.mean()).map(|(a, b)| a * b).sum();
         train_se += (yt - m).powi(2);
     }
-    let n = y_test.len() as f64;
     Ok(Outcome {
-        rmse: units.rmse_to_original((se / n).sqrt())?,
-        ll: ll / n + units.log_likelihood_shift(),
+        rmse: units.rmse_to_original(rmse)?,
+        ll: ll + units.log_likelihood_shift(),
         nll_curve: vec![],
         noise: Noise { sigma, train_rms: (train_se / y.len() as f64).sqrt(), ll_at_train_rms: f64::NAN, expected_rms: f64::NAN },
     })
@@ -601,14 +601,11 @@ fn nuts_reference<M: Bnn<E, Cpu>>(
     let logits = post.outputs(&kept, &test.x)?;
     let Targets::Labels { classes, labels } = &test.targets else { unreachable!("a classification set") };
     let (n, k) = (labels.len(), *classes);
+    let (per_draw, _) = weightspace::export::PredictiveDraws::new(1, kept.len(), n, k, logits, None)?.class_probabilities();
     let mut probs = vec![0.0; n * k];
-    for draw in logits.chunks(n * k) {
-        for (row, out) in draw.chunks(k).zip(probs.chunks_mut(k)) {
-            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += (v - m).exp() / z / kept.len() as f64;
-            }
+    for draw in per_draw.chunks(n * k) {
+        for (m, p) in probs.iter_mut().zip(draw) {
+            *m += p / kept.len() as f64;
         }
     }
     Ok([
