@@ -304,6 +304,7 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
     let threads = crate::num::threads_or_all(settings.threads);
     let pool =
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Device(format!("batched NUTS threads: {e}")))?;
+    let per_task = chains_per_task(d);
     let mut slot_of = vec![usize::MAX; c];
     loop {
         batch.active.clear();
@@ -325,8 +326,8 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
             ch.advance(lp[slot], &g[slot * d..(slot + 1) * d], settings);
             ch.stats.len() - before
         };
-        let finished: usize = if threads > 1 && batch.active.len() >= 2 * MIN_CHAINS_PER_TASK {
-            pool.install(|| chains.par_iter_mut().zip(slot_of.par_iter()).with_min_len(MIN_CHAINS_PER_TASK).map(advance).sum())
+        let finished: usize = if threads > 1 && batch.active.len() >= 2 * per_task {
+            pool.install(|| chains.par_iter_mut().zip(slot_of.par_iter()).with_min_len(per_task).map(advance).sum())
         } else {
             chains.iter_mut().zip(slot_of.iter()).map(advance).sum()
         };
@@ -344,8 +345,16 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
     })
 }
 
-/// Chains advanced by one task of the thread pool (fewer running chains advance on one thread).
-const MIN_CHAINS_PER_TASK: usize = 64;
+/// The fewest chains one task of the thread pool advances: enough for [`MIN_WORK_PER_TASK`]
+/// coordinates of tree bookkeeping (a chain's step costs a few passes over its `d` coordinates plus
+/// a fixed part worth about 64 of them): 54–55 chains of an f1 network (11–14 coordinates), 6 of
+/// an f2 network (594). Fewer running chains than two tasks' worth advance on one thread.
+fn chains_per_task(d: usize) -> usize {
+    (MIN_WORK_PER_TASK / (d + 64)).max(1)
+}
+
+/// See [`chains_per_task`].
+const MIN_WORK_PER_TASK: usize = 4096;
 
 /// The batched evaluation of the chains that are still running.
 struct Batch {
