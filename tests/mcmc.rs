@@ -422,6 +422,17 @@ fn fused_log_density_matches_the_generic_path_in_f32_on_a_deep_net() {
             assert!((a - b).abs() < 1e-4 * scale, "chain {i}, coordinate {j}: fused {a} generic {b}");
         }
     }
+    // a batch of a few f2 chains is split over both threads (one chain is worth a thread); every
+    // chain's result is the one it has in the 40-chain batch, bit for bit, and one thread agrees
+    let mut serial = BnnPosterior::new(&model, &data, NoisePrior::HalfNormal(1.0)).unwrap().threads(1);
+    for c in [1, 2, 3] {
+        let (mut l2, mut g2) = (vec![0.0; c], vec![0.0; c * d]);
+        let (mut l1, mut g1) = (vec![0.0; c], vec![0.0; c * d]);
+        fused.logp_batch(&pos[..c * d], &mut l2, &mut g2).unwrap();
+        serial.logp_batch(&pos[..c * d], &mut l1, &mut g1).unwrap();
+        assert_eq!((&l2[..], &g2[..]), (&lf[..c], &gf[..c * d]), "{c} chains on two threads");
+        assert_eq!((&l1[..], &g1[..]), (&lf[..c], &gf[..c * d]), "{c} chains on one thread");
+    }
 }
 
 /// A target that is NaN for x > 3: moving there is a divergence, never a panic.
