@@ -47,7 +47,7 @@ pub enum StepSizeAdaptation {
     /// One step size per chain, each from its own acceptance probability. The trajectory length
     /// stays shared, so a chain in a wide mode takes fewer leapfrog steps than one in a sharp mode
     /// and leaves the batch early: on a multimodal posterior this can save many gradient
-    /// evaluations (half of them for 1274 chains of the 3×16 net on regression2d).
+    /// evaluations (64 chains of the 3×16 net on regression2d: 5.1 M against 10.6 M).
     PerChain,
 }
 

@@ -347,7 +347,7 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
 
 /// The fewest chains one task of the thread pool advances: enough for [`MIN_WORK_PER_TASK`]
 /// coordinates of tree bookkeeping (a chain's step costs a few passes over its `d` coordinates plus
-/// a fixed part worth about 64 of them): 54–55 chains of an f1 network (11–14 coordinates), 6 of
+/// a fixed part worth about 64 of them): 52–54 chains of an f1 network (11–14 coordinates), 6 of
 /// an f2 network (594). Fewer running chains than two tasks' worth advance on one thread.
 fn chains_per_task(d: usize) -> usize {
     (MIN_WORK_PER_TASK / (d + 64)).max(1)
