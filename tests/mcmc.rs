@@ -433,6 +433,25 @@ fn fused_log_density_matches_the_generic_path_in_f32_on_a_deep_net() {
         assert_eq!((&l2[..], &g2[..]), (&lf[..c], &gf[..c * d]), "{c} chains on two threads");
         assert_eq!((&l1[..], &g1[..]), (&lf[..c], &gf[..c * d]), "{c} chains on one thread");
     }
+    // only the listed rows, evaluated where they are (what ChEES calls when some chains have
+    // finished their trajectory): each equals its row of the whole batch bit for bit, on one
+    // thread and two, and the other rows keep what they held; the generic path gathers them
+    for rows in [vec![5], vec![0, 39], vec![1, 2, 3, 17, 30], (0..c).step_by(3).collect::<Vec<_>>()] {
+        for (target, whole_lp, whole_g) in [(&mut fused, &lf, &gf), (&mut serial, &lf, &gf), (&mut generic, &lg, &gg)] {
+            let (mut l, mut g) = (vec![7.0; c], vec![7.0; c * d]);
+            target.logp_batch_rows(&rows, &pos, &mut l, &mut g).unwrap();
+            for i in 0..c {
+                let (want_l, want_g) =
+                    if rows.contains(&i) { (whole_lp[i], &whole_g[i * d..(i + 1) * d]) } else { (7.0, &[7.0; 1024][..d]) };
+                assert_eq!((l[i], &g[i * d..(i + 1) * d]), (want_l, want_g), "row {i} of {rows:?}");
+            }
+        }
+    }
+    let (mut l, mut g) = (vec![0.0; c], vec![0.0; c * d]);
+    for bad in [vec![3, 3], vec![4, 2], vec![c]] {
+        let err = fused.logp_batch_rows(&bad, &pos, &mut l, &mut g).unwrap_err().to_string();
+        assert!(err.contains("rows to evaluate"), "{bad:?}: {err}");
+    }
 }
 
 /// A target that is NaN for x > 3: moving there is a divergence, never a panic.

@@ -855,11 +855,8 @@ struct Transition {
     dead: Vec<bool>,
     accept: Vec<f64>,
     divergent: Vec<bool>,
-    // the chains still integrating, and their batch when not all are
+    /// The chains still integrating.
     active: Vec<usize>,
-    buf_th: Vec<f64>,
-    buf_g: Vec<f64>,
-    buf_lp: Vec<f64>,
 }
 
 impl Transition {
@@ -878,9 +875,6 @@ impl Transition {
             accept: vec![0.0; c],
             divergent: vec![false; c],
             active: Vec::with_capacity(c),
-            buf_th: Vec::new(),
-            buf_g: Vec::new(),
-            buf_lp: Vec::new(),
         }
     }
 
@@ -985,25 +979,12 @@ impl Transition {
         Ok(())
     }
 
-    /// One batched call for the active chains: all chains in place, or a gathered sub-batch.
+    /// One batched call for the active chains, evaluated where they are.
     fn evaluate_active<T: BatchLogDensity + ?Sized>(&mut self, target: &mut T) -> Result<()> {
-        let d = self.d;
         if self.active.len() == self.c {
             return target.logp_batch(&self.th_new, &mut self.lp_new, &mut self.g_new);
         }
-        let na = self.active.len();
-        self.buf_th.clear();
-        for &ci in &self.active {
-            self.buf_th.extend_from_slice(&self.th_new[ci * d..(ci + 1) * d]);
-        }
-        self.buf_g.resize(na * d, 0.0);
-        self.buf_lp.resize(na, 0.0);
-        target.logp_batch(&self.buf_th, &mut self.buf_lp, &mut self.buf_g)?;
-        for (a, &ci) in self.active.iter().enumerate() {
-            self.lp_new[ci] = self.buf_lp[a];
-            self.g_new[ci * d..(ci + 1) * d].copy_from_slice(&self.buf_g[a * d..(a + 1) * d]);
-        }
-        Ok(())
+        target.logp_batch_rows(&self.active, &self.th_new, &mut self.lp_new, &mut self.g_new)
     }
 
     /// Acceptance probabilities from the energy errors; a dead chain, a NaN error or one above

@@ -305,36 +305,38 @@ impl<E: Real> FusedMlp<E> {
         quad
     }
 
-    /// Evaluates a contiguous range of chains.
+    /// Evaluates the listed rows of `pos` (global indices, increasing); `lp` and `gr` start at
+    /// global row `first`.
     #[inline(always)]
-    fn eval_range_impl(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+    fn eval_rows_impl(&self, rows: &[usize], first: usize, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
         let d = self.dim();
         let mut s = self.scratch();
-        for (ci, l) in lp.iter_mut().enumerate() {
-            *l = self.eval(&pos[ci * d..(ci + 1) * d], &mut gr[ci * d..(ci + 1) * d], &mut s);
+        for &r in rows {
+            let local = r - first;
+            lp[local] = self.eval(&pos[r * d..(r + 1) * d], &mut gr[local * d..(local + 1) * d], &mut s);
         }
     }
 
-    /// [`Self::eval_range_impl`] compiled for AVX2 and FMA.
+    /// [`Self::eval_rows_impl`] compiled for AVX2 and FMA.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA (checked with `is_x86_feature_detected!` by the caller).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn eval_range_avx2(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
-        self.eval_range_impl(pos, lp, gr)
+    unsafe fn eval_rows_avx2(&self, rows: &[usize], first: usize, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+        self.eval_rows_impl(rows, first, pos, lp, gr)
     }
 
     /// The widest instruction set this CPU runs (detected once per call, cheaply).
-    fn eval_range(&self, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
+    fn eval_rows_part(&self, rows: &[usize], first: usize, pos: &[f64], lp: &mut [f64], gr: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: `eval_range_avx2` is compiled with `avx2,fma` enabled, and both features were
-            // detected on this CPU just above; its body is the safe `eval_range_impl`.
-            unsafe { self.eval_range_avx2(pos, lp, gr) };
+            // SAFETY: `eval_rows_avx2` is compiled with `avx2,fma` enabled, and both features were
+            // detected on this CPU just above; its body is the safe `eval_rows_impl`.
+            unsafe { self.eval_rows_avx2(rows, first, pos, lp, gr) };
             return;
         }
-        self.eval_range_impl(pos, lp, gr)
+        self.eval_rows_impl(rows, first, pos, lp, gr)
     }
 
     /// The fewest chains worth a thread of their own: about [`MIN_WORK_PER_THREAD`] multiply-adds
@@ -348,22 +350,42 @@ impl<E: Real> FusedMlp<E> {
 
     /// Every chain's log density and gradient; `positions` is row-major `(C, dim)`.
     pub(crate) fn eval_batch(&self, positions: &[f64], logp: &mut [f64], grad: &mut [f64], pool: Option<&rayon::ThreadPool>) {
+        let rows: Vec<usize> = (0..logp.len()).collect();
+        self.eval_rows(&rows, positions, logp, grad, pool);
+    }
+
+    /// The log density and gradient of the listed rows of `positions` (increasing indices),
+    /// written to the same rows of `logp` and `grad`; the other rows are not touched. The rows
+    /// are split over the threads in contiguous parts of the list, each part writing only the
+    /// rows between its first and the next part's first.
+    pub(crate) fn eval_rows(
+        &self,
+        rows: &[usize],
+        positions: &[f64],
+        logp: &mut [f64],
+        grad: &mut [f64],
+        pool: Option<&rayon::ThreadPool>,
+    ) {
         use rayon::prelude::*;
         let d = self.dim();
-        let c = logp.len();
+        let c = rows.len();
         let threads = pool.map_or(1, |p| p.current_num_threads().min(c.div_ceil(self.chains_per_thread())).max(1));
         match pool {
             Some(pool) if threads > 1 => {
-                let per = c.div_ceil(threads);
-                pool.install(|| {
-                    positions
-                        .par_chunks(per * d)
-                        .zip(logp.par_chunks_mut(per))
-                        .zip(grad.par_chunks_mut(per * d))
-                        .for_each(|((pos, lp), gr)| self.eval_range(pos, lp, gr));
-                });
+                // cut `logp` and `grad` at the first row of every part
+                let mut parts = Vec::with_capacity(threads);
+                let (mut lp_rest, mut g_rest, mut first) = (logp, grad, 0);
+                let chunks: Vec<&[usize]> = rows.chunks(c.div_ceil(threads)).collect();
+                for (k, part) in chunks.iter().enumerate() {
+                    let end = chunks.get(k + 1).map_or(first + lp_rest.len(), |next| next[0]);
+                    let (lp, lp_next) = std::mem::take(&mut lp_rest).split_at_mut(end - first);
+                    let (g, g_next) = std::mem::take(&mut g_rest).split_at_mut((end - first) * d);
+                    parts.push((*part, first, lp, g));
+                    (lp_rest, g_rest, first) = (lp_next, g_next, end);
+                }
+                pool.install(|| parts.into_par_iter().for_each(|(part, first, lp, g)| self.eval_rows_part(part, first, positions, lp, g)));
             }
-            _ => self.eval_range(positions, logp, grad),
+            _ => self.eval_rows_part(rows, 0, positions, logp, grad),
         }
     }
 }

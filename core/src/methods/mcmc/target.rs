@@ -93,6 +93,78 @@ pub trait BatchLogDensity: LogDensity {
         }
         Ok(())
     }
+
+    /// Evaluates only the listed rows of `positions` (`rows` strictly increasing, each below the
+    /// number of rows), writing the same rows of `logp` and `grad` and leaving the others as they
+    /// are: what a batched sampler calls when some of its chains have finished their trajectory.
+    /// The default gathers the rows into a batch for [`logp_batch`](Self::logp_batch) and
+    /// scatters the results back; the `#[bnn]` posterior ([`BnnPosterior`]) evaluates them
+    /// where they are. A row that is not increasing or out of range is an error.
+    ///
+    /// ```
+    /// use weightspace::mcmc::{BatchLogDensity, LogDensity};
+    /// struct StdNormal;
+    /// impl LogDensity for StdNormal {
+    ///     fn dim(&self) -> usize { 1 }
+    ///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+    ///         g[0] = -x[0];
+    ///         Ok(-0.5 * x[0] * x[0])
+    ///     }
+    /// }
+    /// impl BatchLogDensity for StdNormal {}
+    /// let (mut logp, mut grad) = ([9.0; 3], [9.0; 3]);
+    /// StdNormal.logp_batch_rows(&[0, 2], &[1.0, 2.0, 3.0], &mut logp, &mut grad)?;
+    /// assert_eq!(logp, [-0.5, 9.0, -4.5]); // row 1 untouched
+    /// assert_eq!(grad, [-1.0, 9.0, -3.0]);
+    /// assert!(StdNormal.logp_batch_rows(&[2, 0], &[1.0, 2.0, 3.0], &mut logp, &mut grad).is_err());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    fn logp_batch_rows(&mut self, rows: &[usize], positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
+        check_rows(rows, positions, logp, grad, self.dim())?;
+        gather_rows(self, rows, positions, logp, grad)
+    }
+}
+
+/// The shapes of a [`BatchLogDensity::logp_batch_rows`] call: `(C, dim)` positions and gradients,
+/// `C` log densities, rows strictly increasing and below `C`.
+fn check_rows(rows: &[usize], positions: &[f64], logp: &[f64], grad: &[f64], d: usize) -> Result<()> {
+    let c = logp.len();
+    if positions.len() != c * d || grad.len() != c * d {
+        return Err(Error::Shape {
+            what: "positions and gradients".into(),
+            expected: format!("({c}, {d}) each"),
+            got: format!("{} and {} values", positions.len(), grad.len()),
+        });
+    }
+    let bad =
+        |got: String| Error::Shape { what: "rows to evaluate".into(), expected: format!("strictly increasing indices below {c}"), got };
+    if let Some(w) = rows.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(bad(format!("{} before {}", w[0], w[1])));
+    }
+    if let Some(&r) = rows.last().filter(|&&r| r >= c) {
+        return Err(bad(format!("row {r}")));
+    }
+    Ok(())
+}
+
+/// [`BatchLogDensity::logp_batch_rows`] through [`BatchLogDensity::logp_batch`]: the listed rows
+/// gathered into one batch, evaluated, and scattered back.
+fn gather_rows<T: BatchLogDensity + ?Sized>(
+    target: &mut T,
+    rows: &[usize],
+    positions: &[f64],
+    logp: &mut [f64],
+    grad: &mut [f64],
+) -> Result<()> {
+    let d = target.dim();
+    let x: Vec<f64> = rows.iter().flat_map(|&r| positions[r * d..(r + 1) * d].iter().copied()).collect();
+    let (mut lp, mut g) = (vec![0.0; rows.len()], vec![0.0; rows.len() * d]);
+    target.logp_batch(&x, &mut lp, &mut g)?;
+    for (k, &r) in rows.iter().enumerate() {
+        logp[r] = lp[k];
+        grad[r * d..(r + 1) * d].copy_from_slice(&g[k * d..(k + 1) * d]);
+    }
+    Ok(())
 }
 
 /// What to do with the Gaussian likelihood's noise scale σ while sampling.
@@ -425,6 +497,32 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
     }
 }
 
+/// The fused kernel's thread pool for `threads` threads (`None` for one), built on first use.
+fn fused_pool(slot: &mut Option<rayon::ThreadPool>, threads: usize) -> Result<Option<&rayon::ThreadPool>> {
+    Ok(match (slot, threads) {
+        (_, 1) => None,
+        (Some(p), _) => Some(&*p),
+        (slot @ None, n) => {
+            let p =
+                rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Device(format!("log-density threads: {e}")))?;
+            Some(&*slot.insert(p))
+        }
+    })
+}
+
+impl<E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'_, E, D, M> {
+    /// Adds the weight prior's log density and gradient to the listed rows.
+    fn add_weight_prior(&self, rows: impl Iterator<Item = usize>, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
+        let d = self.dim();
+        if let Some(prior) = &self.weight_prior {
+            for r in rows {
+                logp[r] += prior.log_density(&positions[r * d..(r + 1) * d], &mut grad[r * d..(r + 1) * d])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E, D, M> {
     fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
         let d = self.dim();
@@ -441,28 +539,20 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         }
         self.evaluations += c as u64;
         match &self.fused {
-            Some(f) => {
-                let pool = match (&mut self.pool, self.threads) {
-                    (_, 1) => None,
-                    (Some(p), _) => Some(&*p),
-                    (slot @ None, n) => {
-                        let p = rayon::ThreadPoolBuilder::new()
-                            .num_threads(n)
-                            .build()
-                            .map_err(|e| Error::Device(format!("log-density threads: {e}")))?;
-                        Some(&*slot.insert(p))
-                    }
-                };
-                f.eval_batch(positions, logp, grad, pool)
-            }
+            Some(f) => f.eval_batch(positions, logp, grad, fused_pool(&mut self.pool, self.threads)?),
             None => self.logp_generic(positions, logp, grad)?,
         }
-        if let Some(prior) = &self.weight_prior {
-            for ((lp, pos), g) in logp.iter_mut().zip(positions.chunks_exact(d)).zip(grad.chunks_exact_mut(d)) {
-                *lp += prior.log_density(pos, g)?;
-            }
-        }
-        Ok(())
+        self.add_weight_prior(0..c, positions, logp, grad)
+    }
+
+    /// With the fused CPU kernel the listed rows are evaluated where they are; otherwise they are
+    /// gathered into one batch.
+    fn logp_batch_rows(&mut self, rows: &[usize], positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
+        check_rows(rows, positions, logp, grad, self.dim())?;
+        let Some(f) = &self.fused else { return gather_rows(self, rows, positions, logp, grad) };
+        self.evaluations += rows.len() as u64;
+        f.eval_rows(rows, positions, logp, grad, fused_pool(&mut self.pool, self.threads)?);
+        self.add_weight_prior(rows.iter().copied(), positions, logp, grad)
     }
 }
 
