@@ -444,7 +444,8 @@ impl Adam {
 ///
 /// `C` chains advance together: every leapfrog step is **one** call of a [`BatchLogDensity`] for all
 /// chains still integrating (for a BNN, one batched forward/backward whose weight-sample axis is the
-/// chain axis). Per iteration the number of steps is `⌈u_t · T / ε⌉`, with `u_t` a Halton
+/// chain axis; once some chains have finished, [`BatchLogDensity::logp_batch_rows`] with the
+/// others' rows). Per iteration the number of steps is `⌈u_t · T / ε⌉`, with `u_t` a Halton
 /// jitter shared by all chains, `T` the trajectory length and `ε` the step size.
 ///
 /// Warm-up adapts, as BlackJAX's `chees_adaptation` does:
