@@ -81,13 +81,7 @@ pub trait BatchLogDensity: LogDensity {
     /// Evaluates every row of `positions`.
     fn logp_batch(&mut self, positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
         let d = self.dim();
-        if positions.len() != logp.len() * d || grad.len() != logp.len() * d {
-            return Err(Error::Shape {
-                what: "positions and gradients".into(),
-                expected: format!("({}, {d}) each", logp.len()),
-                got: format!("{} and {} values", positions.len(), grad.len()),
-            });
-        }
+        check_batch(positions, logp, grad, d)?;
         for ((lp, x), g) in logp.iter_mut().zip(positions.chunks_exact(d.max(1))).zip(grad.chunks_exact_mut(d.max(1))) {
             *lp = self.logp(x, g)?;
         }
@@ -125,9 +119,8 @@ pub trait BatchLogDensity: LogDensity {
     }
 }
 
-/// The shapes of a [`BatchLogDensity::logp_batch_rows`] call: `(C, dim)` positions and gradients,
-/// `C` log densities, rows strictly increasing and below `C`.
-fn check_rows(rows: &[usize], positions: &[f64], logp: &[f64], grad: &[f64], d: usize) -> Result<()> {
+/// The shapes of a batched call: `(C, dim)` positions and gradients for `C` log densities.
+fn check_batch(positions: &[f64], logp: &[f64], grad: &[f64], d: usize) -> Result<()> {
     let c = logp.len();
     if positions.len() != c * d || grad.len() != c * d {
         return Err(Error::Shape {
@@ -136,6 +129,14 @@ fn check_rows(rows: &[usize], positions: &[f64], logp: &[f64], grad: &[f64], d: 
             got: format!("{} and {} values", positions.len(), grad.len()),
         });
     }
+    Ok(())
+}
+
+/// The shapes of a [`BatchLogDensity::logp_batch_rows`] call: `(C, dim)` positions and gradients,
+/// `C` log densities, rows strictly increasing and below `C`.
+fn check_rows(rows: &[usize], positions: &[f64], logp: &[f64], grad: &[f64], d: usize) -> Result<()> {
+    check_batch(positions, logp, grad, d)?;
+    let c = logp.len();
     let bad =
         |got: String| Error::Shape { what: "rows to evaluate".into(), expected: format!("strictly increasing indices below {c}"), got };
     if let Some(w) = rows.windows(2).find(|w| w[0] >= w[1]) {
@@ -530,13 +531,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         if c == 0 {
             return Ok(());
         }
-        if positions.len() != c * d || grad.len() != c * d {
-            return Err(Error::Shape {
-                what: "positions and gradients".into(),
-                expected: format!("({c}, {d}) each"),
-                got: format!("{} and {} values", positions.len(), grad.len()),
-            });
-        }
+        check_batch(positions, logp, grad, d)?;
         self.evaluations += c as u64;
         match &self.fused {
             Some(f) => f.eval_batch(positions, logp, grad, fused_pool(&mut self.pool, self.threads)?),
