@@ -124,6 +124,11 @@ fn bali_uci() {
         let s = summary(&out, &format!("bali_uci dataset={name} "));
         let v = finite(&s, &["acc", "nll", "ece", "mfvi_acc", "mfvi_nll", "mfvi_ece", "sampled_acc", "sampled_nll", "sampled_ece"]);
         assert!(v.iter().all(|x| *x >= 0.0) && v[0] <= 1.0 && v[3] <= 1.0 && v[6] <= 1.0, "{s:?}");
+        if name == "iris" {
+            // the exact Gauss–Newton Laplace reference, on by default on iris
+            let v = finite(&s, &["laplace_acc", "laplace_nll", "laplace_ece", "laplace_eb_nll", "laplace_tau_min", "laplace_tau_max"]);
+            assert!((0.0..=1.0).contains(&v[0]) && v[1] > 0.0 && (0.01..=100.0).contains(&v[4]) && v[4] <= v[5], "{s:?}");
+        }
     }
     // the NUTS reference (on by default for the full iris run, off under --quick)
     let out = run_in(&dir, "bali_uci", &["--dataset", "iris", "--nuts", "2"]);
