@@ -82,7 +82,11 @@
 //!   hidden layer's covariance, measured as local curvature, moves the network far out of the
 //!   region where that curvature holds. The linearised predictive
 //!   ([`BaliPosterior::linearised`]), which is what a curvature-based covariance describes,
-//!   recovers most of it (the `bali_uci` example, α = 1, damping 10).
+//!   recovers most of it (the `bali_uci` example, α = 1, damping 10). What remains (0.009 nats of
+//!   NLL above mean-field VI on iris at 40 epochs) is not the Kronecker or layerwise structure: the
+//!   Laplace approximation at the same mean with the exact, full Gauss–Newton matrix does worse on
+//!   iris and breast cancer (`bali_uci --laplace 1`), and every Gaussian covariance at the mode
+//!   costs NLL there against the mean alone.
 //!
 //! # Predicting
 //!
