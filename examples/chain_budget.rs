@@ -26,7 +26,8 @@
 //!
 //! The last line, `chain_budget dataset=… lppd_many=… lppd_handful=… lppd_one=… modes_many=…
 //! modes_one=… diff_many_one=… diff_se=…`, gives the means over seeds and the standard error of
-//! the many − one difference over seeds.
+//! the many − one difference over seeds, then `lppd_many_sd= lppd_one_sd=`, the standard
+//! deviations over seeds of the many-chain and the one-chain LPPD.
 
 mod common;
 
@@ -118,7 +119,7 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     println!("seed  run       chains  draws/chain  gradient evals   test LPPD (s.e.)   modes  seconds");
     let mut sums = [0.0f64; 3];
     let mut modes = [0.0f64; 3];
-    let mut diffs = Vec::new();
+    let (mut lppd_many, mut lppd_one) = (Vec::new(), Vec::new());
     let mut kl_rows: Vec<Vec<(usize, f64)>> = Vec::new();
     for seed in 0..seeds {
         let base = SymMcmcSettings {
@@ -162,7 +163,8 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
             sums[i] += row.lppd.mean;
             modes[i] += row.modes as f64;
         }
-        diffs.push(many.lppd.mean - one_row.lppd.mean);
+        lppd_many.push(many.lppd.mean);
+        lppd_one.push(one_row.lppd.mean);
         let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 4)).take_while(|&k| k < chains).collect();
         ks.push(chains);
         kl_rows
@@ -174,11 +176,13 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
         println!("  seed {seed}: {}", cells.join(", "));
     }
     let s = seeds as f64;
-    let mean_diff = diffs.iter().sum::<f64>() / s;
-    let se =
-        if diffs.len() > 1 { (diffs.iter().map(|d| (d - mean_diff).powi(2)).sum::<f64>() / (s - 1.0)).sqrt() / s.sqrt() } else { f64::NAN };
+    let diffs: Vec<f64> = lppd_many.iter().zip(&lppd_one).map(|(m, o)| m - o).collect();
+    // mean ± s.e. of the paired differences, and each run's spread over seeds (NaN for one seed)
+    let (mean_diff, se) = weightspace::metrics::mean_and_se(&diffs).unwrap_or((f64::NAN, f64::NAN));
+    let sd = |v: &[f64]| weightspace::metrics::mean_and_se(v).map_or(f64::NAN, |(_, se)| se * (v.len() as f64).sqrt());
+    let (sd_many, sd_one) = (sd(&lppd_many), sd(&lppd_one));
     println!(
-        "chain_budget dataset={dataset} chains={chains} handful={handful} seeds={seeds} lppd_many={:.4} lppd_handful={:.4} lppd_one={:.4} modes_many={:.1} modes_handful={:.1} modes_one={:.1} diff_many_one={mean_diff:.4} diff_se={se:.4}",
+        "chain_budget dataset={dataset} chains={chains} handful={handful} seeds={seeds} lppd_many={:.4} lppd_handful={:.4} lppd_one={:.4} modes_many={:.1} modes_handful={:.1} modes_one={:.1} diff_many_one={mean_diff:.4} diff_se={se:.4} lppd_many_sd={sd_many:.4} lppd_one_sd={sd_one:.4}",
         sums[0] / s,
         sums[1] / s,
         sums[2] / s,

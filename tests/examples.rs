@@ -383,7 +383,7 @@ fn chain_budget() {
         let out = run_in(&dir, "chain_budget", &["--dataset", dataset]);
         let s = summary(&out, "chain_budget ");
         assert_eq!((s["dataset"], s["chains"], s["seeds"]), (dataset, "16", "2"));
-        finite(&s, &["lppd_many", "lppd_handful", "lppd_one", "modes_many", "modes_one", "diff_many_one", "diff_se"]);
+        finite(&s, &["lppd_many", "lppd_handful", "lppd_one", "modes_many", "modes_one", "diff_many_one", "diff_se", "lppd_many_sd", "lppd_one_sd"]);
         assert!(out.contains("KL(predictive of all 16 chains"), "{out}");
     }
 }

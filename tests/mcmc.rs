@@ -598,6 +598,47 @@ fn workflow_runs_end_to_end_with_a_pluggable_canonicalisation() {
     assert!(run.lppd(&model, &test).unwrap().mean.is_finite());
 }
 
+#[bnn]
+struct F1In2 {
+    #[layer(prior = Normal(0.0, 1.0))]
+    hidden: Dense<2, 3, Tanh>,
+    #[layer(prior = Normal(0.0, 1.0))]
+    out: Dense<3, 1>,
+    #[likelihood]
+    noise: Gaussian<Learned<1.0>>,
+}
+
+/// Many short chains against one long chain at the same gradient budget, on regression2d with the
+/// 1×3 network and NUTS in every chain (`chain_budget --chains 64 --warmup 256`'s protocol: 64
+/// chains × 256 warm-up steps × 1 draw against one chain with 64 · 257 − 256 draws). Their mean
+/// test LPPD does not separate them (30 seeds: many − one = 0.114 ± 0.080, see the README), but
+/// their spread over seeds does: one chain from a random start stays in the functional mode it
+/// reaches (LPPD 0.48 in about half the seeds, below 0 in a quarter), while 64 chains average over
+/// the modes their starts reach. The ratio of the two variances over 5 seeds must exceed the 99th
+/// percentile of F(4, 4), 15.98: the many-chain estimate is the steadier one.
+#[test]
+fn many_short_chains_are_steadier_than_one_long_chain_at_the_same_budget() {
+    let dev = Cpu::default();
+    let (train, test) = weightspace::mcmc::data::regression2d(256, 0).standardise().0.split(0.8, 0).unwrap();
+    let (train, test) = (train.to_dataset::<f32, _>(&dev).unwrap(), test.to_dataset::<f32, _>(&dev).unwrap());
+    let model = F1In2::<f32, Cpu>::new(&dev);
+    let (chains, warmup) = (64, 256);
+    let run = |chains: usize, draws_per_chain: usize, seed: u64| {
+        let sampler = ChainSampler::Nuts(NutsSettings { seed, ..Default::default() });
+        let settings = SymMcmcSettings { chains, warmup, draws_per_chain, sampler, seed, ..Default::default() };
+        sym_mcmc(&model, &train, &settings, &NoCanonicalisation).unwrap().lppd(&model, &test).unwrap().mean
+    };
+    let (mut many, mut one) = (Vec::new(), Vec::new());
+    for seed in 0..5 {
+        many.push(run(chains, 1, seed));
+        one.push(run(1, chains * (warmup + 1) - warmup, seed + 2000));
+    }
+    let var = |v: &[f64]| weightspace::metrics::mean_and_se(v).map(|(_, se)| se * se * v.len() as f64).unwrap();
+    let ratio = var(&one) / var(&many);
+    eprintln!("test LPPD over seeds: 64 chains {many:.3?}, one chain {one:.3?}; variance ratio {ratio:.1}");
+    assert!(ratio > 15.98, "variance ratio {ratio} (one chain {one:?} against 64 chains {many:?})");
+}
+
 /// The mean test LPPD of a run and its Monte-Carlo standard error, by the jackknife over chains
 /// (the chains are independent, so leaving one out at a time measures the spread of the estimate).
 fn lppd_and_mc_se(model: &F1<f64, Cpu>, test: &Dataset<f64, Cpu>, run: &SymMcmcRun) -> (f64, f64) {
