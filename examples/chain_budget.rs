@@ -35,7 +35,7 @@ use common::Args;
 use weightspace::mcmc::data::Table;
 use weightspace::mcmc::*;
 use weightspace::prelude::*;
-use weightspace::symmetry::{spectral_modes, Canonicalisation, SpectralSettings};
+use weightspace::symmetry::{Canonicalisation, SpectralSettings};
 
 #[bnn]
 struct F1In1 {
@@ -74,10 +74,7 @@ fn score<M: Bnn<f32, Cpu>>(
 ) -> weightspace::Result<(SymMcmcRun, Row)> {
     let run = sym_mcmc(model, train, settings, &Canonicalisation::Exact)?;
     let lppd = run.lppd(model, test)?;
-    let pooled: Vec<Vec<f64>> = run.canonical.iter().flatten().cloned().collect();
-    let every = pooled.len().div_ceil(1000);
-    let thinned: Vec<Vec<f64>> = pooled.into_iter().step_by(every).collect();
-    let modes = spectral_modes(&thinned, &SpectralSettings { seed: settings.seed, ..Default::default() })?.count();
+    let modes = run.modes(1000, &SpectralSettings { seed: settings.seed, ..Default::default() })?.count();
     let row = Row { lppd, evaluations: run.gradient_evaluations, modes, seconds: run.seconds };
     Ok((run, row))
 }

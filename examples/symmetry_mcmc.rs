@@ -26,8 +26,10 @@
 //! target/release/examples/symmetry_mcmc --dataset sinusoidal --arch f1 --chains 1274 --no-single --merge target/shards
 //! ```
 //!
-//! The last line, `symmetry_mcmc ranks=R lppd=… seconds=… … compute_seconds=… allreduce_seconds=…`,
-//! splits the sampling time into compute and collectives (on rank 0). `--fail-rank R` (with
+//! The last line, `symmetry_mcmc ranks=R lppd=… seconds=… … compute_seconds=… allreduce_seconds=…
+//! modes=…`, splits the sampling time into compute and collectives (on rank 0) and gives the number
+//! of distinct modes among the canonicalised draws (`SymMcmcRun::modes`: spectral clustering of at
+//! most 1000 of them, `K` by the eigengap rule). `--fail-rank R` (with
 //! `--fail-how err|panic`) makes rank `R` fail on purpose before sampling, to check that the job
 //! ends on every rank instead of hanging.
 //!
@@ -119,11 +121,16 @@ fn published(dataset: &str, arch: &str) -> Option<((f64, f64), (f64, f64))> {
 
 struct Outcome {
     lppd: Lppd,
+    /// Distinct modes among the canonicalised draws (spectral clustering).
+    modes: usize,
     single: Option<Lppd>,
     seconds: f64,
     communication_seconds: f64,
     ranks: usize,
 }
+
+/// The most canonicalised draws the mode count clusters (spectral clustering is dense, `O(n³)`).
+const MODE_POINTS: usize = 1000;
 
 /// `None` on the ranks other than 0.
 fn run<M: Bnn<f32, Cpu>>(
@@ -210,6 +217,12 @@ fn run<M: Bnn<f32, Cpu>>(
     } else {
         println!("  diagnostics: R-hat/ESS need >= 4 draws per chain (use --draws 4)");
     }
+    let modes = run.modes(MODE_POINTS, &weightspace::symmetry::SpectralSettings { seed, ..Default::default() })?;
+    println!(
+        "  modes: {} among the canonicalised draws (spectral clustering of at most {MODE_POINTS} of them, K by the eigengap rule; sizes {:?})",
+        modes.count(),
+        modes.sizes
+    );
     write_results(model, test, &run, args, seed)?;
     let single = if args.flag("--no-single") {
         None
@@ -235,7 +248,14 @@ fn run<M: Bnn<f32, Cpu>>(
         }
         Some(single.lppd(model, test)?)
     };
-    Ok(Some(Outcome { lppd, single, seconds: run.seconds, communication_seconds: run.communication_seconds, ranks: run.ranks }))
+    Ok(Some(Outcome {
+        lppd,
+        modes: modes.count(),
+        single,
+        seconds: run.seconds,
+        communication_seconds: run.communication_seconds,
+        ranks: run.ranks,
+    }))
 }
 
 /// Prints at most `max` rows of a summary table.
@@ -364,14 +384,15 @@ fn job(comm: &dyn Communicator) -> weightspace::Result<()> {
     // the LPPD with all digits: runs on different numbers of ranks compare it exactly
     println!(
         "symmetry_mcmc ranks={} lppd={:?} seconds={:.3} dataset={dataset} arch={arch} chains={chains} se={:.4} lppd_single={} \
-         compute_seconds={:.3} allreduce_seconds={:.3}",
+         compute_seconds={:.3} allreduce_seconds={:.3} modes={}",
         out.ranks,
         out.lppd.mean,
         out.seconds,
         out.lppd.se,
         out.single.as_ref().map_or("none".to_string(), |l| format!("{:.4}", l.mean)),
         out.seconds - out.communication_seconds,
-        out.communication_seconds
+        out.communication_seconds,
+        out.modes
     );
     Ok(())
 }

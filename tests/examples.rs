@@ -348,6 +348,7 @@ fn symmetry_mcmc_shards_then_merge() {
     let merged = run_in(&dir, "symmetry_mcmc", &["--no-single", "--merge", "shards", "--out", "merged"]);
     let (a, b) = (summary(&plain, "symmetry_mcmc ranks="), summary(&merged, "symmetry_mcmc ranks="));
     assert_eq!(a["lppd"], b["lppd"], "merged shards vs the gathered run");
+    assert_eq!(a["modes"], b["modes"], "merged shards vs the gathered run");
     let other = Command::new(binary("symmetry_mcmc"))
         .args(["--quick", "--no-single", "--seed", "1", "--merge", "shards"])
         .current_dir(&dir)
@@ -363,7 +364,9 @@ fn symmetry_mcmc() {
     let (out, dir) = run("symmetry_mcmc");
     let s = summary(&out, "symmetry_mcmc ranks=1 ");
     assert_eq!((s["dataset"], s["arch"]), ("sinusoidal", "f1"));
-    finite(&s, &["lppd", "se", "lppd_single", "seconds", "compute_seconds", "allreduce_seconds"]);
+    let v = finite(&s, &["lppd", "se", "lppd_single", "seconds", "compute_seconds", "allreduce_seconds", "modes"]);
+    // 24 chains × 8 draws: between 1 and the spectral rule's 10 modes
+    assert!((1.0..=10.0).contains(&v[6]), "{s:?}");
     assert_eq!(summary(&run_in(&dir, "symmetry_mcmc", &["--no-single"]), "symmetry_mcmc ranks=1 ")["lppd_single"], "none");
     // the az.summary tables are printed, and every .npz file is written
     assert!(out.contains("az.summary of the canonicalised weights"), "{out}");
@@ -383,7 +386,20 @@ fn chain_budget() {
         let out = run_in(&dir, "chain_budget", &["--dataset", dataset]);
         let s = summary(&out, "chain_budget ");
         assert_eq!((s["dataset"], s["chains"], s["seeds"]), (dataset, "16", "2"));
-        finite(&s, &["lppd_many", "lppd_handful", "lppd_one", "modes_many", "modes_one", "diff_many_one", "diff_se", "lppd_many_sd", "lppd_one_sd"]);
+        finite(
+            &s,
+            &[
+                "lppd_many",
+                "lppd_handful",
+                "lppd_one",
+                "modes_many",
+                "modes_one",
+                "diff_many_one",
+                "diff_se",
+                "lppd_many_sd",
+                "lppd_one_sd",
+            ],
+        );
         assert!(out.contains("KL(predictive of all 16 chains"), "{out}");
     }
 }

@@ -839,6 +839,44 @@ impl SymMcmcRun {
         Ok(PosteriorPredictive { mean, std, f_std })
     }
 
+    /// The distinct modes among the pooled canonicalised draws: [`spectral_modes`](crate::methods::symmetry::spectral_modes)
+    /// (spectral clustering, `K` by the eigengap rule) on at most `max_points` of them, taken
+    /// evenly (every `⌈pooled / max_points⌉`-th draw; spectral clustering is dense, `O(n³)`). With
+    /// one draw per chain every draw is one chain's end point. `max_points` must be at least 2.
+    ///
+    /// ```
+    /// use weightspace::prelude::*;
+    /// use weightspace::mcmc::{sym_mcmc, SymMcmcSettings};
+    /// use weightspace::symmetry::{Canonicalisation, SpectralSettings};
+    /// #[bnn]
+    /// struct F1 { #[layer(prior = Normal(0.0, 1.0))] h: Dense<1, 3, Tanh>, #[layer(prior = Normal(0.0, 1.0))] out: Dense<3, 1>, #[likelihood] noise: Gaussian<Fixed<0.3>> }
+    /// let dev = Cpu::default();
+    /// let x: Vec<f64> = (0..20).map(|i| i as f64 / 5.0 - 2.0).collect();
+    /// let y: Vec<f64> = x.iter().map(|x| x.sin()).collect();
+    /// let data = Dataset::<f64, _>::regression(&dev, &x, 1, &y, 1)?;
+    /// let model = F1::<f64, Cpu>::new(&dev);
+    /// let settings = SymMcmcSettings { chains: 12, warmup: 100, draws_per_chain: 2, progress: false, ..Default::default() };
+    /// let run = sym_mcmc(&model, &data, &settings, &Canonicalisation::Exact)?;
+    /// let modes = run.modes(10, &SpectralSettings::default())?; // every 3rd of the 24 draws
+    /// assert_eq!(modes.labels.len(), 8);
+    /// assert!((1..=8).contains(&modes.count()));
+    /// assert!(run.modes(1, &SpectralSettings::default()).is_err());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn modes(
+        &self,
+        max_points: usize,
+        settings: &crate::methods::symmetry::SpectralSettings,
+    ) -> Result<crate::methods::symmetry::Modes> {
+        if max_points < 2 {
+            return Err(Error::config("SymMcmcRun::modes max_points", max_points, "must be at least 2"));
+        }
+        let pooled = self.pooled();
+        let every = pooled.len().div_ceil(max_points).max(1);
+        let thinned: Vec<Vec<f64>> = pooled.into_iter().step_by(every).collect();
+        crate::methods::symmetry::spectral_modes(&thinned, settings)
+    }
+
     /// R-hat and bulk ESS of the network outputs at `data`'s inputs and of the canonicalised
     /// weights, over chains. Needs at least 4 draws per chain (the SYM-MCMC default of one draw per
     /// chain gives none: an error then).
