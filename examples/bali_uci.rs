@@ -702,16 +702,15 @@ fn laplace_reference<M: Bnn<E, Cpu>>(
                 jac[o * p + q] = at(q + 1, pt, o) - logits[o];
             }
         }
-        // H J with H = diag p − p pᵀ, then GGN += Jᵀ (H J)
+        // with pᵀJ per weight: the gradient's term Jᵀ(onehot − p), and H J for H = diag p − p pᵀ
         for (q, g) in grad_lik.iter_mut().enumerate() {
-            *g += jac[y * p + q] - (0..c).map(|b| prob[b] * jac[b * p + q]).sum::<f64>();
-        }
-        for q in 0..p {
             let mixed: f64 = (0..c).map(|b| prob[b] * jac[b * p + q]).sum();
+            *g += jac[y * p + q] - mixed;
             for a in 0..c {
                 hj[a * p + q] = prob[a] * (jac[a * p + q] - mixed);
             }
         }
+        // GGN += Jᵀ (H J)
         for a in 0..c {
             for q in 0..p {
                 let jq = jac[a * p + q];
