@@ -6,7 +6,7 @@
 //! errors use the ESS) at a false-alarm rate of 0.001 per check, with fixed seeds.
 
 use rand::{Rng, SeedableRng};
-use weightspace::comm::Communicator;
+use weightspace::comm::{Communicator, Workers};
 use weightspace::diagnostics::rhat;
 use weightspace::linalg::Matrix;
 use weightspace::mcmc::*;
@@ -92,6 +92,70 @@ fn many_chain_sampler_recovers_a_correlated_gaussian() {
         assert!(run.trajectory_length > run.step_sizes[0], "ChEES should lengthen trajectories beyond one step");
         check_moments(&run.draws, &MU, &cov_matrix());
     }
+}
+
+/// The correlated Gaussian, evaluated on the worker threads a sampler offers it.
+#[derive(Default)]
+struct OnWorkers {
+    workers: Option<Workers>,
+    /// Batched calls before the sampler offered its workers, and calls that ran on a worker
+    /// rather than on the sampler's own thread.
+    calls_before_sharing: usize,
+    calls: usize,
+    calls_on_a_worker: usize,
+}
+
+impl LogDensity for OnWorkers {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+        Ok(correlated_logp(x, g))
+    }
+}
+
+impl BatchLogDensity for OnWorkers {
+    fn logp_batch(&mut self, x: &[f64], lp: &mut [f64], g: &mut [f64]) -> weightspace::Result<()> {
+        let Some(workers) = &self.workers else {
+            self.calls_before_sharing += 1;
+            return Correlated.logp_batch(x, lp, g);
+        };
+        let caller = std::thread::current().id();
+        let elsewhere = workers.install(|| Correlated.logp_batch(x, lp, g).map(|()| std::thread::current().id() != caller))?;
+        self.calls += 1;
+        self.calls_on_a_worker += usize::from(elsewhere);
+        Ok(())
+    }
+    fn share_workers(&mut self, workers: &Workers) {
+        self.workers = Some(workers.clone());
+    }
+}
+
+#[test]
+fn the_many_chain_samplers_share_their_threads_with_the_target() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let init: Vec<Vec<f64>> = (0..40).map(|_| vec![rng.gen_range(-2.0..2.0), rng.gen_range(-2.0..2.0)]).collect();
+    let (mut chees_draws, mut nuts_draws) = (Vec::new(), Vec::new());
+    for threads in [1, 2] {
+        let check = |t: &OnWorkers| {
+            assert_eq!(t.calls_before_sharing, 0, "the workers are offered before the first evaluation");
+            assert_eq!(t.workers.as_ref().map(Workers::threads), Some(threads));
+            // with a pool, every call runs on one of its threads; without, on the sampler's
+            assert_eq!(t.calls_on_a_worker, if threads > 1 { t.calls } else { 0 }, "{threads} threads");
+            assert!(t.calls > 100);
+        };
+        let mut target = OnWorkers::default();
+        let s = ManyChainSettings { warmup: 50, draws: 5, seed: 2, threads, ..Default::default() };
+        chees_draws.push(sample_many_chains(&mut target, init.clone(), &s).unwrap().draws);
+        check(&target);
+        let mut target = OnWorkers::default();
+        let s = NutsSettings { warmup: 50, draws: 5, seed: 2, threads, ..Default::default() };
+        nuts_draws.push(sample_nuts_chains(&mut target, init.clone(), &s).unwrap().draws());
+        check(&target);
+    }
+    // the threads change where the work runs, not the draws
+    assert_eq!(chees_draws[0], chees_draws[1]);
+    assert_eq!(nuts_draws[0], nuts_draws[1]);
 }
 
 /// Mean tree depth and leapfrog steps per transition after warm-up, over chains.

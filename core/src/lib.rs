@@ -19,6 +19,7 @@ mod predict;
 mod progress;
 pub mod testing;
 mod vi;
+mod workers;
 
 // The public surface: one explicit list (the facade re-exports the same items).
 
@@ -104,11 +105,13 @@ pub mod export {
 
 /// The processes a run is spread over: [`Communicator`](comm::Communicator), with
 /// [`SingleProcess`](comm::SingleProcess) (the default everywhere) and, with the `mpi` feature,
-/// [`Mpi`](comm::Mpi). The samplers' `_on` functions take one.
+/// [`Mpi`](comm::Mpi). The samplers' `_on` functions take one. Within a process, the threads a
+/// run uses are [`Workers`](comm::Workers).
 pub mod comm {
     #[cfg(feature = "mpi")]
     pub use crate::communicator::Mpi;
     pub use crate::communicator::{Communicator, SingleProcess};
+    pub use crate::workers::Workers;
 }
 
 // the methods, each with its own explicit list

@@ -12,13 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, bottom to top, by top-level module. `error` sits with the numerics: everything
-/// returns its `Error`; so does `progress`, the progress bar every long loop shows, and `communicator`, the
-/// processes a run is spread over.
+/// returns its `Error`; so does `progress`, the progress bar every long loop shows, `communicator`, the
+/// processes a run is spread over, and `workers`, the threads within one.
 const LAYERS: &[(&str, usize)] = &[
     ("error", 0),
     ("num", 0),
     ("progress", 0),
     ("communicator", 0),
+    ("workers", 0),
     ("kernels", 1),
     ("model", 2),
     ("vi", 3),

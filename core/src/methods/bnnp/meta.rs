@@ -17,6 +17,7 @@ use crate::model::data::Dataset;
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
 use crate::vi::prior::Taped;
+use crate::workers::Workers;
 use crate::{Error, Real, Result};
 
 /// What a missing training-state entry means.
@@ -299,7 +300,7 @@ pub struct MetaLearner<E: Dtype, D: Storage<E>> {
     /// Seconds spent in collectives so far.
     comm_seconds: f64,
     /// The threads of [`MetaConfig::threads`], made at the first step that needs them.
-    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    pool: Option<Workers>,
 }
 
 impl<E: Real, D: Device<E>> MetaLearner<E, D> {
@@ -493,14 +494,8 @@ impl<E: Real, D: Device<E>> MetaLearner<E, D> {
             1 => run_tasks(cfg, self.step, guide, jobs, want),
             _ => {
                 let pool = match &self.pool {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = rayon::ThreadPoolBuilder::new()
-                            .num_threads(crate::num::threads_or_all(want))
-                            .build()
-                            .map_err(|e| Error::Device(format!("meta-training threads: {e}")))?;
-                        self.pool.insert(std::sync::Arc::new(p)).clone()
-                    }
+                    Some(w) => w.clone(),
+                    None => self.pool.insert(Workers::new(want)?).clone(),
                 };
                 let cfg = &self.cfg;
                 run_tasks_on_cpu_threads(&pool, cfg, self.step, guide, jobs)?
@@ -736,7 +731,7 @@ fn run_tasks<E: Real, D: Device<E>>(
 /// caller), in f32 or f64.
 #[allow(clippy::type_complexity)]
 fn run_tasks_on_cpu_threads<E: Real, D: Device<E>>(
-    pool: &rayon::ThreadPool,
+    pool: &Workers,
     cfg: &MetaConfig,
     step: usize,
     guide: &AmortisedGuide<E, D>,

@@ -17,6 +17,7 @@ use super::target::BatchLogDensity;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
+use crate::workers::Workers;
 use crate::{Error, Result};
 
 /// How the many-chain sampler adapts step sizes.
@@ -87,8 +88,8 @@ pub struct ManyChainSettings {
     /// Seed of the momenta and accept/reject draws.
     pub seed: u64,
     /// Threads for the per-chain work between log-density calls (the leapfrog updates, the
-    /// momenta, the energy errors), 0 = all cores; the log density has its own. The draws do not
-    /// depend on it. Default 0.
+    /// momenta, the energy errors), 0 = all cores. The target evaluates on the same threads if it
+    /// takes them ([`BatchLogDensity::share_workers`]). The draws do not depend on it. Default 0.
     pub threads: usize,
     /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,
@@ -594,6 +595,9 @@ fn sample<T: BatchLogDensity + ?Sized>(
     }
     let shard = Shard::new(comm, init.len());
     let local_init: Vec<Vec<f64>> = init.into_iter().skip(shard.lo).take(shard.c_local).collect();
+    // one set of threads for the chains' updates and the target's evaluations
+    let workers = Workers::new(s.threads)?;
+    target.share_workers(&workers);
     let mut chains = Chains::start(target, local_init, shard.lo)?;
     let (c, d) = (chains.c, chains.d);
     let total_iters = s.warmup + s.draws;
@@ -603,12 +607,8 @@ fn sample<T: BatchLogDensity + ?Sized>(
     let mut mass = MassMatrixWindow::new(s, c * d);
     let mut tr = Transition::new(c, d);
     let mut out = Collected::new(c, s.draws, total_iters);
-    let threads = crate::num::threads_or_all(s.threads).min(c.div_ceil(CHAINS_PER_TASK));
-    let pool = match threads {
-        1 => None,
-        n => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Device(format!("ChEES threads: {e}")))?),
-    };
-    let pool = pool.as_ref();
+    // the updates of fewer chains than two tasks' worth stay on this thread
+    let pool = workers.pool().filter(|_| c > CHAINS_PER_TASK);
     let bar = Progress::new(total_iters, s.progress && comm.is_root(), "chees");
     for it in 0..total_iters {
         let warm = it < s.warmup;
@@ -655,6 +655,10 @@ const CHAINS_PER_TASK: usize = 16;
 
 /// A chain's index and four of its rows, as the per-chain loops receive them.
 type ChainRows<A, B, C, D> = (usize, ((A, B), (C, D)));
+
+/// A chain's rows in a leapfrog pass: momentum, position, whether it has stopped, gradient, log
+/// density and inverse mass matrix.
+type LeapfrogRows<'a> = ChainRows<&'a mut [f64], &'a mut [f64], &'a mut bool, (&'a [f64], (&'a f64, &'a [f64]))>;
 
 /// Runs `body` on every chain's index and rows: over `pool`'s threads in tasks of at least
 /// [`CHAINS_PER_TASK`] chains when there is a pool, in chain order otherwise. `$rows` names the
@@ -923,59 +927,55 @@ impl Transition {
         self.g_new.copy_from_slice(&ch.grad);
         self.lp_new.copy_from_slice(&ch.logp);
         self.dead.iter_mut().for_each(|x| *x = false);
-        for step in 0..self.max_steps {
+        // Step `k`'s second half kick and step `k + 1`'s first half kick and drift are one pass
+        // over the chains (the same operations in the same order as two passes), so every
+        // leapfrog step costs one pass and one batched call.
+        for step in 0..=self.max_steps {
+            let (steps, max_steps) = (&self.steps, self.max_steps);
+            let body = |(ci, ((p, th), (dead, (g, (lp, im))))): LeapfrogRows| {
+                let e = adapt.step_size(ci);
+                // the second half kick of step `step - 1`, or the end of a chain whose density
+                // or gradient is not finite
+                if step > 0 && !*dead && steps[ci] >= step {
+                    if !lp.is_finite() || g.iter().any(|g| !g.is_finite()) {
+                        *dead = true;
+                    } else {
+                        for (pj, gj) in p.iter_mut().zip(g) {
+                            *pj += 0.5 * e * gj;
+                        }
+                    }
+                }
+                // the first half kick and the drift of step `step`
+                if step < max_steps && !*dead && steps[ci] > step {
+                    for ((pj, gj), (tj, imj)) in p.iter_mut().zip(g).zip(th.iter_mut().zip(im)) {
+                        *pj += 0.5 * e * gj;
+                        *tj += e * imj * *pj;
+                    }
+                }
+            };
+            per_chain!(
+                pool,
+                self.p
+                    .par_chunks_mut(d)
+                    .zip(self.th_new.par_chunks_mut(d))
+                    .zip(self.dead.par_iter_mut().zip(self.g_new.par_chunks(d).zip(self.lp_new.par_iter().zip(ch.inv_mass.par_chunks(d))))),
+                self.p
+                    .chunks_mut(d)
+                    .zip(self.th_new.chunks_mut(d))
+                    .zip(self.dead.iter_mut().zip(self.g_new.chunks(d).zip(self.lp_new.iter().zip(ch.inv_mass.chunks(d))))),
+                body
+            );
+            if step == self.max_steps {
+                break;
+            }
             self.active.clear();
             self.active.extend((0..c).filter(|&ci| !self.dead[ci] && self.steps[ci] > step));
             if self.active.is_empty() {
                 break;
             }
-            {
-                // half kick and drift of the chains still integrating
-                let (steps, dead) = (&self.steps, &self.dead);
-                let body = |(ci, ((p, th), (g, im))): ChainRows<&mut [f64], &mut [f64], &[f64], &[f64]>| {
-                    if dead[ci] || steps[ci] <= step {
-                        return;
-                    }
-                    let e = adapt.step_size(ci);
-                    for ((pj, gj), (tj, imj)) in p.iter_mut().zip(g).zip(th.iter_mut().zip(im)) {
-                        *pj += 0.5 * e * gj;
-                        *tj += e * imj * *pj;
-                    }
-                };
-                per_chain!(
-                    pool,
-                    self.p
-                        .par_chunks_mut(d)
-                        .zip(self.th_new.par_chunks_mut(d))
-                        .zip(self.g_new.par_chunks(d).zip(ch.inv_mass.par_chunks(d))),
-                    self.p.chunks_mut(d).zip(self.th_new.chunks_mut(d)).zip(self.g_new.chunks(d).zip(ch.inv_mass.chunks(d))),
-                    body
-                );
-            }
             self.evaluate_active(target)?;
             ch.batched_calls += 1;
             ch.evaluations += self.active.len() as u64;
-            // the second half kick, or the end of a chain whose density or gradient is not finite
-            let steps = &self.steps;
-            let body = |(ci, ((p, dead), (g, lp))): ChainRows<&mut [f64], &mut bool, &[f64], &f64>| {
-                if *dead || steps[ci] <= step {
-                    return;
-                }
-                if !lp.is_finite() || g.iter().any(|g| !g.is_finite()) {
-                    *dead = true;
-                    return;
-                }
-                let e = adapt.step_size(ci);
-                for (pj, gj) in p.iter_mut().zip(g) {
-                    *pj += 0.5 * e * gj;
-                }
-            };
-            per_chain!(
-                pool,
-                self.p.par_chunks_mut(d).zip(self.dead.par_iter_mut()).zip(self.g_new.par_chunks(d).zip(self.lp_new.par_iter())),
-                self.p.chunks_mut(d).zip(self.dead.iter_mut()).zip(self.g_new.chunks(d).zip(self.lp_new.iter())),
-                body
-            );
         }
         Ok(())
     }

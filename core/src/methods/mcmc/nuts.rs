@@ -38,7 +38,9 @@ pub struct NutsSettings {
     /// Seed.
     pub seed: u64,
     /// Threads for the per-chain work of the batched [`sample_nuts_chains`](super::sample_nuts_chains)
-    /// (0 = all cores; the log density has its own). The single-chain sampler ignores it. Default 0.
+    /// (0 = all cores), on which the target evaluates too if it takes them
+    /// ([`BatchLogDensity::share_workers`](super::BatchLogDensity::share_workers)). The
+    /// single-chain sampler ignores it. Default 0.
     pub threads: usize,
     /// Show a progress bar ([`Progress`](crate::Progress): on stderr, drawn only when it is a terminal).
     pub progress: bool,

@@ -16,6 +16,7 @@ use super::target::BatchLogDensity;
 use crate::communicator::{share, Communicator, SingleProcess};
 use crate::num::rng::{stream, Purpose};
 use crate::progress::Progress;
+use crate::workers::Workers;
 use crate::{Error, Result};
 
 /// The output of [`sample_nuts_chains`]: one [`NutsRun`] per chain, and the cost of the run.
@@ -279,6 +280,9 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
         }
         crate::error::check_finite(&format!("initial position of chain {}", first_chain + i), x)?;
     }
+    // one set of threads for the chains' tree updates and the target's evaluations
+    let workers = Workers::new(settings.threads)?;
+    target.share_workers(&workers);
     let mut batch = Batch::new(d);
     let mut chains = Vec::with_capacity(c);
     if c > 0 {
@@ -301,9 +305,6 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
     }
     let total_transitions = c * (settings.warmup + settings.draws);
     let bar = Progress::new(total_transitions, progress, "nuts chains");
-    let threads = crate::num::threads_or_all(settings.threads);
-    let pool =
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Device(format!("batched NUTS threads: {e}")))?;
     let per_task = chains_per_task(d);
     let mut slot_of = vec![usize::MAX; c];
     loop {
@@ -326,10 +327,11 @@ pub(crate) fn run_chains<T: BatchLogDensity + ?Sized>(
             ch.advance(lp[slot], &g[slot * d..(slot + 1) * d], settings);
             ch.stats.len() - before
         };
-        let finished: usize = if threads > 1 && batch.active.len() >= 2 * per_task {
-            pool.install(|| chains.par_iter_mut().zip(slot_of.par_iter()).with_min_len(per_task).map(advance).sum())
-        } else {
-            chains.iter_mut().zip(slot_of.iter()).map(advance).sum()
+        let finished: usize = match workers.pool() {
+            Some(pool) if batch.active.len() >= 2 * per_task => {
+                pool.install(|| chains.par_iter_mut().zip(slot_of.par_iter()).with_min_len(per_task).map(advance).sum())
+            }
+            _ => chains.iter_mut().zip(slot_of.iter()).map(advance).sum(),
         };
         bar.inc_by(finished);
     }

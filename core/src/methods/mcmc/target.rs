@@ -11,6 +11,7 @@ use crate::model::arch::LikelihoodSpec;
 use crate::model::bnn::{Bnn, Weights};
 use crate::model::data::Dataset;
 use crate::vi::prior::Taped;
+use crate::workers::Workers;
 use crate::{Error, Real, Result};
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_7;
@@ -116,6 +117,41 @@ pub trait BatchLogDensity: LogDensity {
     fn logp_batch_rows(&mut self, rows: &[usize], positions: &[f64], logp: &mut [f64], grad: &mut [f64]) -> Result<()> {
         check_rows(rows, positions, logp, grad, self.dim())?;
         gather_rows(self, rows, positions, logp, grad)
+    }
+
+    /// Offers the worker threads of the sampler that calls this target. The many-chain samplers
+    /// ([`sample_many_chains`](crate::mcmc::sample_many_chains),
+    /// [`sample_nuts_chains`](crate::mcmc::sample_nuts_chains)) call it once, before their first
+    /// evaluation; a target that evaluates its rows in parallel should run them on these threads
+    /// ([`Workers::install`]) rather than on a pool of its own, which would put more threads than
+    /// cores on the machine. The default ignores them; [`BnnPosterior`] evaluates on them from then
+    /// on.
+    ///
+    /// ```
+    /// use weightspace::comm::Workers;
+    /// use weightspace::mcmc::{BatchLogDensity, LogDensity};
+    /// struct StdNormal {
+    ///     workers: Workers,
+    /// }
+    /// impl LogDensity for StdNormal {
+    ///     fn dim(&self) -> usize { 1 }
+    ///     fn logp(&mut self, x: &[f64], g: &mut [f64]) -> weightspace::Result<f64> {
+    ///         g[0] = -x[0];
+    ///         Ok(-0.5 * x[0] * x[0])
+    ///     }
+    /// }
+    /// impl BatchLogDensity for StdNormal {
+    ///     fn share_workers(&mut self, workers: &Workers) {
+    ///         self.workers = workers.clone();
+    ///     }
+    /// }
+    /// let mut target = StdNormal { workers: Workers::single() };
+    /// target.share_workers(&Workers::new(2)?);
+    /// assert_eq!(target.workers.threads(), 2);
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    fn share_workers(&mut self, workers: &Workers) {
+        let _ = workers;
     }
 }
 
@@ -228,8 +264,9 @@ pub struct BnnPosterior<'a, E: Real, D: Device<E>, M: Bnn<E, D>> {
     fused: Option<FusedMlp<E>>,
     weight_prior: Option<GaussianWeightPrior>,
     threads: usize,
-    /// The worker threads of the fused kernel (built on first use when `threads > 1`, then kept).
-    pool: Option<rayon::ThreadPool>,
+    /// The fused kernel's threads: built on first use for `threads`, or the sampler's
+    /// ([`BatchLogDensity::share_workers`]).
+    workers: Option<Workers>,
     evaluations: u64,
 }
 
@@ -257,7 +294,7 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
             fused: None,
             weight_prior: None,
             threads: 1,
-            pool: None,
+            workers: None,
             evaluations: 0,
         };
         if gaussian && TypeId::of::<D>() == TypeId::of::<Cpu>() {
@@ -323,10 +360,11 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
     }
 
     /// Splits fused-kernel evaluations over `threads` threads (default 1; `0` means all available
-    /// cores). The generic path ignores it.
+    /// cores). The generic path ignores it. A many-chain sampler replaces them with its own
+    /// ([`BatchLogDensity::share_workers`]).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = crate::num::threads_or_all(threads);
-        self.pool = None;
+        self.workers = None;
         self
     }
 
@@ -498,17 +536,14 @@ impl<'a, E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'a, E, D, M> {
     }
 }
 
-/// The fused kernel's thread pool for `threads` threads (`None` for one), built on first use.
-fn fused_pool(slot: &mut Option<rayon::ThreadPool>, threads: usize) -> Result<Option<&rayon::ThreadPool>> {
-    Ok(match (slot, threads) {
-        (_, 1) => None,
-        (Some(p), _) => Some(&*p),
-        (slot @ None, n) => {
-            let p =
-                rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::Device(format!("log-density threads: {e}")))?;
-            Some(&*slot.insert(p))
-        }
-    })
+/// The fused kernel's thread pool (`None` for the calling thread): the shared workers, or
+/// `threads` of its own built on first use.
+fn fused_pool(slot: &mut Option<Workers>, threads: usize) -> Result<Option<&rayon::ThreadPool>> {
+    let workers = match slot {
+        Some(w) => w,
+        None => slot.insert(Workers::new(threads)?),
+    };
+    Ok(workers.pool())
 }
 
 impl<E: Real, D: Device<E>, M: Bnn<E, D>> BnnPosterior<'_, E, D, M> {
@@ -534,7 +569,7 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         check_batch(positions, logp, grad, d)?;
         self.evaluations += c as u64;
         match &self.fused {
-            Some(f) => f.eval_batch(positions, logp, grad, fused_pool(&mut self.pool, self.threads)?),
+            Some(f) => f.eval_batch(positions, logp, grad, fused_pool(&mut self.workers, self.threads)?),
             None => self.logp_generic(positions, logp, grad)?,
         }
         self.add_weight_prior(0..c, positions, logp, grad)
@@ -546,8 +581,14 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
         check_rows(rows, positions, logp, grad, self.dim())?;
         let Some(f) = &self.fused else { return gather_rows(self, rows, positions, logp, grad) };
         self.evaluations += rows.len() as u64;
-        f.eval_rows(rows, positions, logp, grad, fused_pool(&mut self.pool, self.threads)?);
+        f.eval_rows(rows, positions, logp, grad, fused_pool(&mut self.workers, self.threads)?);
         self.add_weight_prior(rows.iter().copied(), positions, logp, grad)
+    }
+
+    /// The fused kernel runs on `workers` from now on.
+    fn share_workers(&mut self, workers: &Workers) {
+        self.threads = workers.threads();
+        self.workers = Some(workers.clone());
     }
 }
 
