@@ -45,16 +45,6 @@ impl Workers {
         Ok(Self { pool })
     }
 
-    /// The calling thread alone.
-    ///
-    /// ```
-    /// use weightspace::comm::Workers;
-    /// assert_eq!(Workers::single().threads(), 1);
-    /// ```
-    pub fn single() -> Self {
-        Self { pool: None }
-    }
-
     /// The number of threads.
     ///
     /// ```
@@ -108,6 +98,6 @@ mod tests {
         // inside `install` the current thread is one of the workers
         assert_eq!(a.install(rayon::current_num_threads), 2);
         assert!(a.install(rayon::current_thread_index).is_some());
-        assert!(Workers::single().install(rayon::current_thread_index).is_none());
+        assert!(Workers::new(1).unwrap().install(rayon::current_thread_index).is_none());
     }
 }

@@ -145,7 +145,7 @@ pub trait BatchLogDensity: LogDensity {
     ///         self.workers = workers.clone();
     ///     }
     /// }
-    /// let mut target = StdNormal { workers: Workers::single() };
+    /// let mut target = StdNormal { workers: Workers::new(1)? };
     /// target.share_workers(&Workers::new(2)?);
     /// assert_eq!(target.workers.threads(), 2);
     /// # Ok::<(), weightspace::Error>(())
