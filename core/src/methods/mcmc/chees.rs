@@ -607,7 +607,7 @@ fn sample<T: BatchLogDensity + ?Sized>(
     let mut mass = MassMatrixWindow::new(s, c * d);
     let mut tr = Transition::new(c, d);
     let mut out = Collected::new(c, s.draws, total_iters);
-    // the updates of fewer chains than two tasks' worth stay on this thread
+    // the updates of at most one task's worth of chains stay on this thread
     let pool = workers.pool().filter(|_| c > CHAINS_PER_TASK);
     let bar = Progress::new(total_iters, s.progress && comm.is_root(), "chees");
     for it in 0..total_iters {

@@ -587,7 +587,6 @@ impl<E: Real, D: Device<E>, M: Bnn<E, D>> BatchLogDensity for BnnPosterior<'_, E
 
     /// The fused kernel runs on `workers` from now on.
     fn share_workers(&mut self, workers: &Workers) {
-        self.threads = workers.threads();
         self.workers = Some(workers.clone());
     }
 }
