@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release --example chain_budget -- [--dataset regression2d|sinusoidal] [--chains 256] \
-//!     [--handful 8] [--warmup 1024] [--seeds 3] [--threads 0]
+//!     [--handful 8] [--warmup 1024] [--seeds 3] [--threads 0] [--reference-chains 4×chains] \
+//!     [--reference-warmup 2×warmup] [--reference-draws 16]
 //! cargo run --release --example chain_budget -- --quick   # smoke run: 16 chains × 60 warm-up steps, 2 seeds
 //! ```
 //!
@@ -17,17 +18,23 @@
 //! - **one**: one chain, the same warm-up, as many draws as fill `B`.
 //!
 //! The draw counts come from the many-chain run's evaluations per transition, so the budgets
-//! match only approximately: each row prints its own count. For each it reports the test LPPD
-//! (± s.e. over test points), and the number of distinct modes among the canonicalised draws
-//! (exact canonicalisation; `spectral_modes` with the eigengap rule, on at most 1000 draws taken
-//! evenly), and finally, from the many-chain run, the KL divergence between the posterior
-//! predictive of its first `k` chains and of all of them as `k` grows (moment-matched Gaussians
-//! per test point, averaged over test points).
+//! match only approximately: each row prints its own count. The best available answer is a
+//! **reference** run, made once with its own seed: `--reference-chains` chains, a
+//! `--reference-warmup` warm-up and `--reference-draws` draws each (by default 4× the chains, twice
+//! the warm-up, 16 draws; the KL between its two halves of chains is printed as its own precision).
+//! For each run it reports the test LPPD (± s.e. over test points), the number of distinct modes
+//! among the canonicalised draws (exact canonicalisation; `spectral_modes` with the eigengap rule,
+//! on at most 1000 draws taken evenly), and the KL divergence of its posterior predictive from the
+//! reference's (`metrics::gaussian_kl` of moment-matched Gaussians per test point, averaged over
+//! test points); and finally, from the many-chain run, the KL divergence between the predictive of
+//! its first `k` chains and of all of them as `k` grows.
 //!
 //! The last line, `chain_budget dataset=… lppd_many=… lppd_handful=… lppd_one=… modes_many=…
 //! modes_one=… diff_many_one=… diff_se=…`, gives the means over seeds and the standard error of
 //! the many − one difference over seeds, then `lppd_many_sd= lppd_one_sd=`, the standard
-//! deviations over seeds of the many-chain and the one-chain LPPD.
+//! deviations over seeds of the many-chain and the one-chain LPPD, then `kl_many= kl_handful=
+//! kl_one=`, the mean KLs from the reference, `kl_diff_one_many= kl_diff_se=`, the mean one − many
+//! difference and its standard error over seeds, and `kl_reference_halves=`.
 
 mod common;
 
@@ -57,6 +64,9 @@ struct F1In2 {
     noise: Gaussian<Learned<1.0>>,
 }
 
+/// The seed of the reference run, apart from every compared run's (seeds 0.., 1000.., 2000..).
+const REFERENCE_SEED: u64 = 10_000;
+
 /// One configuration's outcome.
 struct Row {
     lppd: Lppd,
@@ -79,22 +89,23 @@ fn score<M: Bnn<f32, Cpu>>(
     Ok((run, row))
 }
 
-/// Mean over test points of KL(N(m, v) ‖ N(m_k, v_k)) between the predictive of all chains and of
-/// the first `k`.
-fn predictive_kl<M: Bnn<f32, Cpu>>(model: &M, test: &Dataset<f32, Cpu>, run: &SymMcmcRun, k: usize) -> weightspace::Result<f64> {
-    let all = run.predictive(model, test)?;
+/// Mean over test points of KL(p ‖ q) between two posterior predictives, moment-matched.
+fn predictive_kl(p: &PosteriorPredictive, q: &PosteriorPredictive) -> weightspace::Result<f64> {
+    let var = |s: &[f64]| s.iter().map(|s| s * s).collect::<Vec<_>>();
+    Ok(weightspace::metrics::gaussian_kl(&p.mean, &var(&p.std), &q.mean, &var(&q.std))?)
+}
+
+/// The predictive of the first `k` chains of `run`.
+fn first_chains<M: Bnn<f32, Cpu>>(
+    model: &M,
+    test: &Dataset<f32, Cpu>,
+    run: &SymMcmcRun,
+    k: usize,
+) -> weightspace::Result<PosteriorPredictive> {
     let mut first = run.clone();
     first.draws.truncate(k);
     first.canonical.truncate(k);
-    let part = first.predictive(model, test)?;
-    let n = all.mean.len();
-    let kl: f64 = (0..n)
-        .map(|i| {
-            let (v, vk) = (all.std[i].powi(2), part.std[i].powi(2));
-            0.5 * ((vk / v).ln() + (v + (all.mean[i] - part.mean[i]).powi(2)) / vk - 1.0)
-        })
-        .sum();
-    Ok(kl / n as f64)
+    first.predictive(model, test)
 }
 
 fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &Args) -> weightspace::Result<()> {
@@ -103,8 +114,11 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     let warmup: usize = args.get("--warmup", if args.quick() { 60 } else { 1024 });
     let seeds: u64 = args.get("--seeds", if args.quick() { 2 } else { 3 });
     let threads: usize = args.get("--threads", 0);
-    if chains < 2 || handful < 1 || handful >= chains || seeds == 0 {
-        args.fail("need --chains >= 2, 1 <= --handful < --chains and --seeds >= 1");
+    let reference_chains: usize = args.get("--reference-chains", 4 * chains);
+    let reference_draws: usize = args.get("--reference-draws", 16);
+    let reference_warmup: usize = args.get("--reference-warmup", 2 * warmup);
+    if chains < 2 || handful < 1 || handful >= chains || seeds == 0 || reference_chains < 2 || reference_draws == 0 {
+        args.fail("need --chains >= 2, 1 <= --handful < --chains, --seeds >= 1 and a non-empty reference");
     }
     let dev = Cpu::default();
     let (std_table, _) = table.standardise();
@@ -113,9 +127,33 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     println!(
         "{dataset}, f1, NUTS in every chain: {chains} chains × {warmup} warm-up × 1 draw against {handful} chains and 1 chain at the same gradient budget, {seeds} seed(s)"
     );
-    println!("seed  run       chains  draws/chain  gradient evals   test LPPD (s.e.)   modes  seconds");
+    // The best available answer: a run with `reference_chains` chains, a longer warm-up and
+    // `reference_draws` draws each, seeded apart from every compared run. Each run's predictive is
+    // scored by its KL from it; the KL between the reference's two halves of chains is its own floor.
+    let reference = SymMcmcSettings {
+        chains: reference_chains,
+        warmup: reference_warmup,
+        draws_per_chain: reference_draws,
+        sampler: ChainSampler::Nuts(NutsSettings { seed: REFERENCE_SEED, ..Default::default() }),
+        threads,
+        seed: REFERENCE_SEED,
+        progress: !args.quick(),
+        ..Default::default()
+    };
+    let (reference_run, reference_row) = score(model, &train, &test, &reference)?;
+    let reference_predictive = reference_run.predictive(model, &test)?;
+    let mut second_half = reference_run.clone();
+    second_half.draws.drain(..reference_chains / 2);
+    second_half.canonical.drain(..reference_chains / 2);
+    let floor = predictive_kl(&first_chains(model, &test, &reference_run, reference_chains / 2)?, &second_half.predictive(model, &test)?)?;
+    println!(
+        "reference: {reference_chains} chains × {reference_warmup} warm-up × {reference_draws} draws, {} gradient evaluations, test LPPD {:.3} ({:.3}), {} modes, {:.1} s; KL between its halves {floor:.4}",
+        reference_row.evaluations, reference_row.lppd.mean, reference_row.lppd.se, reference_row.modes, reference_row.seconds
+    );
+    println!("seed  run       chains  draws/chain  gradient evals   test LPPD (s.e.)   modes  KL(ref ‖ run)  seconds");
     let mut sums = [0.0f64; 3];
     let mut modes = [0.0f64; 3];
+    let mut kls: [Vec<f64>; 3] = Default::default();
     let (mut lppd_many, mut lppd_one) = (Vec::new(), Vec::new());
     let mut kl_rows: Vec<Vec<(usize, f64)>> = Vec::new();
     for seed in 0..seeds {
@@ -139,7 +177,7 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
             seed: seed + 1000,
             ..base.clone()
         };
-        let (_, few_row) = score(model, &train, &test, &few)?;
+        let (few_run, few_row) = score(model, &train, &test, &few)?;
         let one = SymMcmcSettings {
             chains: 1,
             draws_per_chain: draws_for(1),
@@ -147,25 +185,32 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
             seed: seed + 2000,
             ..base.clone()
         };
-        let (_, one_row) = score(model, &train, &test, &one)?;
-        for (i, (name, c, d, row)) in
-            [("many", chains, 1, &many), ("handful", handful, few.draws_per_chain, &few_row), ("one", 1, one.draws_per_chain, &one_row)]
-                .into_iter()
-                .enumerate()
-        {
+        let (one_run, one_row) = score(model, &train, &test, &one)?;
+        let runs = [
+            ("many", chains, 1, &many, &many_run),
+            ("handful", handful, few.draws_per_chain, &few_row, &few_run),
+            ("one", 1, one.draws_per_chain, &one_row, &one_run),
+        ];
+        for (i, (name, c, d, row, run)) in runs.into_iter().enumerate() {
+            let kl = predictive_kl(&reference_predictive, &run.predictive(model, &test)?)?;
             println!(
-                "{seed:>4}  {name:<8} {c:>7}  {d:>11}  {:>14}   {:>7.3} ({:.3})    {:>5}  {:>7.1}",
+                "{seed:>4}  {name:<8} {c:>7}  {d:>11}  {:>14}   {:>7.3} ({:.3})    {:>5}  {kl:>13.4}  {:>7.1}",
                 row.evaluations, row.lppd.mean, row.lppd.se, row.modes, row.seconds
             );
             sums[i] += row.lppd.mean;
             modes[i] += row.modes as f64;
+            kls[i].push(kl);
         }
         lppd_many.push(many.lppd.mean);
         lppd_one.push(one_row.lppd.mean);
         let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 4)).take_while(|&k| k < chains).collect();
         ks.push(chains);
-        kl_rows
-            .push(ks.into_iter().map(|k| predictive_kl(model, &test, &many_run, k).map(|kl| (k, kl))).collect::<weightspace::Result<_>>()?);
+        let all = many_run.predictive(model, &test)?;
+        kl_rows.push(
+            ks.into_iter()
+                .map(|k| predictive_kl(&all, &first_chains(model, &test, &many_run, k)?).map(|kl| (k, kl)))
+                .collect::<weightspace::Result<_>>()?,
+        );
     }
     println!("KL(predictive of all {chains} chains ‖ predictive of the first k), mean over test points:");
     for (seed, row) in kl_rows.iter().enumerate() {
@@ -178,23 +223,29 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     let (mean_diff, se) = weightspace::metrics::mean_and_se(&diffs).unwrap_or((f64::NAN, f64::NAN));
     let sd = |v: &[f64]| weightspace::metrics::mean_and_se(v).map_or(f64::NAN, |(_, se)| se * (v.len() as f64).sqrt());
     let (sd_many, sd_one) = (sd(&lppd_many), sd(&lppd_one));
+    let kl_diffs: Vec<f64> = kls[2].iter().zip(&kls[0]).map(|(o, m)| o - m).collect();
+    let (kl_diff, kl_diff_se) = weightspace::metrics::mean_and_se(&kl_diffs).unwrap_or((f64::NAN, f64::NAN));
+    let kl_mean = |v: &[f64]| v.iter().sum::<f64>() / s;
     println!(
-        "chain_budget dataset={dataset} chains={chains} handful={handful} seeds={seeds} lppd_many={:.4} lppd_handful={:.4} lppd_one={:.4} modes_many={:.1} modes_handful={:.1} modes_one={:.1} diff_many_one={mean_diff:.4} diff_se={se:.4} lppd_many_sd={sd_many:.4} lppd_one_sd={sd_one:.4}",
+        "chain_budget dataset={dataset} chains={chains} handful={handful} seeds={seeds} lppd_many={:.4} lppd_handful={:.4} lppd_one={:.4} modes_many={:.1} modes_handful={:.1} modes_one={:.1} diff_many_one={mean_diff:.4} diff_se={se:.4} lppd_many_sd={sd_many:.4} lppd_one_sd={sd_one:.4} kl_many={:.4} kl_handful={:.4} kl_one={:.4} kl_diff_one_many={kl_diff:.4} kl_diff_se={kl_diff_se:.4} kl_reference_halves={floor:.4}",
         sums[0] / s,
         sums[1] / s,
         sums[2] / s,
         modes[0] / s,
         modes[1] / s,
-        modes[2] / s
+        modes[2] / s,
+        kl_mean(&kls[0]),
+        kl_mean(&kls[1]),
+        kl_mean(&kls[2]),
     );
     Ok(())
 }
 
 fn main() -> Result<(), weightspace::Error> {
     let args = Args::parse(
-        "[--quick] [--dataset regression2d|sinusoidal] [--chains 256] [--handful 8] [--warmup 1024] [--seeds 3] [--threads 0]",
+        "[--quick] [--dataset regression2d|sinusoidal] [--chains 256] [--handful 8] [--warmup 1024] [--seeds 3] [--threads 0] [--reference-chains 4×chains] [--reference-warmup 2×warmup] [--reference-draws 16]",
         &[],
-        &["--dataset", "--chains", "--handful", "--warmup", "--seeds", "--threads"],
+        &["--dataset", "--chains", "--handful", "--warmup", "--seeds", "--threads", "--reference-chains", "--reference-warmup", "--reference-draws"],
         0,
     );
     let dataset = args.value("--dataset").unwrap_or("regression2d");

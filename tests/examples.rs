@@ -398,9 +398,17 @@ fn chain_budget() {
                 "diff_se",
                 "lppd_many_sd",
                 "lppd_one_sd",
+                "kl_many",
+                "kl_handful",
+                "kl_one",
+                "kl_diff_one_many",
+                "kl_diff_se",
+                "kl_reference_halves",
             ],
         );
         assert!(out.contains("KL(predictive of all 16 chains"), "{out}");
+        assert!(out.contains("reference: 64 chains × 120 warm-up × 16 draws"), "{out}");
+        assert!(["kl_many", "kl_one"].iter().all(|k| s[k].parse::<f64>().unwrap() >= 0.0), "{out}");
     }
 }
 

@@ -55,7 +55,7 @@ pub use predict::predictive::{Linearised, Predictive, PredictiveMetrics, Predict
 /// naming the problem.
 pub mod metrics {
     pub use crate::predict::metrics::{
-        accuracy, auroc, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage,
+        accuracy, auroc, categorical_negative_log_likelihood, expected_calibration_error, gaussian_interval_coverage, gaussian_kl,
         gaussian_negative_log_likelihood, interval_coverage, log_mean_exp, logsumexp, mean_and_se, mean_log_predictive_density,
         mutual_information, pointwise_log_predictive_density, predictive_entropy, reliability_diagram, rmse, ReliabilityBin,
         PROB_SUM_TOLERANCE,

@@ -9,6 +9,7 @@
 //! | --- | --- | --- |
 //! | mean log predictive density (the negative of the NLL) | [`mean_log_predictive_density`], [`pointwise_log_predictive_density`] | S×N per-sample log-likelihoods |
 //! | Gaussian NLL | [`gaussian_negative_log_likelihood`] | predictive means and variances |
+//! | KL divergence between two Gaussian predictives | [`gaussian_kl`] | two sets of means and variances |
 //! | RMSE | [`rmse`] | point predictions |
 //! | accuracy, categorical NLL | [`accuracy`], [`categorical_negative_log_likelihood`] | N×K class probabilities |
 //! | ECE, reliability diagram | [`expected_calibration_error`], [`reliability_diagram`] | N×K class probabilities |
@@ -276,6 +277,43 @@ pub fn gaussian_negative_log_likelihood(mean: &[f64], variance: &[f64], y: &[f64
     let ln_2pi = (2.0 * std::f64::consts::PI).ln();
     let total: f64 = mean.iter().zip(variance).zip(y).map(|((m, v), t)| 0.5 * (ln_2pi + v.ln() + (t - m).powi(2) / v)).sum();
     Ok(total / mean.len() as f64)
+}
+
+/// Mean over points of the KL divergence `KL(N(mean_pᵢ, var_pᵢ) ‖ N(mean_qᵢ, var_qᵢ))` between two
+/// sets of independent Gaussian predictives, in nats per point.
+///
+/// With `p` a reference predictive and `q` an approximation, it measures how much of the reference
+/// the approximation misses: an approximation that is too narrow or off-centre pays for it. Two
+/// predictives given by draws are compared through their first two moments (moment-matched
+/// Gaussians per point), not as the mixtures the draws define.
+///
+/// ```
+/// use weightspace::metrics::gaussian_kl;
+///
+/// assert_eq!(gaussian_kl(&[0.0, 1.0], &[1.0, 2.0], &[0.0, 1.0], &[1.0, 2.0])?, 0.0);
+/// // KL(N(0, 1) ‖ N(1, 4)) = ½ (ln 4 + (1 + 1) / 4 − 1)
+/// let kl = gaussian_kl(&[0.0], &[1.0], &[1.0], &[4.0])?;
+/// assert!((kl - 0.5 * (4f64.ln() + 0.5 - 1.0)).abs() < 1e-12);
+/// assert!(gaussian_kl(&[0.0], &[1.0], &[0.0], &[0.0]).is_err()); // a variance must be positive
+/// # Ok::<(), weightspace::MetricError>(())
+/// ```
+pub fn gaussian_kl(mean_p: &[f64], var_p: &[f64], mean_q: &[f64], var_q: &[f64]) -> Result<f64> {
+    const M: &str = "gaussian_kl";
+    nonempty(M, "mean_p", mean_p)?;
+    for (what, v) in [("var_p", var_p), ("mean_q", mean_q), ("var_q", var_q)] {
+        same_len(M, what, mean_p.len(), v.len())?;
+    }
+    for (what, v) in [("mean_p", mean_p), ("var_p", var_p), ("mean_q", mean_q), ("var_q", var_q)] {
+        finite(M, what, v)?;
+    }
+    for (what, v) in [("var_p", var_p), ("var_q", var_q)] {
+        if let Some(i) = v.iter().position(|v| *v <= 0.0) {
+            return Err(MetricError::InvalidArgument { metric: M, what, reason: format!("{what}[{i}] = {} is not positive", v[i]) });
+        }
+    }
+    let total: f64 =
+        (0..mean_p.len()).map(|i| 0.5 * ((var_q[i] / var_p[i]).ln() + (var_p[i] + (mean_p[i] - mean_q[i]).powi(2)) / var_q[i] - 1.0)).sum();
+    Ok(total / mean_p.len() as f64)
 }
 
 fn check_probs(metric: &'static str, probs: &[f64], n_classes: usize, labels: &[usize]) -> Result<()> {
@@ -730,6 +768,31 @@ mod tests {
         let expect = (0.5 * (ln_2pi + 4f64.ln() + 1.0) + 0.5 * ln_2pi) / 2.0;
         close(nll, expect, 1e-12);
         assert!(gaussian_negative_log_likelihood(&[0.0], &[0.0], &[0.0]).is_err());
+    }
+
+    #[test]
+    fn gaussian_kl_matches_the_integral_and_rejects_bad_input() {
+        // ∫ p (ln p − ln q) by the midpoint rule on ±12 standard deviations of p, per point
+        let (mp, vp, mq, vq): ([f64; 2], [f64; 2], [f64; 2], [f64; 2]) = ([0.5, -1.0], [0.7, 2.0], [-0.3, -1.0], [1.9, 0.4]);
+        let ln_n = |y: f64, m: f64, v: f64| -0.5 * ((2.0 * std::f64::consts::PI * v).ln() + (y - m).powi(2) / v);
+        let integral: f64 = (0..2)
+            .map(|i| {
+                let (sd, h) = (vp[i].sqrt(), 1e-3);
+                (0..(24.0 * sd / h) as usize)
+                    .map(|k| {
+                        let y = mp[i] - 12.0 * sd + (k as f64 + 0.5) * h;
+                        let lp = ln_n(y, mp[i], vp[i]);
+                        h * lp.exp() * (lp - ln_n(y, mq[i], vq[i]))
+                    })
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0;
+        close(gaussian_kl(&mp, &vp, &mq, &vq).unwrap(), integral, 1e-7);
+        assert!(matches!(gaussian_kl(&[], &[], &[], &[]), Err(MetricError::Empty { .. })));
+        assert!(gaussian_kl(&[0.0], &[1.0], &[0.0, 1.0], &[1.0, 1.0]).is_err());
+        assert!(gaussian_kl(&[0.0], &[1.0], &[f64::NAN], &[1.0]).is_err());
+        assert!(gaussian_kl(&[0.0], &[-1.0], &[0.0], &[1.0]).is_err());
     }
 
     #[test]
