@@ -25,7 +25,7 @@
 //! For each run it reports the test LPPD (± s.e. over test points), the number of distinct modes
 //! among the canonicalised draws (exact canonicalisation; `spectral_modes` with the eigengap rule,
 //! on at most 1000 draws taken evenly), and the KL divergence of its posterior predictive from the
-//! reference's (`metrics::gaussian_kl` of moment-matched Gaussians per test point, averaged over
+//! reference's (`PosteriorPredictive::kl`: moment-matched Gaussians per test point, averaged over
 //! test points); and finally, from the many-chain run, the KL divergence between the predictive of
 //! its first `k` chains and of all of them as `k` grows.
 //!
@@ -89,23 +89,17 @@ fn score<M: Bnn<f32, Cpu>>(
     Ok((run, row))
 }
 
-/// Mean over test points of KL(p ‖ q) between two posterior predictives, moment-matched.
-fn predictive_kl(p: &PosteriorPredictive, q: &PosteriorPredictive) -> weightspace::Result<f64> {
-    let var = |s: &[f64]| s.iter().map(|s| s * s).collect::<Vec<_>>();
-    Ok(weightspace::metrics::gaussian_kl(&p.mean, &var(&p.std), &q.mean, &var(&q.std))?)
-}
-
-/// The predictive of the first `k` chains of `run`.
-fn first_chains<M: Bnn<f32, Cpu>>(
+/// The predictive of the chains `range` of `run`.
+fn chains_predictive<M: Bnn<f32, Cpu>>(
     model: &M,
     test: &Dataset<f32, Cpu>,
     run: &SymMcmcRun,
-    k: usize,
+    range: std::ops::Range<usize>,
 ) -> weightspace::Result<PosteriorPredictive> {
-    let mut first = run.clone();
-    first.draws.truncate(k);
-    first.canonical.truncate(k);
-    first.predictive(model, test)
+    let mut part = run.clone();
+    part.draws = run.draws[range.clone()].to_vec();
+    part.canonical = run.canonical[range].to_vec();
+    part.predictive(model, test)
 }
 
 fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &Args) -> weightspace::Result<()> {
@@ -129,7 +123,7 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     );
     // The best available answer: a run with `reference_chains` chains, a longer warm-up and
     // `reference_draws` draws each, seeded apart from every compared run. Each run's predictive is
-    // scored by its KL from it; the KL between the reference's two halves of chains is its own floor.
+    // scored by its KL from it; the KL between the reference's two halves of chains is its precision.
     let reference = SymMcmcSettings {
         chains: reference_chains,
         warmup: reference_warmup,
@@ -142,10 +136,13 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
     };
     let (reference_run, reference_row) = score(model, &train, &test, &reference)?;
     let reference_predictive = reference_run.predictive(model, &test)?;
-    let mut second_half = reference_run.clone();
-    second_half.draws.drain(..reference_chains / 2);
-    second_half.canonical.drain(..reference_chains / 2);
-    let floor = predictive_kl(&first_chains(model, &test, &reference_run, reference_chains / 2)?, &second_half.predictive(model, &test)?)?;
+    let half = reference_chains / 2;
+    let floor = chains_predictive(model, &test, &reference_run, 0..half)?.kl(&chains_predictive(
+        model,
+        &test,
+        &reference_run,
+        half..reference_chains,
+    )?)?;
     println!(
         "reference: {reference_chains} chains × {reference_warmup} warm-up × {reference_draws} draws, {} gradient evaluations, test LPPD {:.3} ({:.3}), {} modes, {:.1} s; KL between its halves {floor:.4}",
         reference_row.evaluations, reference_row.lppd.mean, reference_row.lppd.se, reference_row.modes, reference_row.seconds
@@ -192,7 +189,7 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
             ("one", 1, one.draws_per_chain, &one_row, &one_run),
         ];
         for (i, (name, c, d, row, run)) in runs.into_iter().enumerate() {
-            let kl = predictive_kl(&reference_predictive, &run.predictive(model, &test)?)?;
+            let kl = reference_predictive.kl(&run.predictive(model, &test)?)?;
             println!(
                 "{seed:>4}  {name:<8} {c:>7}  {d:>11}  {:>14}   {:>7.3} ({:.3})    {:>5}  {kl:>13.4}  {:>7.1}",
                 row.evaluations, row.lppd.mean, row.lppd.se, row.modes, row.seconds
@@ -208,7 +205,7 @@ fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &
         let all = many_run.predictive(model, &test)?;
         kl_rows.push(
             ks.into_iter()
-                .map(|k| predictive_kl(&all, &first_chains(model, &test, &many_run, k)?).map(|kl| (k, kl)))
+                .map(|k| all.kl(&chains_predictive(model, &test, &many_run, 0..k)?).map(|kl| (k, kl)))
                 .collect::<weightspace::Result<_>>()?,
         );
     }

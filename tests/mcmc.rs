@@ -698,11 +698,7 @@ fn many_short_chains_beat_one_long_chain_at_the_same_budget() {
         sym_mcmc(&model, &train, &settings, &NoCanonicalisation).unwrap()
     };
     let reference = run(4 * chains, 2 * warmup, 16, 10_000).predictive(&model, &test).unwrap();
-    let kl_from_reference = |run: &SymMcmcRun| {
-        let q = run.predictive(&model, &test).unwrap();
-        let var = |s: &[f64]| s.iter().map(|s| s * s).collect::<Vec<_>>();
-        weightspace::metrics::gaussian_kl(&reference.mean, &var(&reference.std), &q.mean, &var(&q.std)).unwrap()
-    };
+    let kl_from_reference = |run: &SymMcmcRun| reference.kl(&run.predictive(&model, &test).unwrap()).unwrap();
     let (mut many, mut one, mut log_kl_ratio) = (Vec::new(), Vec::new(), Vec::new());
     for seed in 0..5 {
         let (m, o) = (run(chains, warmup, 1, seed), run(1, warmup, chains * (warmup + 1) - warmup, seed + 2000));

@@ -294,6 +294,26 @@ pub struct PosteriorPredictive {
     pub f_std: Vec<f64>,
 }
 
+impl PosteriorPredictive {
+    /// `KL(self ‖ other)` of the two predictives as Gaussians per input, averaged over the inputs
+    /// ([`gaussian_kl`](crate::metrics::gaussian_kl)): with `self` a reference run's predictive,
+    /// how much of it `other` misses. Both must be at the same inputs.
+    ///
+    /// ```
+    /// use weightspace::mcmc::PosteriorPredictive;
+    /// let wide = PosteriorPredictive { mean: vec![0.0], std: vec![2.0], f_std: vec![1.0] };
+    /// let narrow = PosteriorPredictive { mean: vec![0.0], std: vec![1.0], f_std: vec![0.5] };
+    /// assert_eq!(wide.kl(&wide)?, 0.0);
+    /// assert!(wide.kl(&narrow)? > narrow.kl(&wide)?); // missing the spread costs more
+    /// assert!(wide.kl(&PosteriorPredictive { mean: vec![], std: vec![], f_std: vec![] }).is_err());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn kl(&self, other: &PosteriorPredictive) -> Result<f64> {
+        let var = |s: &[f64]| s.iter().map(|s| s * s).collect::<Vec<_>>();
+        Ok(crate::predict::metrics::gaussian_kl(&self.mean, &var(&self.std), &other.mean, &var(&other.std))?)
+    }
+}
+
 /// Which sampler produced a [`SymMcmcRun`], with its own report.
 ///
 /// ```
