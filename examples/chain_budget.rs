@@ -96,10 +96,8 @@ fn chains_predictive<M: Bnn<f32, Cpu>>(
     run: &SymMcmcRun,
     range: std::ops::Range<usize>,
 ) -> weightspace::Result<PosteriorPredictive> {
-    let mut part = run.clone();
-    part.draws = run.draws[range.clone()].to_vec();
-    part.canonical = run.canonical[range].to_vec();
-    part.predictive(model, test)
+    let (draws, canonical) = (run.draws[range.clone()].to_vec(), run.canonical[range].to_vec());
+    SymMcmcRun { draws, canonical, report: run.report.clone(), ..*run }.predictive(model, test)
 }
 
 fn experiment<M: Bnn<f32, Cpu>>(model: &M, table: &Table, dataset: &str, args: &Args) -> weightspace::Result<()> {
