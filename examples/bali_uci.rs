@@ -26,9 +26,14 @@
 //!
 //! Classification: one hidden layer of 50 ReLU units, inputs standardised per split, 40 epochs;
 //! test accuracy, NLL and ECE (15 equal-width confidence bins) as mean ± s.e. over splits. BALI
-//! uses α = 1 and damping 10 for classifiers (`--alpha`, `--damping`; chosen on iris splits 0–3
-//! from eight (α, damping) pairs with α ∈ {0.3, 0.5, 1} and damping ∈ {0.1, 0.3, 1, 3, 10}); the row "BALI mean" is the
-//! predictive of BALI's posterior mean alone. `--model-prior 0` switches
+//! uses α = 1 for classifiers (`--alpha`). On every split, BALI's damping (from 1, 3, 10, 30) and
+//! mean-field VI's learning rate (from 0.003, 0.01, 0.03) are chosen by 5-fold cross-validation on
+//! that split's training rows alone (`UciSplits::folds`; the lowest held-out NLL pooled over the
+//! folds, BALI scored with its linearised predictive), then each method is refitted on all the
+//! training rows; the test rows are never seen before the final score. `--cv FOLDS` sets the
+//! folds (2 under `--quick`), `--cv 0` fixes damping 10 and learning rate 0.01 instead, and
+//! `--damping D` fixes BALI's damping. The row "BALI mean" is the predictive of BALI's posterior
+//! mean alone. `--model-prior 0` switches
 //! `BaliConfig::model_prior_in_mean` off (the ablation), `--lin S` sets the linearisation samples
 //! of a classifier (0: the posterior mean; default 16, against the library's 4: on iris the
 //! accuracy of the linearised predictive was 0.923 with 4 and 0.940 with 16, the same within 0.004
@@ -53,7 +58,8 @@
 //! Regression ablations (BALI only changes; the defaults are the library's): `--alpha A`,
 //! `--damping D`, `--lin S`, `--rho R` (forgetting factor), `--prior-precision L` (a fixed
 //! `Λ_0 = L·I`), `--learn-noise 0` (keep σ at its declared 0.5 in standardised units),
-//! `--model-prior 0`.
+//! `--model-prior 0`. Regression and `digits-ood` use fixed settings (mean-field VI's learning
+//! rate 0.01, BALI's damping the library's for regression and 10 for `digits-ood`).
 //!
 //! OOD (`digits-ood`): a 5-class network trained on digits 0–4; in-distribution inputs are the
 //! held-out 0–4 images of each split, OOD inputs all 5–9 images. Scores: predictive entropy and
@@ -62,7 +68,8 @@
 //! Gauss–Newton steps converge to); it has entropy only (its mutual information is 0).
 //!
 //! Both methods fit the same model (prior, likelihood). BALI runs minibatch updates (|B| = 32,
-//! `ρ = 1 − |B|/N`). Mean-field VI is the library's `fit` (Adam 1e-2 → 1e-3, |B| = 32, 8 weight
+//! `ρ = 1 − |B|/N`). Mean-field VI is the library's `fit` (Adam from its learning rate, 0.01 unless
+//! cross-validated, decayed to a tenth; |B| = 32, 8 weight
 //! samples with local reparameterisation, the same epochs). Predictions average over K = 200
 //! weight samples.
 //!
@@ -71,8 +78,8 @@
 //! split-averaged test NLL stays within 0.01 nats of its final value), `acc= nll= ece= mfvi_acc=
 //! mfvi_nll= mfvi_ece= sampled_acc= sampled_nll= sampled_ece=` and, with the reference,
 //! `nuts_acc= nuts_nll= nuts_ece=`, with the Laplace reference `laplace_{acc,nll,ece}=`,
-//! `laplace_eb_{acc,nll,ece}=` (evidence-tuned `τ`) and `laplace_tau_min= laplace_tau_max=`
-//! (classification),
+//! `laplace_eb_{acc,nll,ece}=` (evidence-tuned `τ`), `laplace_tau_min= laplace_tau_max=` and, with
+//! cross-validation, `cv_folds=` (classification),
 //! `auroc_bali= auroc_mfvi= auroc_det=` (digits-ood, entropy scores; `*_mi=` for mutual information).
 //!
 //! ```text
@@ -161,6 +168,8 @@ struct Digits5Net {
 type E = f32;
 const BATCH: usize = 32;
 const ECE_BINS: usize = 15;
+/// Mean-field VI's learning rate where it is not chosen by cross-validation.
+const MFVI_LR: f64 = 1e-2;
 const DATASETS: [&str; 7] = ["wine", "boston", "diabetes", "iris", "breast-cancer", "digits", "digits-ood"];
 
 struct Args {
@@ -175,6 +184,8 @@ struct Args {
     /// BALI's α and damping (`None`: 1 and 10 for classifiers, the library's for regression).
     alpha: Option<f64>,
     damping: Option<f64>,
+    /// BALI's output-layer damping for classifiers (`None`: the library's).
+    output_damping: Option<f64>,
     /// BALI's linearisation samples (0: the posterior mean; `None`: 16 for classifiers, the library's for regression).
     lin: Option<usize>,
     /// BALI's [`BaliConfig::model_prior_in_mean`] (ablation).
@@ -191,13 +202,16 @@ struct Args {
     prior: Option<f64>,
     /// Learn the noise (`None`: as the model declares, learned).
     learn_noise: Option<bool>,
+    /// Folds of the cross-validation that chooses a classifier's BALI damping and mean-field VI
+    /// learning rate on each training split (0: fixed at damping 10 and learning rate 0.01).
+    cv: usize,
 }
 
 fn args() -> Args {
     let a = common::Args::parse(
-        "[--quick] [--dataset wine|boston|diabetes|iris|breast-cancer|digits|digits-ood] [--splits N] [--epochs N] [--alpha A] [--damping D] [--lin S] [--model-prior 0|1] [--nuts CHAINS] [--laplace 0|1] [--rho R] [--prior-precision L] [--learn-noise 0|1]",
+        "[--quick] [--dataset wine|boston|diabetes|iris|breast-cancer|digits|digits-ood] [--splits N] [--epochs N] [--alpha A] [--damping D] [--output-damping D] [--lin S] [--model-prior 0|1] [--nuts CHAINS] [--laplace 0|1] [--rho R] [--prior-precision L] [--learn-noise 0|1] [--cv FOLDS]",
         &[],
-        &["--dataset", "--splits", "--epochs", "--alpha", "--damping", "--lin", "--model-prior", "--nuts", "--laplace", "--rho", "--prior-precision", "--learn-noise"],
+        &["--dataset", "--splits", "--epochs", "--alpha", "--damping", "--output-damping", "--lin", "--model-prior", "--nuts", "--laplace", "--rho", "--prior-precision", "--learn-noise", "--cv"],
         0,
     );
     let dataset = a.value("--dataset").unwrap_or("wine").to_string();
@@ -213,6 +227,7 @@ fn args() -> Args {
         rows,
         alpha: a.value("--alpha").map(|_| a.get("--alpha", 1.0)),
         damping: a.value("--damping").map(|_| a.get("--damping", 0.1)),
+        output_damping: a.value("--output-damping").map(|_| a.get("--output-damping", 1.0)),
         lin: a.value("--lin").map(|_| a.get("--lin", 4)),
         model_prior: a.get("--model-prior", 1u8) == 1,
         nuts: a.value("--nuts").map(|_| a.get("--nuts", 8)),
@@ -221,6 +236,7 @@ fn args() -> Args {
         rho: a.value("--rho").map(|_| a.get("--rho", 0.0)),
         prior: a.value("--prior-precision").map(|_| a.get("--prior-precision", 1.0)),
         learn_noise: a.value("--learn-noise").map(|_| a.get("--learn-noise", 1u8) == 1),
+        cv: a.get("--cv", if a.quick() { 2 } else { 5 }),
     }
 }
 
@@ -255,10 +271,11 @@ impl<M: Bnn<E, Cpu>> Objective<E, Cpu, M> for Tracked<'_, M> {
     }
 }
 
-fn mfvi_config(epochs: usize, n_train: usize, seed: u64) -> (ElboConfig, FitConfig) {
+/// Mean-field VI's optimiser: Adam from `lr` decayed to `lr / 10`, minibatches of 32, `epochs` passes.
+fn mfvi_config(epochs: usize, n_train: usize, lr: f64, seed: u64) -> (ElboConfig, FitConfig) {
     let elbo = ElboConfig { samples: 8, local_reparam: true, ..Default::default() };
     let steps = epochs * (n_train / BATCH).max(1);
-    let cfg = FitConfig { steps, batch_size: Some(BATCH), lr: 1e-2, lr_end: Some(1e-3), elbo, seed, progress: false, ..Default::default() };
+    let cfg = FitConfig { steps, batch_size: Some(BATCH), lr, lr_end: Some(lr / 10.0), elbo, seed, progress: false, ..Default::default() };
     (elbo, cfg)
 }
 
@@ -369,7 +386,7 @@ fn mfvi_regression<M: Bnn<E, Cpu>>(
 ) -> weightspace::Result<Outcome> {
     let mut model = make(&Cpu::default());
     let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed })?;
-    let (elbo, cfg) = mfvi_config(args.epochs, train.len(), seed);
+    let (elbo, cfg) = mfvi_config(args.epochs, train.len(), MFVI_LR, seed);
     let per_epoch = (train.len() / BATCH).max(1);
     let mut obj = Tracked {
         inner: elbo,
@@ -570,6 +587,7 @@ fn bali_classifier_config(args: &Args, n_train: usize, seed: u64) -> BaliConfig 
         batch_size: Some(BATCH.min(n_train)),
         alpha: args.alpha.unwrap_or(1.0),
         damping: args.damping.unwrap_or(10.0),
+        output_damping: args.output_damping.unwrap_or(BaliConfig::default().output_damping),
         linearisation: match args.lin {
             Some(0) => Linearisation::Mean,
             Some(s) => Linearisation::Samples(s),
@@ -767,6 +785,66 @@ fn laplace_reference<M: Bnn<E, Cpu>>(
     Ok(LaplaceScores { prior: score(1.0)?, tuned: score(best.1)?, tau: best.1 })
 }
 
+/// BALI's damping candidates for a classifier's cross-validation.
+const DAMPING_GRID: [f64; 4] = [1.0, 3.0, 10.0, 30.0];
+/// Mean-field VI's learning-rate candidates (each decayed to a tenth over the run).
+const LR_GRID: [f64; 3] = [3e-3, 1e-2, 3e-2];
+
+/// A classifier's settings for one split, chosen on its training rows alone.
+#[derive(Clone, Copy)]
+struct Chosen {
+    damping: f64,
+    lr: f64,
+}
+
+/// BALI's damping and mean-field VI's learning rate chosen by `args.cv`-fold cross-validation on
+/// the training table `tr`; the split's test rows are never seen. Every candidate is fitted on the
+/// other folds (inputs standardised on them, the same epochs) and scored by its NLL on the held-out
+/// fold, BALI with its linearised predictive; the lowest NLL pooled over the folds wins. A
+/// candidate whose fit diverges on a fold is out. `--damping` fixes BALI's.
+fn cross_validate<M: Bnn<E, Cpu>>(make: fn(&Cpu) -> M, tr: &DataTable, args: &Args, seed: u64) -> weightspace::Result<Chosen> {
+    let dev = Cpu::default();
+    let dampings: Vec<f64> = args.damping.map_or(DAMPING_GRID.to_vec(), |d| vec![d]);
+    let folds = UciSplits::folds(tr.len(), args.cv, 4000 + seed as u32)?;
+    let (mut bali, mut mfvi) = (vec![0.0; dampings.len()], vec![0.0; LR_GRID.len()]);
+    // a fold's mean NLL, weighted by its share of the rows; a diverged or non-finite fit scores ∞
+    let pooled = |fitted: weightspace::Result<f64>, share: f64| match fitted {
+        Ok(nll) if nll.is_finite() => Ok(share * nll),
+        Ok(_) | Err(weightspace::Error::Diverged { .. }) => Ok(f64::INFINITY),
+        Err(e) => Err(e),
+    };
+    for fold in folds.iter() {
+        let (fit_t, val_t) = fold.tables(tr)?;
+        let units = Standardiser::fit(&fit_t)?;
+        let fit_d: Dataset<E, Cpu> = units.apply(&fit_t)?.dataset(&dev)?;
+        let val: Dataset<E, Cpu> = units.apply(&val_t)?.dataset(&dev)?;
+        let share = val.len() as f64 / tr.len() as f64;
+        for (total, &damping) in bali.iter_mut().zip(&dampings) {
+            let mut model = make(&dev);
+            let cfg = BaliConfig { damping, ..bali_classifier_config(args, fit_d.len(), seed) };
+            let nll = weightspace::bali::fit_bali(&mut model, &fit_d, &cfg)
+                .and_then(|(post, _)| Ok(scores(&model, post.linearised(), &val, args.k)?[1]));
+            *total += pooled(nll, share)?;
+        }
+        for (total, &lr) in mfvi.iter_mut().zip(&LR_GRID) {
+            let mut model = make(&dev);
+            let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed })?;
+            let nll = fit(&mut model, &mut guide, &fit_d, &mfvi_config(args.epochs, fit_d.len(), lr, seed).1)
+                .and_then(|_| Ok(scores(&model, &guide, &val, args.k)?[1]));
+            *total += pooled(nll, share)?;
+        }
+    }
+    let best = |nll: &[f64], grid: &[f64], what: &str| -> weightspace::Result<f64> {
+        let (i, v) = nll.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).expect("non-empty grid");
+        if v.is_finite() {
+            Ok(grid[i])
+        } else {
+            Err(weightspace::Error::Diverged { step: 0, what: format!("{what}: every candidate's cross-validation fit") })
+        }
+    };
+    Ok(Chosen { damping: best(&bali, &dampings, "BALI")?, lr: best(&mfvi, &LR_GRID, "mean-field VI")? })
+}
+
 fn classification<M: Bnn<E, Cpu>>(
     name: &str,
     make: fn(&Cpu) -> M,
@@ -776,8 +854,13 @@ fn classification<M: Bnn<E, Cpu>>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dev = Cpu::default();
     let cfg0 = bali_classifier_config(args, 0, 0);
+    let settings = match (args.cv, args.damping) {
+        (0, _) => format!("BALI damping {}, mean-field VI learning rate {MFVI_LR}", cfg0.damping),
+        (k, None) => format!("BALI damping from {DAMPING_GRID:?} and mean-field VI learning rate from {LR_GRID:?} by {k}-fold cross-validation on each training split"),
+        (k, Some(d)) => format!("BALI damping {d}, mean-field VI learning rate from {LR_GRID:?} by {k}-fold cross-validation on each training split"),
+    };
     println!(
-        "{name}: {} points, {} features, {} classes; {} seeded random 80/20 splits, {} epochs, K = {}; BALI α = {}, damping {}",
+        "{name}: {} points, {} features, {} classes; {} seeded random 80/20 splits, {} epochs, K = {}; BALI α = {}; {settings}",
         table.len(),
         table.d_in,
         table.d_out(),
@@ -785,7 +868,6 @@ fn classification<M: Bnn<E, Cpu>>(
         args.epochs,
         args.k,
         cfg0.alpha,
-        cfg0.damping
     );
     let nuts = args.nuts.unwrap_or(if name == "iris" && args.rows.is_none() { 8 } else { 0 });
     let mut methods = vec!["BALI", "BALI, sampled network", "mean-field VI", "BALI mean"];
@@ -797,6 +879,7 @@ fn classification<M: Bnn<E, Cpu>>(
         methods.extend(["Laplace, exact GGN", "Laplace, exact GGN, τ by evidence"]);
     }
     let mut taus = Vec::new();
+    let mut chosen = Vec::new();
     // per method, per split: accuracy, NLL, ECE
     let mut rows: Vec<Vec<[f64; 3]>> = vec![Vec::new(); methods.len()];
     for (split, idx) in splits.iter().enumerate() {
@@ -804,11 +887,17 @@ fn classification<M: Bnn<E, Cpu>>(
         let units = Standardiser::fit(&tr)?; // features only: labels are left alone
         let train: Dataset<E, Cpu> = units.apply(&tr)?.dataset(&dev)?;
         let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
+        let c = match args.cv {
+            0 => Chosen { damping: cfg0.damping, lr: MFVI_LR },
+            _ => cross_validate(make, &tr, args, split as u64)?,
+        };
+        chosen.push(c);
         let mut model = make(&dev);
-        let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &bali_classifier_config(args, train.len(), split as u64))?;
+        let cfg = BaliConfig { damping: c.damping, ..bali_classifier_config(args, train.len(), split as u64) };
+        let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &cfg)?;
         let mut vmodel = make(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
-        fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), split as u64).1)?;
+        fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), c.lr, split as u64).1)?;
         let mut r = vec![
             scores(&model, post.linearised(), &test, args.k)?,
             scores(&model, post.clone(), &test, args.k)?,
@@ -824,7 +913,7 @@ fn classification<M: Bnn<E, Cpu>>(
             taus.push(l.tau);
         }
         let line: Vec<String> = methods.iter().zip(&r).map(|(m, v)| format!("{m} {:.3}/{:.3}/{:.3}", v[0], v[1], v[2])).collect();
-        println!("split {split:>2} (acc/NLL/ECE): {}", line.join(" | "));
+        println!("split {split:>2} (acc/NLL/ECE; BALI damping {}, MFVI lr {}): {}", c.damping, c.lr, line.join(" | "));
         for (acc, v) in rows.iter_mut().zip(r) {
             acc.push(v);
         }
@@ -837,6 +926,13 @@ fn classification<M: Bnn<E, Cpu>>(
         println!("  {label:<34} accuracy {:.3} ± {:.3}   NLL {:.3} ± {:.3}   ECE {:.3} ± {:.3}", a.0, a.1, l.0, l.1, c.0, c.1);
         means.push([a.0, l.0, c.0]);
     }
+    // BALI − mean-field VI, paired over splits (both see the same split and its seed)
+    let diff = |k: usize| mean_and_se(&rows[0].iter().zip(&rows[2]).map(|(b, v)| b[k] - v[k]).collect::<Vec<_>>());
+    let (da, dl, dc) = (diff(0)?, diff(1)?, diff(2)?);
+    println!(
+        "  BALI − mean-field VI, paired over splits: accuracy {:+.3} ± {:.3}   NLL {:+.3} ± {:.3}   ECE {:+.3} ± {:.3}",
+        da.0, da.1, dl.0, dl.1, dc.0, dc.1
+    );
     let keys = |key: &str, label: &str| match methods.iter().position(|m| *m == label) {
         Some(i) => format!(" {key}_acc={:.4} {key}_nll={:.4} {key}_ece={:.4}", means[i][0], means[i][1], means[i][2]),
         None => String::new(),
@@ -844,6 +940,17 @@ fn classification<M: Bnn<E, Cpu>>(
     let mut extra = keys("nuts", "NUTS (reference)")
         + &keys("laplace", "Laplace, exact GGN")
         + &keys("laplace_eb", "Laplace, exact GGN, τ by evidence");
+    if args.cv > 0 {
+        let count = |grid: &[f64], pick: fn(&Chosen) -> f64| -> String {
+            grid.iter().map(|g| format!("{g}: {}", chosen.iter().filter(|c| pick(c) == *g).count())).collect::<Vec<_>>().join(", ")
+        };
+        println!(
+            "  chosen by cross-validation, splits per value: BALI damping {{{}}}, MFVI learning rate {{{}}}",
+            count(&DAMPING_GRID, |c| c.damping),
+            count(&LR_GRID, |c| c.lr)
+        );
+        extra += &format!(" cv_folds={}", args.cv);
+    }
     if !taus.is_empty() {
         let (lo, hi) = taus.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &t| (l.min(t), h.max(t)));
         println!("  evidence-maximising τ (prior precision multiplier) per split: {lo:.3}–{hi:.3}");
@@ -918,7 +1025,7 @@ fn digits_ood(table: &DataTable, splits_n: usize, args: &Args) -> Result<(), Box
         let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &bali_classifier_config(args, train.len(), split as u64))?;
         let mut vmodel = Digits5Net::<E, Cpu>::new(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
-        fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), split as u64).1)?;
+        fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), MFVI_LR, split as u64).1)?;
 
         fn row<M: Bnn<E, Cpu>, S: WeightSource<E, Cpu> + Clone>(
             model: &M,

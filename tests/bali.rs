@@ -386,6 +386,7 @@ fn bad_settings_and_data_are_errors_and_leave_the_state_untouched() {
         BaliConfig { alpha: 0.0, ..Default::default() },
         BaliConfig { rho: Some(1.0), ..Default::default() },
         BaliConfig { damping: f64::NAN, ..Default::default() },
+        BaliConfig { output_damping: -0.5, ..Default::default() },
         BaliConfig { epochs: 0, ..Default::default() },
         BaliConfig { batch_size: Some(21), ..Default::default() },
         BaliConfig { prior: PriorPrecision::Fixed(-1.0), ..Default::default() },
@@ -503,7 +504,7 @@ fn mean_step_converges_to_the_models_map() {
     let grad_norm = |model_prior_in_mean: bool| {
         let mut model = Softmax::<f64, Cpu>::new(&dev);
         let cfg =
-            BaliConfig { epochs: 400, linearisation: Linearisation::Mean, model_prior_in_mean, progress: false, ..Default::default() };
+            BaliConfig { epochs: 2000, linearisation: Linearisation::Mean, model_prior_in_mean, progress: false, ..Default::default() };
         let (post, _) = fit_bali(&mut model, &data, &cfg).unwrap();
         let w = post.layers()[0].mean();
         let mut g = [[0.0f64; 3]; 3];
@@ -533,6 +534,51 @@ fn mean_step_converges_to_the_models_map() {
     println!("gradient norm: model prior {with_model_prior:e}, matrix-normal prior {with_mn_prior:e}");
     assert!(with_model_prior < 1e-6, "gradient at the fixed point {with_model_prior}");
     assert!(with_mn_prior > 1e-2, "matrix-normal prior's fixed point: gradient {with_mn_prior}");
+}
+
+/// A categorical output layer's `Σ_L` is the inverse of its exact Gauss–Newton factor
+/// `G_L = mean_n (diag p_n − p_n p_nᵀ)` plus `output_damping · tr(G_L)/o · I`, whatever the hidden
+/// layers' damping, and the softmax's invariant direction 1 gets `G_L`'s mean non-zero eigenvalue
+/// `tr(G_L)/(o − 1)` on top (so that `output_damping = 0` is the undamped factor, gauge fixed).
+#[test]
+fn categorical_output_layer_has_its_own_damping_and_the_softmax_gauge_fixed() {
+    let dev = Cpu::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let x: Vec<f64> = (0..60).map(|_| normal(&mut rng)).collect();
+    let labels: Vec<usize> = (0..30).map(|i| i % 3).collect();
+    let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 3).unwrap();
+    let sigma_after_one_step = |damping: f64, output_damping: f64| {
+        let mut model = Softmax::<f64, Cpu>::new(&dev);
+        let cfg = BaliConfig { damping, output_damping, linearisation: Linearisation::Mean, progress: false, ..Default::default() };
+        let mut bali = Bali::new(&model, cfg).unwrap();
+        let w = bali.posterior().layers()[0].mean().clone();
+        bali.step(&mut model, &data, 30).unwrap();
+        (w, bali.posterior().layers()[0].row_covariance().clone())
+    };
+    let (w, _) = sigma_after_one_step(0.1, 0.0);
+    let mut g = [0.0; 9];
+    for r in x.chunks(2) {
+        let z: Vec<f64> = (0..3).map(|d| w[(d, 0)] * r[0] + w[(d, 1)] * r[1] + w[(d, 2)]).collect();
+        let tot: f64 = z.iter().map(|v| v.exp()).sum();
+        let p: Vec<f64> = z.iter().map(|v| v.exp() / tot).collect();
+        for a in 0..3 {
+            g[a * 3 + a] += p[a] / 30.0;
+            for b in 0..3 {
+                g[a * 3 + b] -= p[a] * p[b] / 30.0;
+            }
+        }
+    }
+    let tr = g[0] + g[4] + g[8];
+    for output_damping in [0.0, 1.0] {
+        let (_, sigma) = sigma_after_one_step(0.1, output_damping);
+        let expected: Vec<f64> = (0..9).map(|k| g[k] + tr / 2.0 / 3.0 + if k % 4 == 0 { output_damping * tr / 3.0 } else { 0.0 }).collect();
+        let expected = Matrix::from_row_major(3, 3, expected).unwrap().cholesky().unwrap().inverse();
+        println!("output damping {output_damping}: Σ_L {sigma:?}\nexpected {expected:?}");
+        let d = rel_diff(&sigma, &expected);
+        assert!(d < 1e-9, "output damping {output_damping}: Σ_L is not (G_L + δ I + tr(G_L)/(o−1) · 11ᵀ/o)⁻¹: {d}");
+        let (_, heavily_damped) = sigma_after_one_step(10.0, output_damping);
+        assert!(rel_diff(&heavily_damped, &sigma) < 1e-12, "the hidden layers' damping reached the output layer");
+    }
 }
 
 /// The linearised predictive of a BALI posterior: for a single linear layer it is the plain

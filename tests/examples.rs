@@ -124,6 +124,9 @@ fn bali_uci() {
         let s = summary(&out, &format!("bali_uci dataset={name} "));
         let v = finite(&s, &["acc", "nll", "ece", "mfvi_acc", "mfvi_nll", "mfvi_ece", "sampled_acc", "sampled_nll", "sampled_ece"]);
         assert!(v.iter().all(|x| *x >= 0.0) && v[0] <= 1.0 && v[3] <= 1.0 && v[6] <= 1.0, "{s:?}");
+        // BALI's damping and mean-field VI's learning rate chosen on the training rows (2 folds under --quick)
+        assert_eq!(finite(&s, &["cv_folds"]), [2.0], "{s:?}");
+        assert!(out.contains("chosen by cross-validation, splits per value: BALI damping {1: "), "{out}");
         if name == "iris" {
             // the exact Gauss–Newton Laplace reference, on by default on iris
             let v = finite(&s, &["laplace_acc", "laplace_nll", "laplace_ece", "laplace_eb_nll", "laplace_tau_min", "laplace_tau_max"]);

@@ -349,6 +349,45 @@ impl UciSplits {
         Ok(Self { splits })
     }
 
+    /// `k`-fold cross-validation splits of `n` rows: one permutation from the same NumPy stream
+    /// (`np.random.seed(seed)`, then `permutation(n)`) cut into `k` consecutive folds, sizes
+    /// differing by at most one (the first `n mod k` folds one row longer). Split `f` tests on fold
+    /// `f` and trains on the rest, so every row is tested exactly once. Needs `2 ≤ k ≤ n`.
+    ///
+    /// ```
+    /// use weightspace::UciSplits;
+    /// let folds = UciSplits::folds(10, 3, 5)?;
+    /// let sizes: Vec<usize> = folds.iter().map(|s| s.test.len()).collect();
+    /// assert_eq!(sizes, [4, 3, 3]);
+    /// let mut tested: Vec<usize> = folds.iter().flat_map(|s| s.test.clone()).collect();
+    /// tested.sort();
+    /// assert_eq!(tested, (0..10).collect::<Vec<_>>());
+    /// assert!(folds.iter().all(|s| s.train.len() + s.test.len() == 10 && s.train.iter().all(|r| !s.test.contains(r))));
+    /// assert!(UciSplits::folds(10, 1, 5).is_err() && UciSplits::folds(2, 3, 5).is_err());
+    /// # Ok::<(), weightspace::Error>(())
+    /// ```
+    pub fn folds(n: usize, k: usize, seed: u32) -> Result<Self> {
+        if k < 2 {
+            return Err(Error::config("k", k, "cross-validation needs at least two folds"));
+        }
+        if n < k {
+            return Err(Error::config("n", n, "needs at least one row per fold"));
+        }
+        let n32 = u32::try_from(n).map_err(|_| Error::config("n", n, "the splits support fewer than 2^32 rows"))?;
+        let p = LegacyRandomState::new(seed).permutation(n32);
+        let (base, extra) = (n / k, n % k);
+        let mut start = 0;
+        let splits = (0..k)
+            .map(|f| {
+                let end = start + base + usize::from(f < extra);
+                let split = Split { train: p[..start].iter().chain(&p[end..]).copied().collect(), test: p[start..end].to_vec() };
+                start = end;
+                split
+            })
+            .collect();
+        Ok(Self { splits })
+    }
+
     /// Number of splits.
     pub fn len(&self) -> usize {
         self.splits.len()
@@ -399,6 +438,26 @@ mod tests {
     fn the_stream_is_mt19937_init_genrand() {
         let mut rs = LegacyRandomState::new(1);
         assert_eq!([rs.0.next_u32(), rs.0.next_u32(), rs.0.next_u32()], [1791095845, 4282876139, 3093770124]);
+    }
+
+    #[test]
+    fn folds_partition_the_rows_into_near_equal_parts() {
+        for (n, k) in [(2, 2), (7, 2), (10, 3), (120, 5), (121, 5), (13, 13)] {
+            let folds = UciSplits::folds(n, k, 9).unwrap();
+            assert_eq!(folds.len(), k);
+            let mut tested = vec![0usize; n];
+            for s in folds.iter() {
+                assert!(s.test.len() == n / k || s.test.len() == n / k + 1, "{n} rows, {k} folds: {}", s.test.len());
+                let mut rows: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
+                rows.sort_unstable();
+                assert_eq!(rows, (0..n).collect::<Vec<_>>(), "train and test of a fold are the whole table, once each");
+                s.test.iter().for_each(|&r| tested[r] += 1);
+            }
+            assert!(tested.iter().all(|&t| t == 1), "{n} rows, {k} folds: every row tested once");
+        }
+        // the permutation is NumPy's: seed 1, permutation(10) = [2 9 6 4 0 3 1 7 8 5]
+        assert_eq!(UciSplits::folds(10, 2, 1).unwrap()[0].test, [2, 9, 6, 4, 0]);
+        assert_ne!(UciSplits::folds(50, 5, 1).unwrap(), UciSplits::folds(50, 5, 2).unwrap());
     }
 
     #[test]
