@@ -145,6 +145,9 @@ fn bali_uci() {
     // an unknown dataset is a usage error
     let bad = Command::new(binary("bali_uci")).args(["--dataset", "mnist"]).output().expect("starting bali_uci");
     assert_eq!(bad.status.code(), Some(2));
+    // one fold cannot cross-validate
+    let bad = Command::new(binary("bali_uci")).args(["--dataset", "iris", "--cv", "1"]).output().expect("starting bali_uci");
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[test]

@@ -265,7 +265,9 @@ impl<E: Real, D: Device<E>> BaliPosterior<E, D> {
     /// let labels: Vec<usize> = (0..40).map(|i| i % 2).collect();
     /// let data = Dataset::<f64, _>::classification(&dev, &x, 2, &labels, 2)?;
     /// let mut model = Clf::<f64, Cpu>::new(&dev);
-    /// let (post, _) = fit_bali(&mut model, &data, &BaliConfig { epochs: 10, progress: false, ..Default::default() })?;
+    /// // minibatches: full-batch updates of a hidden layer can oscillate (see the module docs)
+    /// let cfg = BaliConfig { epochs: 10, batch_size: Some(10), progress: false, ..Default::default() };
+    /// let (post, _) = fit_bali(&mut model, &data, &cfg)?;
     /// let m = Predictive::new(100).evaluate(&model, post.linearised(), &data)?;
     /// assert_eq!(m.accuracy, Some(1.0));
     /// # Ok::<(), weightspace::Error>(())

@@ -77,18 +77,14 @@
 //!   with 50 ReLU units). Minibatches, whose moving averages act as step damping, or `α < 1`
 //!   avoid it. A Gaussian output layer alone is always solved exactly.
 //! - **Classifiers.** The output curvature `diag p − ppᵀ` vanishes as predictions become
-//!   confident, so `Σ_l` grows and the sampled posterior widens. With the matrix-normal prior in
-//!   the mean step ([`BaliConfig::model_prior_in_mean`] off) BALI underfitted iris, its
-//!   posterior mean included. With the model's prior, the network evaluated at posterior samples
-//!   is still less confident than it should be on iris (NLL and ECE above mean-field VI's): the
-//!   hidden layer's covariance, measured as local curvature, moves the network far out of the
-//!   region where that curvature holds. The linearised predictive
-//!   ([`BaliPosterior::linearised`]), which is what a curvature-based covariance describes,
-//!   recovers most of it (the `bali_uci` example, α = 1, damping 10). What remains (0.009 nats of
-//!   NLL above mean-field VI on iris at 40 epochs) is not the Kronecker or layerwise structure: the
-//!   Laplace approximation at the same mean with the exact, full Gauss–Newton matrix does worse on
-//!   iris and breast cancer (`bali_uci --laplace 1`), and every Gaussian covariance at the mode
-//!   costs NLL there against the mean alone.
+//!   confident, so `Σ_L` grows and the sampled posterior widens, and the pseudo-targets can
+//!   overflow without damping ([`BaliConfig::output_damping`]). The network evaluated at posterior
+//!   samples is less confident than it should be: the hidden layer's covariance, measured as local
+//!   curvature, moves the network far out of the region where that curvature holds. The
+//!   linearised predictive ([`BaliPosterior::linearised`]), which is what a curvature-based
+//!   covariance describes, avoids that. On iris every Gaussian at the mode, BALI's and the
+//!   exact full Gauss–Newton Laplace alike, stays well above the exact posterior's NLL (NUTS); see
+//!   the `bali_uci` example and the README's BALI section for the figures.
 //!
 //! # Predicting
 //!
