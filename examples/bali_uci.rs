@@ -32,7 +32,7 @@
 //! folds, BALI scored with its linearised predictive), then each method is refitted on all the
 //! training rows; the test rows are never seen before the final score. `--cv FOLDS` sets the
 //! folds (2 under `--quick`), `--cv 0` fixes damping 10 and learning rate 0.01 instead, and
-//! `--damping D` fixes BALI's damping. The row "BALI mean" is the predictive of BALI's posterior
+//! `--damping D` and `--lr LR` fix BALI's damping and mean-field VI's learning rate. The row "BALI mean" is the predictive of BALI's posterior
 //! mean alone. `--model-prior 0` switches
 //! `BaliConfig::model_prior_in_mean` off (the ablation), `--lin S` sets the linearisation samples
 //! of a classifier (0: the posterior mean; default 16, against the library's 4: on iris with
@@ -187,6 +187,8 @@ struct Args {
     damping: Option<f64>,
     /// BALI's output-layer damping for classifiers (`None`: the library's).
     output_damping: Option<f64>,
+    /// Mean-field VI's learning rate for classifiers (`None`: cross-validated, or 0.01 with `--cv 0`).
+    lr: Option<f64>,
     /// BALI's linearisation samples (0: the posterior mean; `None`: 16 for classifiers, the library's for regression).
     lin: Option<usize>,
     /// BALI's [`BaliConfig::model_prior_in_mean`] (ablation).
@@ -210,9 +212,9 @@ struct Args {
 
 fn args() -> Args {
     let a = common::Args::parse(
-        "[--quick] [--dataset wine|boston|diabetes|iris|breast-cancer|digits|digits-ood] [--splits N] [--epochs N] [--alpha A] [--damping D] [--output-damping D] [--lin S] [--model-prior 0|1] [--nuts CHAINS] [--laplace 0|1] [--rho R] [--prior-precision L] [--learn-noise 0|1] [--cv FOLDS]",
+        "[--quick] [--dataset wine|boston|diabetes|iris|breast-cancer|digits|digits-ood] [--splits N] [--epochs N] [--alpha A] [--damping D] [--output-damping D] [--lr LR] [--lin S] [--model-prior 0|1] [--nuts CHAINS] [--laplace 0|1] [--rho R] [--prior-precision L] [--learn-noise 0|1] [--cv FOLDS]",
         &[],
-        &["--dataset", "--splits", "--epochs", "--alpha", "--damping", "--output-damping", "--lin", "--model-prior", "--nuts", "--laplace", "--rho", "--prior-precision", "--learn-noise", "--cv"],
+        &["--dataset", "--splits", "--epochs", "--alpha", "--damping", "--output-damping", "--lr", "--lin", "--model-prior", "--nuts", "--laplace", "--rho", "--prior-precision", "--learn-noise", "--cv"],
         0,
     );
     let dataset = a.value("--dataset").unwrap_or("wine").to_string();
@@ -233,6 +235,7 @@ fn args() -> Args {
         alpha: a.value("--alpha").map(|_| a.get("--alpha", 1.0)),
         damping: a.value("--damping").map(|_| a.get("--damping", 0.1)),
         output_damping: a.value("--output-damping").map(|_| a.get("--output-damping", 1.0)),
+        lr: a.value("--lr").map(|_| a.get("--lr", MFVI_LR)),
         lin: a.value("--lin").map(|_| a.get("--lin", 4)),
         model_prior: a.get("--model-prior", 1u8) == 1,
         nuts: a.value("--nuts").map(|_| a.get("--nuts", 8)),
@@ -800,6 +803,11 @@ fn damping_candidates(args: &Args) -> Vec<f64> {
     args.damping.map_or(DAMPING_GRID.to_vec(), |d| vec![d])
 }
 
+/// Mean-field VI's learning-rate candidates: the grid, or the one `--lr` fixes.
+fn lr_candidates(args: &Args) -> Vec<f64> {
+    args.lr.map_or(LR_GRID.to_vec(), |l| vec![l])
+}
+
 /// A classifier's settings for one split, chosen on its training rows alone.
 #[derive(Clone, Copy)]
 struct Chosen {
@@ -816,7 +824,8 @@ fn cross_validate<M: Bnn<E, Cpu>>(make: fn(&Cpu) -> M, tr: &DataTable, args: &Ar
     let dev = Cpu::default();
     let dampings = damping_candidates(args);
     let folds = UciSplits::folds(tr.len(), args.cv, 4000 + seed as u32)?;
-    let (mut bali, mut mfvi) = (vec![0.0; dampings.len()], vec![0.0; LR_GRID.len()]);
+    let lrs = lr_candidates(args);
+    let (mut bali, mut mfvi) = (vec![0.0; dampings.len()], vec![0.0; lrs.len()]);
     // a fold's mean NLL, weighted by its share of the rows; a diverged or non-finite fit scores ∞
     let pooled = |fitted: weightspace::Result<f64>, share: f64| match fitted {
         Ok(nll) if nll.is_finite() => Ok(share * nll),
@@ -836,7 +845,7 @@ fn cross_validate<M: Bnn<E, Cpu>>(make: fn(&Cpu) -> M, tr: &DataTable, args: &Ar
                 .and_then(|(post, _)| Ok(scores(&model, post.linearised(), &val, args.k)?[1]));
             *total += pooled(nll, share)?;
         }
-        for (total, &lr) in mfvi.iter_mut().zip(&LR_GRID) {
+        for (total, &lr) in mfvi.iter_mut().zip(&lrs) {
             let mut model = make(&dev);
             let mut guide = model.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed })?;
             let nll = fit(&mut model, &mut guide, &fit_d, &mfvi_config(args.epochs, fit_d.len(), lr, seed).1)
@@ -852,7 +861,7 @@ fn cross_validate<M: Bnn<E, Cpu>>(make: fn(&Cpu) -> M, tr: &DataTable, args: &Ar
             Err(weightspace::Error::Diverged { step: 0, what: format!("{what}: every candidate's cross-validation fit") })
         }
     };
-    Ok(Chosen { damping: best(&bali, &dampings, "BALI")?, lr: best(&mfvi, &LR_GRID, "mean-field VI")? })
+    Ok(Chosen { damping: best(&bali, &dampings, "BALI")?, lr: best(&mfvi, &lrs, "mean-field VI")? })
 }
 
 fn classification<M: Bnn<E, Cpu>>(
@@ -864,10 +873,14 @@ fn classification<M: Bnn<E, Cpu>>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dev = Cpu::default();
     let cfg0 = bali_classifier_config(args, 0, 0);
-    let settings = match (args.cv, args.damping) {
-        (0, _) => format!("BALI damping {}, mean-field VI learning rate {MFVI_LR}", cfg0.damping),
-        (k, None) => format!("BALI damping from {DAMPING_GRID:?} and mean-field VI learning rate from {LR_GRID:?} by {k}-fold cross-validation on each training split"),
-        (k, Some(d)) => format!("BALI damping {d}, mean-field VI learning rate from {LR_GRID:?} by {k}-fold cross-validation on each training split"),
+    let fixed_lr = args.lr.unwrap_or(MFVI_LR);
+    let settings = match args.cv {
+        0 => format!("BALI damping {}, mean-field VI learning rate {fixed_lr}", cfg0.damping),
+        k => format!(
+            "BALI damping from {:?} and mean-field VI learning rate from {:?} by {k}-fold cross-validation on each training split",
+            damping_candidates(args),
+            lr_candidates(args)
+        ),
     };
     println!(
         "{name}: {} points, {} features, {} classes; {} seeded random 80/20 splits, {} epochs, K = {}; BALI α = {}; {settings}",
@@ -898,7 +911,7 @@ fn classification<M: Bnn<E, Cpu>>(
         let train: Dataset<E, Cpu> = units.apply(&tr)?.dataset(&dev)?;
         let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
         let c = match args.cv {
-            0 => Chosen { damping: cfg0.damping, lr: MFVI_LR },
+            0 => Chosen { damping: cfg0.damping, lr: fixed_lr },
             _ => cross_validate(make, &tr, args, split as u64)?,
         };
         chosen.push(c);
@@ -957,7 +970,7 @@ fn classification<M: Bnn<E, Cpu>>(
         println!(
             "  chosen by cross-validation, splits per value: BALI damping {{{}}}, MFVI learning rate {{{}}}",
             count(&damping_candidates(args), |c| c.damping),
-            count(&LR_GRID, |c| c.lr)
+            count(&lr_candidates(args), |c| c.lr)
         );
         extra += &format!(" cv_folds={}", args.cv);
     }
