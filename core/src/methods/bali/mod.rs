@@ -292,9 +292,8 @@ pub struct BaliConfig {
     /// where the hidden layers' are approximations: the heavy damping that steadies a classifier's
     /// hidden layers holds its output layer back (measured on iris in the `bali_uci` example),
     /// while with none, or 0.1, the pseudo-targets overflowed on digits once predictions became
-    /// confident. A
-    /// categorical output's `G_L` has no curvature along 1 (the softmax ignores a constant added
-    /// to every logit): that direction also gets `G_L`'s mean non-zero eigenvalue
+    /// confident. A categorical output's `G_L` has no curvature along 1 (the softmax ignores a
+    /// constant added to every logit): that direction also gets `G_L`'s mean non-zero eigenvalue
     /// `tr(G_L)/(d_out − 1)`, which no prediction sees. Default 1.
     pub output_damping: f64,
     /// Prior precision. Default [`PriorPrecision::FromModel`].
