@@ -589,12 +589,16 @@ fn regression<M: Bnn<E, Cpu>>(
 // ------------------------------------------------------------------------------------------
 // classification
 
-fn bali_classifier_config(args: &Args, n_train: usize, seed: u64) -> BaliConfig {
+/// BALI's damping for a classifier where it is not cross-validated (`--cv 0`, `digits-ood`).
+const BALI_DAMPING: f64 = 10.0;
+
+/// BALI's settings for a classifier on `n_train` rows, with hidden-layer damping `damping`.
+fn bali_classifier_config(args: &Args, n_train: usize, damping: f64, seed: u64) -> BaliConfig {
     BaliConfig {
         epochs: args.epochs,
         batch_size: Some(BATCH.min(n_train)),
         alpha: args.alpha.unwrap_or(1.0),
-        damping: args.damping.unwrap_or(10.0),
+        damping,
         output_damping: args.output_damping.unwrap_or(BaliConfig::default().output_damping),
         linearisation: match args.lin {
             Some(0) => Linearisation::Mean,
@@ -840,7 +844,7 @@ fn cross_validate<M: Bnn<E, Cpu>>(make: fn(&Cpu) -> M, tr: &DataTable, args: &Ar
         let share = val.len() as f64 / tr.len() as f64;
         for (total, &damping) in bali.iter_mut().zip(&dampings) {
             let mut model = make(&dev);
-            let cfg = BaliConfig { damping, ..bali_classifier_config(args, fit_d.len(), seed) };
+            let cfg = bali_classifier_config(args, fit_d.len(), damping, seed);
             let nll = weightspace::bali::fit_bali(&mut model, &fit_d, &cfg)
                 .and_then(|(post, _)| Ok(scores(&model, post.linearised(), &val, args.k)?[1]));
             *total += pooled(nll, share)?;
@@ -872,10 +876,10 @@ fn classification<M: Bnn<E, Cpu>>(
     args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dev = Cpu::default();
-    let cfg0 = bali_classifier_config(args, 0, 0);
+    let fixed_damping = args.damping.unwrap_or(BALI_DAMPING);
     let fixed_lr = args.lr.unwrap_or(MFVI_LR);
     let settings = match args.cv {
-        0 => format!("BALI damping {}, mean-field VI learning rate {fixed_lr}", cfg0.damping),
+        0 => format!("BALI damping {fixed_damping}, mean-field VI learning rate {fixed_lr}"),
         k => format!(
             "BALI damping from {:?} and mean-field VI learning rate from {:?} by {k}-fold cross-validation on each training split",
             damping_candidates(args),
@@ -890,7 +894,7 @@ fn classification<M: Bnn<E, Cpu>>(
         splits.len(),
         args.epochs,
         args.k,
-        cfg0.alpha,
+        bali_classifier_config(args, 0, fixed_damping, 0).alpha,
     );
     let nuts = args.nuts.unwrap_or(if name == "iris" && args.rows.is_none() { 8 } else { 0 });
     let mut methods = vec!["BALI", "BALI, sampled network", "mean-field VI", "BALI mean"];
@@ -911,12 +915,12 @@ fn classification<M: Bnn<E, Cpu>>(
         let train: Dataset<E, Cpu> = units.apply(&tr)?.dataset(&dev)?;
         let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
         let c = match args.cv {
-            0 => Chosen { damping: cfg0.damping, lr: fixed_lr },
+            0 => Chosen { damping: fixed_damping, lr: fixed_lr },
             _ => cross_validate(make, &tr, args, split as u64)?,
         };
         chosen.push(c);
         let mut model = make(&dev);
-        let cfg = BaliConfig { damping: c.damping, ..bali_classifier_config(args, train.len(), split as u64) };
+        let cfg = bali_classifier_config(args, train.len(), c.damping, split as u64);
         let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &cfg)?;
         let mut vmodel = make(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
@@ -1045,7 +1049,11 @@ fn digits_ood(table: &DataTable, splits_n: usize, args: &Args) -> Result<(), Box
         let test: Dataset<E, Cpu> = units.apply(&te)?.dataset(&dev)?;
         let out: Dataset<E, Cpu> = units.apply(&ood)?.dataset(&dev)?;
         let mut model = Digits5Net::<E, Cpu>::new(&dev);
-        let (post, _) = weightspace::bali::fit_bali(&mut model, &train, &bali_classifier_config(args, train.len(), split as u64))?;
+        let (post, _) = weightspace::bali::fit_bali(
+            &mut model,
+            &train,
+            &bali_classifier_config(args, train.len(), args.damping.unwrap_or(BALI_DAMPING), split as u64),
+        )?;
         let mut vmodel = Digits5Net::<E, Cpu>::new(&dev);
         let mut guide = vmodel.mean_field_with(MeanFieldInit { jitter: 1.0, scale: 0.05, seed: split as u64 })?;
         fit(&mut vmodel, &mut guide, &train, &mfvi_config(args.epochs, train.len(), MFVI_LR, split as u64).1)?;
